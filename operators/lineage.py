@@ -1,0 +1,48 @@
+"""OpenLineage datasets built from manifests (inputs, outputs, schema and row-count facets)."""
+
+from __future__ import annotations
+
+from airflow.providers.common.compat.openlineage.facet import (
+    Dataset,
+    OutputStatisticsOutputDatasetFacet,
+    SchemaDatasetFacet,
+    SchemaDatasetFacetFields,
+)
+
+from phiflow.manifest import InputRef, Manifest
+from phiflow.storage import Lake
+
+
+def _namespace_and_name(url: str) -> tuple[str, str]:
+    """OpenLineage naming: `file` + absolute path for local files, `scheme://authority` + path otherwise."""
+    if "://" not in url:
+        return "file", url
+    scheme, rest = url.split("://", 1)
+    if scheme == "file":
+        return "file", "/" + rest.lstrip("/")
+    authority, _, path = rest.partition("/")
+    return f"{scheme}://{authority}", "/" + path
+
+
+def dataset_for(lake: Lake, dataset: str) -> Dataset:
+    ns, name = _namespace_and_name(lake.uri(lake.dataset_path(dataset)))
+    return Dataset(namespace=ns, name=name)
+
+
+def input_dataset(lake: Lake, ref: InputRef, external_url: str | None = None) -> Dataset:
+    """An input partition; `external:*` inputs (WARC listings) point at their source URL."""
+    if ref.dataset.startswith("external:") and external_url:
+        ns, name = _namespace_and_name(external_url)
+        return Dataset(namespace=ns, name=name)
+    return dataset_for(lake, ref.dataset)
+
+
+def output_dataset(lake: Lake, m: Manifest) -> Dataset:
+    base = dataset_for(lake, m.dataset)
+    fields = [SchemaDatasetFacetFields(name=f["name"], type=f["type"]) for f in m.schema]
+    return Dataset(
+        namespace=base.namespace,
+        name=base.name,
+        facets={"schema": SchemaDatasetFacet(fields=fields)},
+        outputFacets={"outputStatistics": OutputStatisticsOutputDatasetFacet(rowCount=m.row_count, size=m.bytes)},
+    )

@@ -1,0 +1,137 @@
+"""SparkStageOperator: one phiflow stage on the partitions of one DAG run, through spark-submit.
+
+It is the apache-spark provider's SparkSubmitOperator (so the cluster is whatever the Spark
+connection says: local[*], standalone, YARN, Kubernetes) plus what a stage needs around it:
+which partitions this run owns, the manifest it committed (counters into the log, XCom and the
+asset event), and OpenLineage inputs and outputs taken from the manifests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from airflow.exceptions import AirflowException, AirflowSkipException
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import Asset
+
+from operators.lineage import input_dataset, output_dataset
+from phiflow import settings
+from phiflow.intervals import snapshot_partitions
+from phiflow.manifest import Manifest
+from phiflow.recipe import load_recipe
+from phiflow.storage import Lake
+
+JOBS_DIR = Path(__file__).resolve().parents[1] / "spark_jobs"
+
+
+def dataset_asset(dataset: str, lake: Lake | None = None) -> Asset:
+    """The Airflow Asset of a lake dataset; downstream DAGs schedule on it."""
+    lake = lake or Lake()
+    return Asset(name=dataset, uri=lake.uri(lake.dataset_path(dataset)), group="phiflow")
+
+
+def stage_env() -> dict[str, str]:
+    """Environment for spark-submit: this interpreter's Python for driver and workers, the lake."""
+    bindir = os.path.dirname(sys.executable)
+    return {
+        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+        "PHIFLOW_HOME": str(settings.home()),
+        "PHIFLOW_LAKE": settings.lake_root(),
+    }
+
+
+class SparkStageOperator(SparkSubmitOperator):
+    """Run `spark_jobs/<stage>.py` for each partition of the run and commit it.
+
+    :param stage: stage name, also the job file name and the recipe's `stages.<stage>` block
+    :param source: recipe source the stage reads (names the datasets: `<source>.<suffix>`)
+    :param output_dataset: the dataset the stage commits, e.g. `web.langid`
+    :param recipe_path: the recipe file; passed to the job, which validates it again
+    """
+
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, stage: str, source: str, output_dataset: str, recipe_path: str, **kwargs: Any) -> None:
+        recipe = load_recipe(recipe_path)
+        lake = Lake()
+        conf = {"spark.ui.showConsoleProgress": "false", "spark.sql.session.timeZone": "UTC", **recipe.spark.conf}
+        super().__init__(
+            application=str(JOBS_DIR / f"{stage}.py"),
+            conn_id=recipe.spark.conn_id,
+            name=f"phiflow-{stage}-{source}",
+            driver_memory=recipe.spark.driver_memory,
+            executor_memory=recipe.spark.executor_memory,
+            conf=conf,
+            env_vars=stage_env(),
+            outlets=[dataset_asset(output_dataset, lake)],
+            **kwargs,
+        )
+        self.stage = stage
+        self.source = source
+        self.output_dataset = output_dataset
+        self.recipe_path = str(recipe_path)
+        self._committed: list[Manifest] = []
+
+    def partitions(self, context: Any) -> list[dict[str, str]]:
+        recipe = load_recipe(self.recipe_path)
+        params = context.get("params") or {}
+        return snapshot_partitions(
+            recipe.source(self.source), context.get("data_interval_start"), context.get("data_interval_end"),
+            params.get("snapshot"),
+        )
+
+    def execute(self, context: Any) -> list[dict[str, Any]]:
+        parts = self.partitions(context)
+        if not parts:
+            raise AirflowSkipException("no snapshot of this source is dated inside the run's data interval")
+        ti = context["ti"]
+        run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number,
+               "logical_date": str(context.get("logical_date"))}
+        lake = Lake()
+        for partition in parts:
+            self.application_args = [
+                "--recipe", self.recipe_path, "--source", self.source,
+                "--partition", json.dumps(partition), "--airflow-run", json.dumps(run), "--lake", lake.url,
+            ]
+            self._hook = None  # the hook captures application_args when it is built
+            super().execute(context)
+            m = lake.require(self.output_dataset, partition)
+            if m.airflow.get("run_id") != ti.run_id or m.airflow.get("try_number") != ti.try_number:
+                raise AirflowException(f"{self.output_dataset}/{m.key} was not committed by this try (found {m.airflow})")
+            self._committed.append(m)
+            self.log.info("committed %s/%s: read %s, kept %s, dropped %s (digest %s)", m.dataset, m.key,
+                          m.counters.get("read"), m.row_count, m.counters.get("dropped"), m.digest[:16])
+        summaries = [summary(m) for m in self._committed]
+        context["outlet_events"][dataset_asset(self.output_dataset, lake)].extra = {"partitions": summaries}
+        return summaries
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any):  # -> OperatorLineage
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        lake = Lake()
+        recipe = load_recipe(self.recipe_path)
+        src = recipe.source(self.source)
+        inputs, outputs = [], []
+        for m in self._committed:
+            for ref in m.inputs:
+                external = None
+                if ref.dataset.startswith("external:"):
+                    external = f"{recipe.resolve(src.base_url).rstrip('/')}/{src.snapshot(ref.partition['snapshot']).paths}"
+                inputs.append(input_dataset(lake, ref, external))
+            outputs.append(output_dataset(lake, m))
+        return OperatorLineage(inputs=inputs, outputs=outputs)
+
+
+def summary(m: Manifest) -> dict[str, Any]:
+    """What the asset event, XCom and dashboards carry about one committed partition."""
+    return {
+        "dataset": m.dataset, "partition": m.partition, "digest": m.digest, "rows": m.row_count,
+        "read": m.counters.get("read"), "dropped": m.counters.get("dropped", {}), "seconds": m.timings.get("seconds"),
+    }

@@ -1,0 +1,34 @@
+"""Where phiflow keeps its state: one home folder and one lake root, both overridable.
+
+The embedded default keeps everything under `.phiflow/` in the checkout; production moves the
+lake with one variable (`PHIFLOW_LAKE=s3://bucket/lake`) and keeps the recipe unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def home() -> Path:
+    """Root of local state (Airflow home, lineage file, caches)."""
+    return Path(os.environ.get("PHIFLOW_HOME", PROJECT_ROOT / ".phiflow")).resolve()
+
+
+def lake_root() -> str:
+    """The lake root: a local path or an fsspec URL (s3://, hdfs://, ...)."""
+    return os.environ.get("PHIFLOW_LAKE") or str(home() / "lake")
+
+
+def lineage_file() -> Path:
+    return home() / "lineage" / "events.jsonl"
+
+
+def airflow_home() -> Path:
+    return home() / "airflow"
+
+
+def default_recipe() -> Path:
+    return Path(os.environ.get("PHIFLOW_RECIPE", PROJECT_ROOT / "recipes" / "demo.yaml"))

@@ -1,0 +1,161 @@
+"""The thin Spark plumbing every stage shares: arguments, session, and the commit of a partition.
+
+A stage builds one DataFrame holding its kept rows and its dropped rows (with `drop_reason`);
+`commit_partition` counts the reasons, writes only the kept rows into a fresh attempt folder,
+hashes what was written, and commits the manifest (phiflow.storage). Stages stay a few lines of
+engine code around their pure per-record functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from phiflow.manifest import InputRef, Manifest
+from phiflow.recipe import Recipe, load_recipe
+from phiflow.schema import describe, fingerprint
+from phiflow.storage import Lake
+from phiflow.version import code_version
+
+log = logging.getLogger("phiflow.stage")
+
+
+@dataclass
+class StageContext:
+    """Everything a stage run needs to know about where it is: recipe, partition, Airflow run."""
+
+    recipe: Recipe
+    source: str
+    partition: dict[str, str]
+    lake: Lake
+    airflow: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+
+def parse_args(argv: list[str] | None = None) -> StageContext:
+    ap = argparse.ArgumentParser(description="run one phiflow stage on one partition")
+    ap.add_argument("--recipe", required=True)
+    ap.add_argument("--source", required=True)
+    ap.add_argument("--partition", required=True, help='JSON, e.g. {"snapshot": "CC-MAIN-2024-10"}')
+    ap.add_argument("--airflow-run", default="{}", help="JSON with dag_id, run_id, task_id, try_number")
+    ap.add_argument("--lake", default=None, help="lake root (default: PHIFLOW_LAKE or .phiflow/lake)")
+    a = ap.parse_args(argv)
+    recipe = load_recipe(a.recipe)
+    recipe.source(a.source)  # fail early on an unknown source
+    return StageContext(
+        recipe=recipe, source=a.source, partition=json.loads(a.partition),
+        lake=Lake(a.lake), airflow=json.loads(a.airflow_run),
+    )
+
+
+def spark_session(recipe: Recipe, app: str) -> SparkSession:
+    """The session for a stage. Under spark-submit the connection decides master and memory;
+    run directly (tests, debugging) it is local[2] with the recipe's driver memory."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app)
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
+        builder = builder.master("local[2]").config("spark.driver.memory", recipe.spark.driver_memory)
+    builder = builder.config("spark.ui.showConsoleProgress", "false").config("spark.sql.session.timeZone", "UTC")
+    for k, v in recipe.spark.conf.items():
+        builder = builder.config(k, v)
+    return builder.getOrCreate()
+
+
+def spark_schema(schema: pa.Schema):  # -> pyspark StructType
+    return from_arrow_schema(schema)
+
+
+def content_digest(df: DataFrame) -> tuple[int, str]:
+    """(row count, order-independent hash of all rows): equal for equal row sets on any layout."""
+    row = df.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)")).alias("h"),
+    ).first()
+    return int(row["n"]), f"xxh64sum:{row['h'] or 0}"
+
+
+def count_reasons(df: DataFrame) -> dict[str | None, int]:
+    return {r["drop_reason"]: int(r["count"]) for r in df.groupBy("drop_reason").count().collect()}
+
+
+def commit_partition(
+    spark: SparkSession,
+    ctx: StageContext,
+    *,
+    stage: str,
+    dataset: str,
+    rows: DataFrame,
+    schema: pa.Schema,
+    inputs: list[InputRef],
+    counters: dict[str, Any],
+    reasons: dict[str | None, int],
+) -> Manifest:
+    """Write the kept rows of `rows` as the partition's new content and commit it atomically."""
+    lake = ctx.lake
+    attempt = lake.new_attempt(dataset, ctx.partition)
+    target = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
+    kept = rows.filter(F.col("drop_reason").isNull()).select(*schema.names)
+    kept.write.mode("overwrite").parquet(target)
+    written = spark.read.schema(spark_schema(schema)).parquet(target)
+    row_count, digest = content_digest(written)
+    dropped = {k: v for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]) if k is not None}
+    files = lake.attempt_files(dataset, ctx.partition, attempt)
+    finished = time.time()
+    manifest = Manifest(
+        dataset=dataset,
+        partition=dict(ctx.partition),
+        stage=stage,
+        attempt=attempt,
+        files=files,
+        row_count=row_count,
+        bytes=sum(f.bytes for f in files),
+        schema=describe(schema),
+        schema_fingerprint=fingerprint(schema),
+        content_digest=digest,
+        inputs=inputs,
+        recipe_digest=ctx.recipe.stage_digest(stage),
+        params=getattr(ctx.recipe.stages, stage).model_dump(mode="json"),
+        code_version=code_version(),
+        airflow=ctx.airflow,
+        timings={
+            "started": datetime.fromtimestamp(ctx.started, UTC).isoformat(),
+            "finished": datetime.fromtimestamp(finished, UTC).isoformat(),
+            "seconds": round(finished - ctx.started, 2),
+        },
+        counters={**counters, "kept": row_count, "dropped": dropped},
+    )
+    return lake.commit(manifest)
+
+
+def print_summary(m: Manifest) -> None:
+    """One readable block at the end of every stage log (the Airflow task log shows it)."""
+    c = m.counters
+    print(f"[phiflow] {m.stage} committed {m.dataset}/{m.key}")
+    print(f"[phiflow]   read {c.get('read', '?')}  kept {c['kept']}  in {m.timings['seconds']} s  ({m.bytes} bytes, {len(m.files)} files)")
+    for reason, n in c["dropped"].items():
+        print(f"[phiflow]   dropped {n:>7}  {reason}")
+    print(f"[phiflow]   manifest digest {m.digest[:16]}  attempt {m.attempt}")
+
+
+def stage_main(stage: str, run: Callable[[SparkSession, StageContext], Manifest], argv: list[str] | None = None) -> None:
+    """The body of every `spark_jobs/<stage>.py` under spark-submit."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx = parse_args(argv)
+    spark = spark_session(ctx.recipe, f"phiflow-{stage}-{ctx.source}")
+    try:
+        run(spark, ctx)
+    finally:
+        spark.stop()

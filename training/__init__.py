@@ -1,0 +1,1 @@
+"""Megatron-core pretraining and midtraining for phiflow. Imports torch; never Airflow."""

@@ -1,0 +1,75 @@
+"""Blended GPT datasets (megatron-core) from the run config's blend."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Iterator
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+from training.config import RunConfig
+from training.cpu_compat import on_cpu
+
+
+class TokenizerInfo:
+    """What megatron's datasets need from a tokenizer: ids and a cache identity, no text handling.
+
+    The data is already tokenized (``training.indexed_writer``), so training never loads the real
+    tokenizer; ``unique_identifiers`` keys megatron's index cache.
+    """
+
+    def __init__(self, vocab_size: int, eod: int, pad: int | None = None) -> None:
+        self.vocab_size = vocab_size
+        self.eod = eod
+        self.pad = -1 if pad is None else pad
+        self.unique_identifiers: OrderedDict[str, Any] = OrderedDict(
+            [("class", type(self).__name__), ("vocab_size", vocab_size), ("eod", eod), ("pad", self.pad)]
+        )
+
+
+def dataset_config(cfg: RunConfig) -> GPTDatasetConfig:
+    """GPT dataset config; on CPU the causal attention mask is materialized in each sample because
+    megatron's default mask is built on "cuda"."""
+    d = cfg.data
+    weights = [float(w) for w, _ in d.blend]
+    prefixes = [p for _, p in d.blend]
+    return GPTDatasetConfig(
+        random_seed=d.seed,
+        sequence_length=cfg.model.seq_length,
+        blend=(prefixes, weights if len(prefixes) > 1 else None),
+        split=d.split,
+        path_to_cache=d.cache_dir,
+        tokenizer=TokenizerInfo(cfg.model.vocab_size, d.eod_token_id, d.pad_token_id),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=on_cpu(),
+        mid_level_dataset_surplus=0.05,
+    )
+
+
+def build_datasets(cfg: RunConfig, train_samples: int, valid_samples: int) -> tuple[Any, Any]:
+    """Train and validation datasets sized for the run (every rank builds them; they are cheap)."""
+    builder = BlendedMegatronDatasetBuilder(
+        GPTDataset, [train_samples, valid_samples, 0], lambda: True, dataset_config(cfg)
+    )
+    train, valid, _ = builder.build()
+    return train, valid
+
+
+def batches(dataset: Any, micro_batch_size: int, start_sample: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Micro batches for this data-parallel rank, starting at global sample ``start_sample``.
+
+    Sample ``i`` of a step goes to dp rank ``i % dp`` ... laid out so a run resumed at step k reads
+    exactly the samples the uninterrupted run would have read. TP/PP peers read the same samples.
+    """
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp = parallel_state.get_data_parallel_world_size()
+    index = start_sample + dp_rank * micro_batch_size
+    while True:
+        samples = [dataset[(index + j) % len(dataset)] for j in range(micro_batch_size)]
+        yield {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+        index += micro_batch_size * dp
