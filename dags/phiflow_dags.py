@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import DAG, Param
+from airflow.timetables.interval import CronDataIntervalTimetable
 
 from operators.spark_stage import SparkStageOperator
 from phiflow import settings
@@ -22,7 +23,9 @@ for name, src in recipe.sources.items():
     with DAG(
         dag_id=f"phiflow_ingest_{name}",
         description=f"{recipe.name}: {name} WARC snapshots -> {name}.extracted -> {name}.langid",
-        schedule=src.schedule,
+        # Data-interval semantics (Airflow 3 defaults cron schedules to trigger semantics, where a
+        # run has no interval): a run owns [start, end), so a snapshot belongs to exactly one run.
+        schedule=CronDataIntervalTimetable(src.schedule, timezone="UTC"),
         start_date=src.start_date,
         catchup=False,
         max_active_runs=1,

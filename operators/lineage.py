@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from airflow.providers.common.compat.openlineage.facet import (
     Dataset,
+    OutputDataset,
     OutputStatisticsOutputDatasetFacet,
     SchemaDatasetFacet,
     SchemaDatasetFacetFields,
@@ -37,10 +38,10 @@ def input_dataset(lake: Lake, ref: InputRef, external_url: str | None = None) ->
     return dataset_for(lake, ref.dataset)
 
 
-def output_dataset(lake: Lake, m: Manifest) -> Dataset:
+def output_dataset(lake: Lake, m: Manifest) -> OutputDataset:
     base = dataset_for(lake, m.dataset)
     fields = [SchemaDatasetFacetFields(name=f["name"], type=f["type"]) for f in m.schema]
-    return Dataset(
+    return OutputDataset(
         namespace=base.namespace,
         name=base.name,
         facets={"schema": SchemaDatasetFacet(fields=fields)},

@@ -91,7 +91,7 @@ class Manifest:
     def to_json(self) -> str:
         body = asdict(self)
         body["digest"] = self.digest
-        return json.dumps(body, indent=2, sort_keys=True, default=str)
+        return json.dumps(body, indent=2, default=str)  # key order kept: partition keys order the path
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:

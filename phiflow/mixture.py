@@ -135,8 +135,7 @@ class Mixture:
         lines = [f"{'source':<28}{'share':>8}{'unique':>12}{'tokens':>12}{'epochs':>8}"]
         for s in self.sources:
             lines.append(
-                f"{s.name:<28}{s.share:>8.1%}{_human(s.unique_tokens):>12}"
-                f"{_human(s.tokens):>12}{s.epochs:>8.1f}"
+                f"{s.name:<28}{s.share:>8.1%}{_human(s.unique_tokens):>12}{_human(s.tokens):>12}{s.epochs:>8.1f}"
             )
         lines.append(f"{'total':<28}{1.0:>8.0%}{'':>12}{_human(self.total_tokens):>12}")
         return "\n".join(lines)
@@ -149,9 +148,7 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def compute_mixture(
-    sources: Sequence[SourceSpec], total_tokens: int, tolerance: float = SHARE_TOLERANCE
-) -> Mixture:
+def compute_mixture(sources: Sequence[SourceSpec], total_tokens: int, tolerance: float = SHARE_TOLERANCE) -> Mixture:
     """Tokens and epochs per source for ``total_tokens`` training tokens.
 
     Raises :class:`MixtureError` when shares do not sum to 1, names repeat, a source with a positive

@@ -159,7 +159,7 @@ class Lake:
 
         base = self.partition_path(manifest.dataset, manifest.partition)
         paths = [posixpath.join(base, f.path) for f in manifest.files]
-        return pq.ParquetDataset(paths, filesystem=self.fs).read(columns=columns)
+        return pq.ParquetDataset(paths, filesystem=self.fs, partitioning=None).read(columns=columns)
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:

@@ -30,22 +30,22 @@ def test_phi4_table5_epochs_match_report() -> None:
 
 def test_shares_must_sum_to_one() -> None:
     bad = [SourceSpec("web", 0.5, 100), SourceSpec("code", 0.4, 100)]
-    with pytest.raises(MixtureError, match="sum to 0.9"):
+    with pytest.raises(MixtureError, match=r"sum to 0.9"):
         compute_mixture(bad, 1000)
 
 
 def test_max_epochs_names_the_source() -> None:
     sources = [dataclasses.replace(s, max_epochs=12.0) for s in PHI4_PRETRAIN_SOURCES]
-    with pytest.raises(MixtureError, match="'synthetic'.*13.79 epochs exceeds max_epochs=12"):
+    with pytest.raises(MixtureError, match=r"'synthetic'.*13.79 epochs exceeds max_epochs=12"):
         compute_mixture(sources, PHI4_PRETRAIN_TOKENS)
 
 
 def test_bad_source_fields() -> None:
-    with pytest.raises(MixtureError, match="'web': share 1.5"):
+    with pytest.raises(MixtureError, match=r"'web': share 1.5"):
         SourceSpec("web", 1.5, 10)
-    with pytest.raises(MixtureError, match="'web'.*appears more than once"):
+    with pytest.raises(MixtureError, match=r"'web'.*appears more than once"):
         compute_mixture([SourceSpec("web", 0.5, 10), SourceSpec("web", 0.5, 10)], 100)
-    with pytest.raises(MixtureError, match="'code': share 0.5 but no unique tokens"):
+    with pytest.raises(MixtureError, match=r"'code': share 0.5 but no unique tokens"):
         compute_mixture([SourceSpec("web", 0.5, 10), SourceSpec("code", 0.5, 0)], 100)
 
 

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "ConfigError",
-    "ModelConfig",
-    "ParallelConfig",
-    "OptimizerConfig",
     "BatchConfig",
-    "DataConfig",
     "CheckpointConfig",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimizerConfig",
     "OutputConfig",
+    "ParallelConfig",
     "RunConfig",
     "pad_vocab_size",
 ]
@@ -174,9 +174,7 @@ class RunConfig:
     def problems(self, world_size: int | None = None) -> list[tuple[str, str]]:
         """Every ``(field, reason)`` that makes this run impossible."""
         p: list[tuple[str, str]] = []
-        m, par, o, b, d, c = (
-            self.model, self.parallel, self.optimizer, self.batch, self.data, self.checkpoint
-        )
+        m, par, o, b, d, c = (self.model, self.parallel, self.optimizer, self.batch, self.data, self.checkpoint)
         positive = {
             "model.num_layers": m.num_layers,
             "model.hidden_size": m.hidden_size,
@@ -197,20 +195,21 @@ class RunConfig:
         if p:
             return p  # the checks below divide by these
         if m.hidden_size % m.num_attention_heads:
-            p.append(("model.hidden_size", f"{m.hidden_size} not divisible by num_attention_heads "
-                      f"{m.num_attention_heads}"))
+            p.append(
+                ("model.hidden_size", f"{m.hidden_size} not divisible by num_attention_heads {m.num_attention_heads}")
+            )
         if m.num_attention_heads % par.tp:
-            p.append(("model.num_attention_heads", f"{m.num_attention_heads} not divisible by "
-                      f"parallel.tp={par.tp}"))
+            p.append(("model.num_attention_heads", f"{m.num_attention_heads} not divisible by parallel.tp={par.tp}"))
         if m.ffn % par.tp:
             p.append(("model.ffn_hidden_size", f"{m.ffn} not divisible by parallel.tp={par.tp}"))
         if m.num_layers % par.pp:
             p.append(("model.num_layers", f"{m.num_layers} not divisible by parallel.pp={par.pp}"))
         if m.max_position_embeddings is not None and m.max_position_embeddings < m.seq_length:
-            p.append(("model.max_position_embeddings",
-                      f"{m.max_position_embeddings} < seq_length {m.seq_length}"))
-        for name, value in (("model.hidden_dropout", m.hidden_dropout),
-                            ("model.attention_dropout", m.attention_dropout)):
+            p.append(("model.max_position_embeddings", f"{m.max_position_embeddings} < seq_length {m.seq_length}"))
+        for name, value in (
+            ("model.hidden_dropout", m.hidden_dropout),
+            ("model.attention_dropout", m.attention_dropout),
+        ):
             if not 0.0 <= value < 1.0:
                 p.append((name, f"must be in [0, 1), got {value}"))
         if not (o.lr > 0 and math.isfinite(o.lr)):
@@ -218,14 +217,12 @@ class RunConfig:
         if not 0 <= o.min_lr <= o.lr:
             p.append(("optimizer.min_lr", f"must be in [0, lr={o.lr}], got {o.min_lr}"))
         if not 0 <= o.warmup_steps <= o.total_steps:
-            p.append(("optimizer.warmup_steps",
-                      f"must be in [0, total_steps={o.total_steps}], got {o.warmup_steps}"))
+            p.append(("optimizer.warmup_steps", f"must be in [0, total_steps={o.total_steps}], got {o.warmup_steps}"))
         if o.weight_decay < 0:
             p.append(("optimizer.weight_decay", f"must be >= 0, got {o.weight_decay}"))
         if o.clip_grad < 0:
             p.append(("optimizer.clip_grad", f"must be >= 0 (0 disables), got {o.clip_grad}"))
-        for name, beta in (("optimizer.adam_beta1", o.adam_beta1),
-                           ("optimizer.adam_beta2", o.adam_beta2)):
+        for name, beta in (("optimizer.adam_beta1", o.adam_beta1), ("optimizer.adam_beta2", o.adam_beta2)):
             if not 0.0 <= beta < 1.0:
                 p.append((name, f"must be in [0, 1), got {beta}"))
         if world_size is not None:
@@ -235,9 +232,13 @@ class RunConfig:
             else:
                 dp = world_size // mp
                 if b.global_batch_size % (b.micro_batch_size * dp):
-                    p.append(("batch.global_batch_size",
-                              f"{b.global_batch_size} is not micro_batch_size {b.micro_batch_size}"
-                              f" x data-parallel {dp} x an integer accumulation"))
+                    p.append(
+                        (
+                            "batch.global_batch_size",
+                            f"{b.global_batch_size} is not micro_batch_size {b.micro_batch_size}"
+                            f" x data-parallel {dp} x an integer accumulation",
+                        )
+                    )
         if not d.blend:
             p.append(("data.blend", "needs at least one (weight, prefix) pair"))
         for i, entry in enumerate(d.blend):
@@ -255,8 +256,7 @@ class RunConfig:
             if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
                 raise ValueError
         except ValueError:
-            p.append(("data.split", f"must be three non-negative weights 'train,valid,test', "
-                      f"got {d.split!r}"))
+            p.append(("data.split", f"must be three non-negative weights 'train,valid,test', got {d.split!r}"))
         if c.save_interval < 0:
             p.append(("checkpoint.save_interval", f"must be >= 0, got {c.save_interval}"))
         if c.save_interval and not c.save_dir:
@@ -265,7 +265,7 @@ class RunConfig:
             p.append(("checkpoint.load_dir", "required when finetune is set"))
         return p
 
-    def validate(self, world_size: int | None = None) -> "RunConfig":
+    def validate(self, world_size: int | None = None) -> RunConfig:
         """Raise :class:`ConfigError` naming each bad field; return self for chaining."""
         problems = self.problems(world_size)
         if problems:
@@ -277,7 +277,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Build from plain JSON data; unknown or ill-typed keys raise :class:`ConfigError`."""
         problems: list[tuple[str, str]] = []
         cfg = _build(cls, data, "", problems)
@@ -294,7 +294,7 @@ class RunConfig:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "RunConfig":
+    def load(cls, path: str | os.PathLike[str]) -> RunConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def midtrain(
@@ -304,7 +304,7 @@ class RunConfig:
         rotary_base: int = 250_000,
         lr_factor: float = 0.1,
         **changes: Any,
-    ) -> "RunConfig":
+    ) -> RunConfig:
         """Phi-4 midtraining (section 3.3) from this pretraining config.
 
         Longer sequences, RoPE base 250K, learning rates divided by 10, weights loaded from
@@ -335,8 +335,7 @@ def _build(tp: Any, value: Any, path: str, problems: list[tuple[str, str]]) -> A
         for key in value:
             if key not in names:
                 problems.append((_join(path, key), "unknown field"))
-        kwargs = {k: _build(hints[k], v, _join(path, k), problems) for k, v in value.items()
-                  if k in names}
+        kwargs = {k: _build(hints[k], v, _join(path, k), problems) for k, v in value.items() if k in names}
         return tp(**kwargs)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -353,12 +352,10 @@ def _build(tp: Any, value: Any, path: str, problems: list[tuple[str, str]]) -> A
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             problems.append((path, f"expected {len(args)} items, got {value!r}"))
             return tuple(value) if isinstance(value, (list, tuple)) else value
-        return tuple(_build(a, v, f"{path}[{i}]", problems) for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_build(a, v, f"{path}[{i}]", problems) for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp in (int, float, str, bool) and (
-        not isinstance(value, tp) or (tp is int and isinstance(value, bool))
-    ):
+    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
         problems.append((path, f"expected {tp.__name__}, got {value!r}"))
     return value
 

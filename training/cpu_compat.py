@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 _CPU = torch.device("cpu")
 _enabled = False
-_mode: "_CudaToCpuMode | None" = None
+_mode: _CudaToCpuMode | None = None
 _saved: dict[str, Any] = {}
 
 
@@ -45,9 +46,7 @@ class _CudaToCpuMode(TorchFunctionMode):
     ``grad.type() == 'torch.cuda.FloatTensor'``, so CPU float tensors report that type here.
     """
 
-    def __torch_function__(
-        self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None
-    ) -> Any:
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = dict(kwargs or {})
         if func is torch.Tensor.cuda:
             return args[0]

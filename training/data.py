@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from megatron.core import parallel_state
@@ -63,8 +64,9 @@ def build_datasets(cfg: RunConfig, train_samples: int, valid_samples: int) -> tu
 def batches(dataset: Any, micro_batch_size: int, start_sample: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     """Micro batches for this data-parallel rank, starting at global sample ``start_sample``.
 
-    Sample ``i`` of a step goes to dp rank ``i % dp`` ... laid out so a run resumed at step k reads
-    exactly the samples the uninterrupted run would have read. TP/PP peers read the same samples.
+    Micro batch ``m`` of dp rank ``r`` holds samples ``start + (m * dp + r) * micro_batch_size`` onward,
+    so step ``k`` always reads samples ``[k * global_batch, (k + 1) * global_batch)``: a resumed run
+    reads exactly what the uninterrupted run would have. TP/PP peers of a rank read the same samples.
     """
     dp_rank = parallel_state.get_data_parallel_rank()
     dp = parallel_state.get_data_parallel_world_size()

@@ -10,9 +10,10 @@ Pure over lists or Arrow arrays of texts, so the Spark tokenize job calls it per
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class IndexedWriter:
         lengths = [len(t) + 1 for t in token_lists]
         flat = np.empty(sum(lengths), dtype=self.dtype)
         pos = 0
-        for toks, n in zip(token_lists, lengths):
+        for toks, n in zip(token_lists, lengths, strict=True):
             flat[pos : pos + n - 1] = toks
             flat[pos + n - 1] = self.eod
             pos += n

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -45,17 +46,26 @@ def gpu_count() -> int:
         return 0
 
 
-def torchrun_command(run_path: str | os.PathLike[str], nproc: int, port: int,
-                     python: str = sys.executable) -> list[str]:
+def torchrun_command(
+    run_path: str | os.PathLike[str], nproc: int, port: int, python: str = sys.executable
+) -> list[str]:
     """``python -m torch.distributed.run`` (torchrun from the same interpreter) on 127.0.0.1."""
     return [
-        python, "-m", "torch.distributed.run",
-        "--nnodes", "1",
-        "--nproc-per-node", str(nproc),
-        "--master-addr", "127.0.0.1",
-        "--master-port", str(port),
-        "-m", "training.pretrain",
-        "--config", str(run_path),  # not --run: torchrun reads it as a prefix of --run-path
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        "-m",
+        "training.pretrain",
+        "--config",
+        str(run_path),  # not --run: torchrun reads it as a prefix of --run-path
     ]
 
 
@@ -96,8 +106,14 @@ def launch(
     cmd = torchrun_command(run_path, nproc, free_port())
     tail: collections.deque[str] = collections.deque(maxlen=60)
     with open(work / "train.log", "w") as log_file:
-        proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=launch_env(nproc, cpu),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=str(REPO_ROOT),
+            env=launch_env(nproc, cpu),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -114,13 +130,17 @@ def launch(
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
     if rc != 0 or metrics is None or metrics.get("status") != "ok":
         reason = (metrics or {}).get("error") or _last_error(tail) or f"torchrun exited with {rc}"
-        raise TrainingFailed(f"run {cfg.name!r} failed: {reason}", rc, metrics)
+        raise TrainingFailed(f"run {cfg.name!r} failed: {reason[:2000]}", rc, metrics)
     return metrics
 
 
+_WORKER_ERROR = re.compile(r"^(\[rank\d+\]: )?(ERROR: |\w+(Error|Exception): )")
+
+
 def _last_error(lines: collections.deque[str]) -> str | None:
+    """The workers' exception line (not torchrun's ChildFailedError wrapper)."""
     for line in reversed(lines):
-        if "Error" in line or "ERROR" in line:
+        if _WORKER_ERROR.match(line) and "ChildFailedError" not in line:
             return line.strip()
     return None
 

@@ -24,9 +24,10 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -99,8 +100,7 @@ def init_distributed(cfg: RunConfig) -> int:
 
 def setup(cfg: RunConfig) -> Trainer:
     """Model wrapped in megatron DDP, optimizer, LR schedule, datasets; then load a checkpoint."""
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
@@ -153,8 +153,7 @@ def setup(cfg: RunConfig) -> Trainer:
     eval_count = cfg.data.eval_iters * b.micro_batch_size * dp
     n_evals = 1 + (o.total_steps // cfg.output.eval_interval if cfg.output.eval_interval else 0)
     train_ds, valid_ds = build_datasets(cfg, o.total_steps * b.global_batch_size, eval_count * n_evals)
-    trainer = Trainer(cfg, model, optimizer, scheduler, train_ds, valid_ds, dp,
-                      b.accumulation_steps(dp))
+    trainer = Trainer(cfg, model, optimizer, scheduler, train_ds, valid_ds, dp, b.accumulation_steps(dp))
     load_checkpoint(trainer)
     return trainer
 
@@ -211,8 +210,7 @@ def _mean_loss(reduced: list[dict[str, torch.Tensor]]) -> float:
     return float(acc[0] / acc[1])
 
 
-def run_batches(trainer: Trainer, dataset: Any, start_sample: int, n_micro: int,
-                forward_only: bool) -> float:
+def run_batches(trainer: Trainer, dataset: Any, start_sample: int, n_micro: int, forward_only: bool) -> float:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from training.data import batches
@@ -274,8 +272,7 @@ def evaluate(trainer: Trainer, index: int = 0) -> dict[str, float] | None:
     n = trainer.cfg.data.eval_iters
     trainer.model.eval()
     with torch.no_grad():
-        loss = run_batches(trainer, trainer.valid_ds, index * n * b.micro_batch_size * trainer.dp, n,
-                           forward_only=True)
+        loss = run_batches(trainer, trainer.valid_ds, index * n * b.micro_batch_size * trainer.dp, n, forward_only=True)
     trainer.model.train()
     return {"valid_loss": loss, "valid_perplexity": math.exp(min(loss, 700.0))}
 
@@ -300,7 +297,7 @@ def _sharded_state(trainer: Trainer, *, loading: bool, with_optimizer: bool) -> 
     from megatron.core import parallel_state
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-    model_sd = trainer.model.sharded_state_dict()
+    model_sd = trainer.model.module.sharded_state_dict()  # keys without DDP's "module." prefix
     state: dict[str, Any] = {"model": model_sd}
     if with_optimizer:
         state["optimizer"] = trainer.optimizer.sharded_state_dict(model_sd, is_loading=loading)
@@ -336,7 +333,8 @@ def save_checkpoint(trainer: Trainer) -> Path:
         tmp.replace(Path(save_dir) / LATEST)
     dist.barrier()
     trainer.checkpoints.append(str(target))
-    log.info("saved checkpoint %s", target)
+    if dist.get_rank() == 0:
+        log.info("saved checkpoint %s", target)
     return target
 
 
@@ -368,7 +366,7 @@ def load_checkpoint(trainer: Trainer) -> None:
         if not same_layout:
             del template["rng"]
     state = dist_checkpointing.load(template, str(src))
-    trainer.model.load_state_dict(state["model"])
+    trainer.model.module.load_state_dict(state["model"])
     if not finetune:
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
@@ -376,8 +374,14 @@ def load_checkpoint(trainer: Trainer) -> None:
         if same_layout:
             cpu_compat.set_rng_state(state["rng"])
     trainer.resumed_from = str(src)
-    log.info("loaded %s (finetune=%s, step=%d, rng restored=%s)", src, finetune, trainer.step,
-             same_layout and not finetune)
+    if dist.get_rank() == 0:
+        log.info(
+            "loaded %s (finetune=%s, step=%d, rng restored=%s)",
+            src,
+            finetune,
+            trainer.step,
+            same_layout and not finetune,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,8 +410,13 @@ def open_tensorboard(cfg: RunConfig) -> Any:
     return SummaryWriter(cfg.output.tensorboard_dir)
 
 
-def write_metrics(trainer: Trainer, status: str, error: str | None = None,
-                  evaluation: dict[str, float] | None = None, digests: list[str] | None = None) -> None:
+def write_metrics(
+    trainer: Trainer,
+    status: str,
+    error: str | None = None,
+    evaluation: dict[str, float] | None = None,
+    digests: list[str] | None = None,
+) -> None:
     """The run's metrics JSON (rank 0; written atomically so a reader never sees half a file)."""
     path = trainer.cfg.output.metrics_path
     if not path or dist.get_rank() != 0:
@@ -447,18 +456,34 @@ def train(cfg: RunConfig) -> Trainer:
     o, out, ck = cfg.optimizer, cfg.output, cfg.checkpoint
     rank0 = dist.get_rank() == 0
     if rank0:
-        log.info("run %s: world=%d tp=%d pp=%d dp=%d accumulation=%d steps %d..%d", cfg.name,
-                 dist.get_world_size(), cfg.parallel.tp, cfg.parallel.pp, trainer.dp,
-                 trainer.accumulation, trainer.step + 1, o.total_steps)
+        log.info(
+            "run %s: world=%d tp=%d pp=%d dp=%d accumulation=%d steps %d..%d threads=%d",
+            cfg.name,
+            dist.get_world_size(),
+            cfg.parallel.tp,
+            cfg.parallel.pp,
+            trainer.dp,
+            trainer.accumulation,
+            trainer.step + 1,
+            o.total_steps,
+            torch.get_num_threads(),
+        )
     evaluation = None
     try:
         while trainer.step < o.total_steps:
             rec = train_step(trainer)
             trainer.history.append(rec)
             if rank0 and trainer.step % out.log_interval == 0:
-                log.info("step %d/%d loss %.4f lr %.3e grad_norm %.3f tokens/s %.0f%s", rec["step"],
-                         o.total_steps, rec["loss"], rec["lr"], rec["grad_norm"], rec["tokens_per_s"],
-                         f" mfu {rec['mfu']:.1%}" if "mfu" in rec else "")
+                log.info(
+                    "step %d/%d loss %.4f lr %.3e grad_norm %.3f tokens/s %.0f%s",
+                    rec["step"],
+                    o.total_steps,
+                    rec["loss"],
+                    rec["lr"],
+                    rec["grad_norm"],
+                    rec["tokens_per_s"],
+                    f" mfu {rec['mfu']:.1%}" if "mfu" in rec else "",
+                )
             if tb is not None:
                 for k, v in rec.items():
                     if k != "step":
@@ -466,8 +491,9 @@ def train(cfg: RunConfig) -> Trainer:
             if out.eval_interval and trainer.step % out.eval_interval == 0 and trainer.step < o.total_steps:
                 mid = evaluate(trainer, trainer.step // out.eval_interval)
                 if rank0 and mid:
-                    log.info("step %d valid loss %.4f ppl %.2f", trainer.step, mid["valid_loss"],
-                             mid["valid_perplexity"])
+                    log.info(
+                        "step %d valid loss %.4f ppl %.2f", trainer.step, mid["valid_loss"], mid["valid_perplexity"]
+                    )
                     if tb is not None:
                         tb.add_scalar("valid/loss", mid["valid_loss"], trainer.step)
             if ck.save_dir and ck.save_interval and trainer.step % ck.save_interval == 0:
@@ -476,8 +502,7 @@ def train(cfg: RunConfig) -> Trainer:
             save_checkpoint(trainer)  # always leave a checkpoint of the final step
         evaluation = evaluate(trainer)
         if rank0 and evaluation:
-            log.info("valid loss %.4f perplexity %.2f", evaluation["valid_loss"],
-                     evaluation["valid_perplexity"])
+            log.info("valid loss %.4f perplexity %.2f", evaluation["valid_loss"], evaluation["valid_perplexity"])
         write_metrics(trainer, "ok", evaluation=evaluation, digests=param_digests(trainer))
     except NonFiniteLossError as e:
         write_metrics(trainer, "failed", error=str(e))
@@ -490,11 +515,11 @@ def train(cfg: RunConfig) -> Trainer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", "--run", dest="run", required=True,
-                        help="run config JSON (training.config.RunConfig)")
+    parser.add_argument(
+        "--config", "--run", dest="run", required=True, help="run config JSON (training.config.RunConfig)"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)  # it logs every parameter at INFO
     cfg = RunConfig.load(args.run)
     try:

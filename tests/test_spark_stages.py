@@ -1,0 +1,139 @@
+"""The two Spark stages on the sample WARCs, in one shared local session: rows, counters,
+idempotence, determinism across layouts, failure budget, and a crash mid-write."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from conftest import BROKEN, SAMPLE
+from phiflow.manifest import Manifest
+from phiflow.recipe import load_recipe
+from phiflow.storage import Lake
+from spark_jobs import commoncrawl_extract, langid
+from spark_jobs.stage_io import StageContext
+
+pytestmark = pytest.mark.spark
+SNAP = {"snapshot": "CC-MAIN-2024-10"}
+EXPECTED_BROKEN = json.loads((BROKEN / "EXPECTED.json").read_text())
+
+
+def ctx(recipe, lake: Lake, source: str = "web", partition: dict = SNAP, **airflow) -> StageContext:
+    return StageContext(recipe=recipe, source=source, partition=dict(partition), lake=lake, airflow=airflow)
+
+
+def rows(lake: Lake, m: Manifest, cols: list[str]) -> list[tuple]:
+    return sorted(tuple(r[c] for c in cols) for r in lake.read_table(m, columns=cols).to_pylist())
+
+
+@pytest.fixture(scope="module")
+def committed(spark, test_recipe, tmp_path_factory):
+    lake = Lake(str(tmp_path_factory.mktemp("lake")))
+    ex = commoncrawl_extract.run(spark, ctx(test_recipe, lake, run_id="first"))
+    li = langid.run(spark, ctx(test_recipe, lake, run_id="first"))
+    return lake, ex, li
+
+
+def test_extract_commits_every_page_of_the_snapshot(committed) -> None:
+    lake, ex, _ = committed
+    manifest = json.loads((SAMPLE / "manifest.json").read_text())
+    # The sample's pages of this snapshot are all good pages: every response record is kept.
+    expected = manifest["snapshots"]["CC-MAIN-2024-10"]["responses"]
+    assert ex.counters["read"] == expected and ex.row_count == expected - sum(ex.counters["dropped"].values())
+    assert ex.counters["files"] == {"total": 4, "ok": 4, "failed": {}}
+    table = lake.read_table(ex)
+    assert table.num_rows == ex.row_count
+    assert len(set(table.column("doc_id").to_pylist())) == ex.row_count  # no duplicates
+    assert ex.inputs[0].dataset == "external:commoncrawl" and ex.airflow == {"run_id": "first"}
+
+
+def test_langid_pins_its_input_and_matches_the_guide_labels(committed) -> None:
+    lake, ex, li = committed
+    assert li.inputs[0].digest == ex.digest and li.row_count == ex.row_count
+    labels = {json.loads(line)["url"]: json.loads(line)["lang"] for line in (SAMPLE / "labels.jsonl").read_text().split("\n") if line}
+    got = {url: lang for url, lang in rows(lake, li, ["url", "language"])}
+    scored = [(labels[u], got[u]) for u in got if u in labels]
+    accuracy = sum(a == b for a, b in scored) / len(scored)
+    assert len(scored) >= 50
+    assert accuracy >= 0.9, Counter((a, b) for a, b in scored if a != b)
+    python_docs = [lang for url, lang in got.items() if "docs.python.org" in url]
+    assert python_docs and Counter(python_docs).most_common(1)[0][0] == "en"
+    assert sum(li.counters["languages"].values()) == li.row_count and len(li.counters["languages"]) >= 10
+
+
+def test_rerun_is_idempotent_and_layout_independent(spark, committed, test_recipe) -> None:
+    lake, ex, li = committed
+    cols = ["doc_id", "url", "text", "language", "language_score"]
+    first_rows = rows(lake, li, cols)
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "64k")  # a different partitioning of the input
+    try:
+        li2 = langid.run(spark, ctx(test_recipe, lake, run_id="second"))
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    ex2 = commoncrawl_extract.run(spark, ctx(test_recipe, lake, run_id="second"))
+    assert ex2.digest == ex.digest and li2.digest == li.digest
+    assert ex2.attempt != ex.attempt  # really rewritten, then replaced whole
+    assert rows(lake, li2, cols) == first_rows
+    assert lake.require("web.langid", SNAP).row_count == li.row_count  # replaced, not appended
+
+
+def test_broken_snapshot_counts_every_reason(spark, test_recipe, lake) -> None:
+    m = commoncrawl_extract.run(spark, ctx(test_recipe, lake, source="broken", partition={"snapshot": "CC-MAIN-BROKEN"}))
+    dropped = m.counters["dropped"]
+    assert dropped["payload_digest_mismatch"] == 3  # truncated member + two lying WARC lengths
+    for reason, n in {"binary_payload": 2, "empty_payload": 1, "too_little_text": 1, "http_404": 1, "http_301": 1,
+                      "too_large": 1}.items():
+        assert dropped[reason] == n, (reason, dropped)
+    good = {u for f in EXPECTED_BROKEN["files"].values() for u in f["good_uris"]}
+    kept = {u for (u,) in rows(lake, m, ["url"])}
+    assert good <= kept
+    assert m.counters["files"]["ok"] == 4
+
+
+def test_failure_budget_blocks_the_commit(spark, test_recipe, lake, tmp_path) -> None:
+    listing = tmp_path / "crawl-data/CC-MAIN-BAD/warc.paths.gz"
+    listing.parent.mkdir(parents=True)
+    import gzip
+
+    names = ["missing-1.warc.gz", "missing-2.warc.gz", "good.warc.gz"]
+    listing.write_bytes(gzip.compress("\n".join(names).encode()))
+    good = sorted((SAMPLE / "crawl-data/CC-MAIN-2024-10").rglob("*.warc.gz"))[0]
+    (tmp_path / "good.warc.gz").write_bytes(good.read_bytes())
+    data = test_recipe.model_dump(mode="json", exclude={"path"})
+    data["sources"] = {"bad": {"kind": "commoncrawl", "base_url": str(tmp_path), "snapshots": [
+        {"id": "CC-MAIN-BAD", "date": "2024-07-01", "paths": "crawl-data/CC-MAIN-BAD/warc.paths.gz"}]}}
+    from phiflow.recipe import parse_recipe
+
+    recipe = parse_recipe(data)
+    with pytest.raises(commoncrawl_extract.FailureBudgetExceeded, match="2 of 3 WARC files failed"):
+        commoncrawl_extract.run(spark, ctx(recipe, lake, source="bad", partition={"snapshot": "CC-MAIN-BAD"}))
+    assert lake.manifest("bad.extracted", {"snapshot": "CC-MAIN-BAD"}) is None
+    lenient = parse_recipe({**data, "stages": {**data["stages"], "commoncrawl_extract": {
+        **data["stages"]["commoncrawl_extract"], "failure_budget": 0.7}}})
+    m = commoncrawl_extract.run(spark, ctx(lenient, lake, source="bad", partition={"snapshot": "CC-MAIN-BAD"}))
+    assert m.counters["files"]["failed"] == {"open_error:FileNotFoundError": 2} and m.row_count > 0
+
+
+def test_crash_mid_write_leaves_no_half_partition(spark, test_recipe, lake, monkeypatch) -> None:
+    before = commoncrawl_extract.run(spark, ctx(test_recipe, lake))
+
+    def die(self, manifest):  # the data files are written; the process dies before the manifest
+        raise SystemExit("killed mid-write")
+
+    monkeypatch.setattr(Lake, "commit", die)
+    with pytest.raises(SystemExit):
+        commoncrawl_extract.run(spark, ctx(test_recipe, lake, run_id="crashed"))
+    monkeypatch.undo()
+    seen = lake.require("web.extracted", SNAP)
+    assert seen.attempt == before.attempt and seen.airflow == {}  # readers still see the old commit only
+    attempts = lake.fs.ls(lake.partition_path("web.extracted", SNAP) + "/_attempts", detail=False)
+    assert len(attempts) == 2  # the crashed attempt is on disk, invisible
+    after = commoncrawl_extract.run(spark, ctx(test_recipe, lake, run_id="rerun"))
+    assert after.digest == before.digest and lake.require("web.extracted", SNAP).airflow == {"run_id": "rerun"}
+    assert len(lake.fs.ls(lake.partition_path("web.extracted", SNAP) + "/_attempts", detail=False)) == 1
+
+
+def test_recipe_file_roundtrip(test_recipe) -> None:
+    assert load_recipe(test_recipe.path).digest == test_recipe.digest

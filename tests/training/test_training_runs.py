@@ -1,0 +1,128 @@
+"""End-to-end runs through ``training.launch`` (torchrun, gloo on CPU): the tiny model learns,
+TP=2 and DP=2 match TP=1, PP=2 runs, a crash-resume is bit-exact, checkpoints reshard, midtraining loads.
+
+Each torchrun costs ~9 s of start-up here, so runs are shared through module-scoped fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from training.config import RunConfig
+from training.launch import TrainingFailed, launch
+
+
+def losses(metrics: dict[str, Any]) -> list[float]:
+    return [s["loss"] for s in metrics["steps"]]
+
+
+def run(cfg: RunConfig, work: Path, dp: int = 1) -> dict[str, Any]:
+    return launch(cfg, work, dp=dp, stream=None, timeout_s=300)
+
+
+@pytest.fixture(scope="module")
+def baseline(
+    make_run: Callable[..., RunConfig], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Any], Path]:
+    """TP=1, 20 uninterrupted steps, checkpoints at 10 and 20."""
+    work = tmp_path_factory.mktemp("baseline")
+    cfg = make_run(
+        "baseline",
+        checkpoint={"save_dir": str(work / "ckpt"), "save_interval": 10},
+        output={"tensorboard_dir": str(work / "tb")},
+    )
+    return run(cfg, work), work / "ckpt"
+
+
+@pytest.fixture(scope="module")
+def tp2(make_run: Callable[..., RunConfig], tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    work = tmp_path_factory.mktemp("tp2")
+    cfg = make_run("tp2", tp=2, checkpoint={"save_dir": str(work / "ckpt"), "save_interval": 10})
+    return run(cfg, work), work / "ckpt"
+
+
+def test_tiny_model_learns(baseline: tuple[dict[str, Any], Path]) -> None:
+    metrics, ckpt = baseline
+    ls = losses(metrics)
+    assert len(ls) == 20 and all(math.isfinite(x) for x in ls)
+    assert abs(ls[0] - math.log(512)) < 0.3  # starts near uniform over the vocabulary
+    assert sum(ls[-3:]) / 3 < sum(ls[:3]) / 3 - 0.5, ls
+    assert math.isfinite(metrics["valid_perplexity"]) and metrics["valid_perplexity"] > 1
+    steps = metrics["steps"]
+    assert steps[1]["lr"] == pytest.approx(3e-3) and steps[-1]["lr"] == pytest.approx(3e-4)  # warmup, decay
+    assert all(s["tokens_per_s"] > 0 and s["grad_norm"] > 0 for s in steps)
+    assert (ckpt / "latest").read_text() == "20"
+    assert sorted(p.name for p in ckpt.glob("iter_*")) == ["iter_0000010", "iter_0000020"]
+
+
+def test_tp2_matches_tp1(baseline: tuple[dict[str, Any], Path], tp2: tuple[dict[str, Any], Path]) -> None:
+    assert tp2[0]["tp"] == 2
+    assert losses(tp2[0]) == pytest.approx(losses(baseline[0]), rel=1e-4)
+
+
+def test_dp2_matches_tp1(
+    make_run: Callable[..., RunConfig], baseline: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    metrics = run(make_run("dp2"), tmp_path, dp=2)  # global batch 8 = micro 2 x accumulation 2 x dp 2
+    assert metrics["dp"] == 2
+    assert losses(metrics) == pytest.approx(losses(baseline[0]), rel=1e-4)
+
+
+def test_pp2_runs(make_run: Callable[..., RunConfig], tmp_path: Path) -> None:
+    metrics = run(make_run("pp2", steps=8, pp=2), tmp_path)
+    ls = losses(metrics)
+    assert metrics["pp"] == 2 and len(ls) == 8 and all(math.isfinite(x) for x in ls)
+    assert ls[-1] < ls[0]
+
+
+def test_nan_stops_run_then_resume_is_bit_exact(
+    make_run: Callable[..., RunConfig], baseline: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    ckpt = str(tmp_path / "ckpt")
+    cfg = make_run("crash", checkpoint={"save_dir": ckpt, "save_interval": 10})
+    cfg.inject_nonfinite_at_step = 11
+    with pytest.raises(TrainingFailed, match="non-finite loss inf at step 11") as err:
+        run(cfg, tmp_path / "first")
+    assert err.value.metrics is not None and err.value.metrics["status"] == "failed"
+    assert (Path(ckpt) / "latest").read_text() == "10"  # the poisoned step was never saved
+
+    cfg.inject_nonfinite_at_step = None
+    resumed = run(cfg, tmp_path / "second")
+    assert resumed["resumed_from"].endswith("iter_0000010")
+    assert losses(resumed) == losses(baseline[0])[10:]  # bit-exact on CPU fp32
+    assert resumed["param_digests"] == baseline[0]["param_digests"]
+
+
+def test_tp2_checkpoint_loads_at_tp1(
+    make_run: Callable[..., RunConfig], tp2: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    src = tmp_path / "from_tp2"
+    src.mkdir()
+    os.symlink(tp2[1] / "iter_0000010", src / "iter_0000010")
+    (src / "latest").write_text("10")
+    metrics = run(make_run("reshard", tp=1, checkpoint={"load_dir": str(src)}), tmp_path / "w")
+    assert metrics["tp"] == 1 and metrics["steps"][0]["step"] == 11
+    assert losses(metrics)[0] == pytest.approx(losses(tp2[0])[10], rel=1e-6)
+
+
+def test_midtrain_from_pretrain_checkpoint(
+    make_run: Callable[..., RunConfig], baseline: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    pre = make_run("pre")
+    mid = pre.midtrain(load_dir=str(baseline[1]), name="midtrain")
+    mid.optimizer.total_steps, mid.optimizer.warmup_steps = 4, 1
+    metrics = run(mid, tmp_path)
+    saved = json.loads((tmp_path / "run.json").read_text())
+    assert saved["model"]["seq_length"] == 256 and saved["model"]["rotary_base"] == 250_000
+    assert metrics["resumed_from"].endswith("iter_0000020") and metrics["final_step"] == 4
+    ls = losses(metrics)
+    assert all(math.isfinite(x) for x in ls)
+    assert ls[0] < losses(baseline[0])[0] - 0.3  # pretrained weights were loaded
+    assert metrics["steps"][0]["lr"] == pytest.approx(3e-4)  # peak LR / 10 after 1 warmup step

@@ -1,0 +1,64 @@
+"""Tokenizer training, the indexed writer (EOD, sidecar, megatron-readable) and the CPU layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training import cpu_compat
+from training.indexed_writer import read_sidecar, tokenize_to_indexed, write_tokens
+
+
+def test_bpe_round_trip(tokenizer: Any, corpus: list[str]) -> None:
+    assert tokenizer.vocab_size == 512 and tokenizer.eod == 0
+    ids = tokenizer.encode_batch(corpus[:3])
+    assert tokenizer.decode(ids[0]) == corpus[0]
+    assert all(0 not in x for x in ids)  # EOD never comes out of plain text
+
+
+def test_indexed_dataset_has_eod_and_sidecar(tmp_path: Path, tokenizer: Any, corpus: list[str]) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    texts, ids = corpus[:50], [f"doc-{i}" for i in range(50)]
+    stats = tokenize_to_indexed(tmp_path / "shard", texts, ids, tokenizer, batch_size=16)
+    ds = IndexedDataset(str(tmp_path / "shard"))
+    assert len(ds) == stats.documents == 50 and stats.dtype == "uint16"
+    expected = tokenizer.encode_batch(texts)
+    for i in (0, 17, 49):
+        seq = ds[i]
+        assert list(seq[:-1]) == expected[i] and seq[-1] == tokenizer.eod
+    side = read_sidecar(tmp_path / "shard")
+    assert side.column("doc_id").to_pylist() == ids
+    assert side.column("num_tokens").to_pylist() == [len(e) + 1 for e in expected]
+    assert stats.tokens == sum(len(e) + 1 for e in expected)
+
+
+def test_write_tokens_accepts_arrow_and_large_vocab(tmp_path: Path) -> None:
+    import pyarrow as pa
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    toks = pa.array([[70_000, 5], [1]], pa.list_(pa.int32()))
+    stats = write_tokens(tmp_path / "big", toks, pa.array(["a", "b"]), vocab_size=100_352, eod=100_257)
+    assert stats.dtype == "int32"
+    ds = IndexedDataset(str(tmp_path / "big"))
+    assert list(ds[0]) == [70_000, 5, 100_257] and list(ds[1]) == [1, 100_257]
+
+
+def test_cpu_compat_redirects_only_without_gpu() -> None:
+    if torch.cuda.is_available():
+        assert cpu_compat.enable() is False
+        return
+    with cpu_compat.cpu_compat() as active:
+        assert active
+        assert torch.cuda.current_device() == torch.device("cpu")
+        assert torch.zeros(2, device="cuda").device.type == "cpu"
+        assert torch.ones(2).cuda().device.type == "cpu"
+        assert torch.ones(2).to("cuda").device.type == "cpu"
+        assert torch.ones(2).type() == "torch.cuda.FloatTensor"  # megatron's clip_grads assert
+        torch.cuda.synchronize()
+        torch.cuda.current_stream().wait_stream(None)
+    assert torch.ones(2).type() == "torch.FloatTensor"
+    assert np.asarray(torch.ones(1)).dtype == np.float32
