@@ -66,7 +66,70 @@ class CommonCrawlSource(Strict):
         raise KeyError(f"unknown snapshot {snapshot_id!r}; known: {[s.id for s in self.snapshots]}")
 
 
-Source = CommonCrawlSource
+    def required_paths(self) -> list[tuple[str, str]]:
+        """(recipe field, path relative to base_url) of every input file the source names."""
+        return [(f"snapshots[{s.id}].paths", s.paths) for s in self.snapshots]
+
+
+class WikiDump(Strict):
+    """One Wikimedia dump: a wiki (enwiki, dewiki...) on a dump date, in the multistream layout."""
+
+    wiki: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*wiki$")]
+    date: dt.date  # the run whose data interval contains this date processes this dump
+    dump: str | None = None  # default `<wiki>/<YYYYMMDD>/<wiki>-<YYYYMMDD>-pages-articles-multistream.xml.bz2`
+    index: str | None = None  # default: the dump's `…-multistream-index.txt.bz2`
+    max_streams: Annotated[int | None, Field(gt=0)] = None  # take the first N page streams (sampling runs)
+
+    @property
+    def id(self) -> str:
+        return f"{self.wiki}-{self.date:%Y%m%d}"
+
+    @property
+    def dump_path(self) -> str:
+        d = f"{self.date:%Y%m%d}"
+        return self.dump or f"{self.wiki}/{d}/{self.wiki}-{d}-pages-articles-multistream.xml.bz2"
+
+    @property
+    def index_path(self) -> str:
+        return self.index or self.dump_path.removesuffix(".xml.bz2") + "-index.txt.bz2"
+
+
+class WikipediaSource(Strict):
+    kind: Literal["wikipedia"]
+    base_url: str  # dump paths are relative to this (https://dumps.wikimedia.org/, a mirror, a folder)
+    schedule: str = "@monthly"
+    dumps: Annotated[list[WikiDump], Field(min_length=1)]
+
+    @field_validator("dumps")
+    @classmethod
+    def _unique(cls, dumps: list[WikiDump]) -> list[WikiDump]:
+        ids = [d.id for d in dumps]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"dumps must be unique per wiki and date, repeated: {', '.join(dupes)}")
+        return sorted(dumps, key=lambda d: (d.date, d.wiki))
+
+    @property
+    def start_date(self) -> dt.datetime:
+        first = self.dumps[0].date
+        return dt.datetime(first.year, first.month, 1, tzinfo=dt.UTC)
+
+    def dumps_in(self, start: dt.datetime, end: dt.datetime) -> list[WikiDump]:
+        """Dumps whose date falls in the data interval [start, end)."""
+        return [d for d in self.dumps if start.date() <= d.date < end.date()]
+
+    def dump_by_id(self, dump_id: str) -> WikiDump:
+        for d in self.dumps:
+            if d.id == dump_id:
+                return d
+        raise KeyError(f"unknown dump {dump_id!r}; known: {[d.id for d in self.dumps]}")
+
+    def required_paths(self) -> list[tuple[str, str]]:
+        return [(f"dumps[{d.id}].{name}", path) for d in self.dumps
+                for name, path in (("dump", d.dump_path), ("index", d.index_path))]
+
+
+Source = Annotated[CommonCrawlSource | WikipediaSource, Field(discriminator="kind")]
 
 
 # -- stage parameters ------------------------------------------------------------------------
@@ -96,6 +159,66 @@ class LangidParams(Strict):
     keep_languages: list[str] | None = None  # None keeps every language
 
 
+class DedupParams(Strict):
+    """Exact (normalised-content hash) and fuzzy (MinHash LSH) dedup of one partition, and against the
+    MinHash band keys of the partitions of earlier snapshots (earlier snapshots win)."""
+
+    input: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")] = "langid"  # reads `<source>.<input>`
+    exact: bool = True
+    fuzzy: bool = True
+    shingle_size: Annotated[int, Field(ge=1, le=64)] = 5  # words per shingle
+    num_perm: Annotated[int, Field(ge=1, le=1024)] = 128
+    bands: Annotated[int, Field(ge=1)] = 16
+    rows: Annotated[int, Field(ge=1)] = 8
+    # candidate pairs are kept when their estimated Jaccard (signature agreement) reaches this; 0 keeps all
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.7
+    seed: Annotated[int, Field(ge=0)] = 42
+    # survivor of a cluster: first by these columns; columns missing from the input are skipped,
+    # `doc_id asc` always ends the rule so ties are broken the same way everywhere
+    survivor: list[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]* (asc|desc)$")]] = Field(
+        default_factory=lambda: ["quality_score desc", "fetch_time asc", "doc_id asc"])
+    cross_snapshot: bool = True  # dedup against the `<source>.minhash` partitions of earlier snapshots
+    max_iterations: Annotated[int, Field(ge=1)] = 64  # connected-components rounds before giving up
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> DedupParams:
+        if self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+
+class BenchmarkFile(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    path: str  # relative to the recipe file, or a URL
+    format: Literal["jsonl", "parquet"] = "jsonl"
+    id_field: str = "id"
+    text_fields: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["text"])
+
+
+class DecontaminateParams(Strict):
+    """The Phi-4 report's hybrid n-gram rule (appendix B.1) against the listed benchmark files."""
+
+    input: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")] = "dedup"  # reads `<source>.<input>`
+    benchmarks: list[BenchmarkFile] = Field(default_factory=list)
+    long_n: Annotated[int, Field(ge=1, le=64)] = 13  # any match flags, unless allowlisted
+    short_n: Annotated[int, Field(ge=1, le=64)] = 7
+    overlap_threshold: Annotated[float, Field(gt=0, le=1)] = 0.5  # share of an item's short n-grams in a doc
+    # the allowlist: benchmark n-grams found in at least `allowlist_min_docs` documents of *every* listed
+    # reference dataset (committed partitions up to the current snapshot), e.g. wiki.langid and web.langid
+    allowlist_references: list[str] = Field(default_factory=list)
+    allowlist_min_docs: Annotated[int, Field(ge=1)] = 10
+    max_report_ngrams: Annotated[int, Field(ge=1)] = 20
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DecontaminateParams:
+        if self.short_n > self.long_n:
+            raise ValueError(f"short_n ({self.short_n}) must not exceed long_n ({self.long_n})")
+        names = [b.name for b in self.benchmarks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmark names must be unique: {names}")
+        return self
+
+
 class AirflowSettings(Strict):
     retries: Annotated[int, Field(ge=0)] = 1
     retry_delay_s: Annotated[int, Field(ge=0)] = 30
@@ -104,6 +227,8 @@ class AirflowSettings(Strict):
 class Stages(Strict):
     commoncrawl_extract: CommonCrawlExtractParams = CommonCrawlExtractParams()
     langid: LangidParams = LangidParams()
+    dedup: DedupParams = DedupParams()
+    decontaminate: DecontaminateParams = DecontaminateParams()
 
 
 class Recipe(Strict):
@@ -131,10 +256,10 @@ class Recipe(Strict):
             base = self.resolve(src.base_url)
             if "://" in base:
                 continue
-            for snap in src.snapshots:
-                p = Path(base) / snap.paths
+            for label, rel in src.required_paths():
+                p = Path(base) / rel
                 if not p.exists():
-                    raise ValueError(f"sources.{name}.snapshots[{snap.id}].paths: {p} does not exist")
+                    raise ValueError(f"sources.{name}.{label}: {p} does not exist")
         return self
 
     @property

@@ -65,3 +65,49 @@ def fingerprint(schema: pa.Schema) -> str:
     """Digest of names and types, so readers can detect a schema change between partitions."""
     text = ";".join(f"{f.name}:{f.type}" for f in schema)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+# -- dedup and decontaminate (issue 4) -------------------------------------------------------
+# Cluster membership written by dedup: one row per document merged into a survivor, so lineage
+# shows what was merged into what. `cluster_id` is the smallest doc_id of the cluster.
+DUP_CLUSTERS = pa.schema(
+    [
+        pa.field("cluster_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("survivor_id", pa.string(), nullable=False),
+        pa.field("survivor_partition", pa.string()),  # e.g. snapshot=CC-MAIN-2024-10 (an earlier one wins)
+        pa.field("kind", pa.string()),  # exact | fuzzy
+    ]
+)
+
+# MinHash of every kept document of a committed dedup partition: later snapshots are deduplicated
+# against these without reading or hashing the earlier text again.
+MINHASH = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("content_hash", pa.string()),
+        pa.field("signature", pa.list_(pa.int32())),  # num_perm values (uint32 stored as int32)
+        pa.field("bands", pa.list_(pa.int64())),  # one LSH key per band
+    ]
+)
+
+# One row per (document, benchmark item) the hybrid n-gram rule flagged.
+CONTAMINATION = pa.schema(
+    DOCUMENT_FIELDS
+    + [
+        pa.field("benchmark", pa.string()),
+        pa.field("item_id", pa.string()),
+        pa.field("rule", pa.string()),  # ngram13 | ngram7_overlap (sizes from the recipe)
+        pa.field("matched_ngrams", pa.list_(pa.string())),  # first few, as normalised in the document
+        pa.field("matched_count", pa.int32()),
+        pa.field("overlap", pa.float32()),  # share of the item's short n-grams found in the document
+    ]
+)
+
+# The decontamination allowlist: benchmark n-grams frequent in every reference corpus.
+NGRAM_ALLOWLIST = pa.schema(
+    [
+        pa.field("n", pa.int32(), nullable=False),
+        pa.field("ngram_hash", pa.int64(), nullable=False),
+        pa.field("doc_freq", pa.int64()),  # the smallest document frequency over the reference datasets
+    ]
+)

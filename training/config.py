@@ -263,6 +263,14 @@ class RunConfig:
             p.append(("checkpoint.save_dir", "required when save_interval > 0"))
         if c.finetune and not c.load_dir:
             p.append(("checkpoint.load_dir", "required when finetune is set"))
+        if c.finetune and c.save_dir and c.load_dir and Path(c.save_dir) == Path(c.load_dir):
+            p.append(
+                (
+                    "checkpoint.save_dir",
+                    "must differ from load_dir when finetune is set (a restart "
+                    "would resume the loaded run instead of fine-tuning it)",
+                )
+            )
         return p
 
     def validate(self, world_size: int | None = None) -> RunConfig:
@@ -300,6 +308,7 @@ class RunConfig:
     def midtrain(
         self,
         load_dir: str,
+        save_dir: str | None = None,
         seq_length_factor: int = 4,
         rotary_base: int = 250_000,
         lr_factor: float = 0.1,
@@ -308,8 +317,9 @@ class RunConfig:
         """Phi-4 midtraining (section 3.3) from this pretraining config.
 
         Longer sequences, RoPE base 250K, learning rates divided by 10, weights loaded from
-        ``load_dir`` with a fresh optimizer and step counter (``finetune``). ``changes`` replace
-        top-level fields (e.g. ``data=...``, ``output=...``).
+        ``load_dir`` with a fresh optimizer and step counter (``finetune``). Checkpoints go to
+        ``save_dir`` (never the pretraining dir: a restarted midtrain resumes from its own saves).
+        ``changes`` replace top-level fields (e.g. ``data=...``, ``output=...``).
         """
         m = dataclasses.replace(
             self.model,
@@ -320,7 +330,7 @@ class RunConfig:
         o = dataclasses.replace(
             self.optimizer, lr=self.optimizer.lr * lr_factor, min_lr=self.optimizer.min_lr * lr_factor
         )
-        ck = dataclasses.replace(self.checkpoint, load_dir=load_dir, finetune=True)
+        ck = dataclasses.replace(self.checkpoint, load_dir=load_dir, save_dir=save_dir, finetune=True)
         return dataclasses.replace(self, model=m, optimizer=o, checkpoint=ck, **changes)
 
 

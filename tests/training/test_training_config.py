@@ -98,3 +98,8 @@ def test_phi4_vocab_padding_and_midtrain() -> None:
     assert mid.optimizer.lr == pytest.approx(3e-5)
     assert mid.checkpoint.finetune and mid.checkpoint.load_dir == "/ckpt/pretrain"
     assert cfg.model.seq_length == 4096  # the pretraining config is untouched
+    cfg.checkpoint.save_dir = "/ckpt/pretrain"
+    assert cfg.midtrain(load_dir="/ckpt/pretrain").checkpoint.save_dir is None
+    bad = cfg.midtrain(load_dir="/ckpt/pretrain", save_dir="/ckpt/pretrain")
+    with pytest.raises(ConfigError, match=r"checkpoint.save_dir: must differ from load_dir"):
+        bad.validate()

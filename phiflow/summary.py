@@ -1,0 +1,50 @@
+"""Readable summaries of what the lake holds, built only from manifests (cheap at any scale)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from phiflow.manifest import Manifest, partition_key
+from phiflow.storage import Lake
+
+
+def stage_table(manifests: Iterable[Manifest]) -> str:
+    """Per dataset: partitions, rows in, rows out, drops by reason, seconds."""
+    by_dataset: dict[str, list[Manifest]] = {}
+    for m in manifests:
+        by_dataset.setdefault(m.dataset, []).append(m)
+    lines = [f"{'dataset':<24} {'stage':<20} {'parts':>5} {'rows in':>9} {'rows out':>9} {'seconds':>8}  dropped by reason"]
+    for dataset, ms in by_dataset.items():
+        dropped: Counter[str] = Counter()
+        for m in ms:
+            dropped.update(m.counters.get("dropped", {}))
+        rows_in = sum(int(m.counters.get("read") or 0) for m in ms)
+        rows_out = sum(m.row_count for m in ms)
+        secs = sum(float(m.timings.get("seconds") or 0) for m in ms)
+        reasons = ", ".join(f"{r} {n}" for r, n in dropped.most_common()) or "-"
+        lines.append(f"{dataset:<24} {ms[0].stage:<20} {len(ms):>5} {rows_in:>9} {rows_out:>9} {secs:>8.1f}  {reasons}")
+    return "\n".join(lines)
+
+
+def stale_inputs(m: Manifest, current: dict[tuple[str, str], str]) -> list[str]:
+    """Inputs of `m` whose committed digest differs from the one `m` was computed from."""
+    stale = []
+    for i in m.inputs:
+        key = (i.dataset, partition_key(i.partition))
+        if key in current and current[key] != i.digest:
+            stale.append(f"{i.dataset}/{key[1]}")
+    return stale
+
+
+def lake_status(lake: Lake) -> str:
+    """Committed partitions per dataset, flagging stale ones (an input was re-committed differently)."""
+    manifests = [m for d in lake.datasets() for m in lake.partitions(d)]
+    current = {(m.dataset, m.key): m.digest for m in manifests}
+    out = []
+    for m in manifests:
+        stale = stale_inputs(m, current)
+        flag = f"STALE: {', '.join(stale)} changed" if stale else "ok"
+        out.append(f"{m.dataset:<24} {m.key:<32} {m.row_count:>9} rows  {m.digest[:12]}  {flag}  "
+                   f"(run {m.airflow.get('run_id', '-')})")
+    return "\n".join(out) or f"no committed partitions under {lake.url}"

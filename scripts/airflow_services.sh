@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Start or stop the Airflow services of the embedded default (api-server, scheduler, dag-processor,
+# triggerer) as separate processes bound to 127.0.0.1, with pid files under $AIRFLOW_HOME/run, so
+# that `stop` ends exactly these processes (and their children) and nothing else.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+RUN="$AIRFLOW_HOME/run"
+SERVICES=(api-server scheduler dag-processor triggerer)
+mkdir -p "$RUN" "$AIRFLOW_HOME/logs"
+
+alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+start() {
+  airflow db migrate >"$AIRFLOW_HOME/logs/db-migrate.log" 2>&1
+  for s in "${SERVICES[@]}"; do
+    if alive "$s"; then echo "$s already running (pid $(cat "$RUN/$s.pid"))"; continue; fi
+    # setsid: each service leads its own process group, so stop can signal the whole group.
+    setsid airflow "$s" >"$AIRFLOW_HOME/logs/$s.log" 2>&1 < /dev/null &
+    echo $! >"$RUN/$s.pid"
+  done
+  local url="http://${AIRFLOW__API__HOST}:${AIRFLOW__API__PORT}"
+  for _ in $(seq 1 90); do
+    if curl -fsS "$url/api/v2/monitor/health" >/dev/null 2>&1; then break; fi
+    sleep 1
+  done
+  curl -fsS "$url/api/v2/monitor/health" >/dev/null || { echo "api-server did not become healthy; see $AIRFLOW_HOME/logs" >&2; exit 1; }
+  local pw="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
+  echo "Airflow UI:   $url   (user admin, password: $(python -c "import json,sys; print(json.load(open(sys.argv[1]))['admin'])" "$pw" 2>/dev/null || echo "see $pw"))"
+  echo "DAGs from:    $AIRFLOW__CORE__DAGS_FOLDER   recipe $PHIFLOW_RECIPE"
+  echo "Logs:         $AIRFLOW_HOME/logs/   stop with: make airflow-stop"
+}
+
+stop() {
+  for s in "${SERVICES[@]}"; do
+    if alive "$s"; then
+      pid="$(cat "$RUN/$s.pid")"
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+      kill -0 "$pid" 2>/dev/null && kill -KILL -- "-$pid" 2>/dev/null || true
+      echo "stopped $s (pid $pid)"
+    fi
+    rm -f "$RUN/$s.pid"
+  done
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) for s in "${SERVICES[@]}"; do alive "$s" && echo "$s running (pid $(cat "$RUN/$s.pid"))" || echo "$s stopped"; done ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

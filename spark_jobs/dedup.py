@@ -1,0 +1,268 @@
+"""dedup: `<source>.<input>` partition -> `<source>.dedup` (survivors), `<source>.dup_clusters`
+(who merged into whom) and `<source>.minhash` (the survivors' signatures, for later snapshots).
+
+Everything after the per-document hashing is Spark joins and aggregations; nothing about the
+graph is collected to the driver:
+
+1. `mapInArrow` computes a normalised-content hash, a MinHash signature and LSH band keys.
+2. Documents of earlier snapshots enter as nodes too, read from their committed `<source>.minhash`
+   partitions and restricted to those sharing a content hash or band key with this partition
+   (a semi-join), so earlier text is never read or hashed again.
+3. Exact: a window over the content hash picks one representative per hash.
+4. Fuzzy, among representatives: each LSH bucket (band, key) links its members to its smallest
+   doc_id (a star, not all pairs: linear in bucket size); each link is kept when the signatures
+   agree on at least `threshold` of their positions.
+5. Connected components by alternating large-star / small-star rounds (Kiveris et al., 2014) until
+   the edge set stops changing; every node ends up linked to the smallest doc_id of its component.
+6. The survivor of each cluster is the first member by (earlier snapshot first, the recipe's rule,
+   doc_id); the cluster id is its smallest doc_id. Both depend only on the rows, so any
+   partitioning of the input gives the same result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import ArrayType, IntegerType, LongType, StringType, StructField, StructType
+
+from phiflow.manifest import Manifest, partition_key
+from phiflow.recipe import CommonCrawlSource, DedupParams
+from phiflow.schema import DUP_CLUSTERS, MINHASH
+from phiflow.storage import Lake
+from spark_jobs.minhash import MinHasher
+from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, print_summary, spark_schema, stage_main
+
+STAGE = "dedup"
+FEATURES = [
+    StructField("content_hash", StringType()),
+    StructField("signature", ArrayType(IntegerType())),
+    StructField("bands", ArrayType(LongType())),
+]
+# Parameters the stored signatures depend on: earlier partitions must have been hashed with the same.
+SIGNATURE_PARAMS = ("shingle_size", "num_perm", "bands", "rows", "seed")
+
+
+def hasher(params: DedupParams) -> MinHasher:
+    return MinHasher(params.shingle_size, params.num_perm, params.bands, params.rows, params.seed)
+
+
+def signature_batches(mh: MinHasher, keep: list[str]):  # -> mapInArrow function
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            content, sig, bands = mh.batch(batch.column("text").to_pylist())
+            cols = [batch.column(c) for c in keep] + [content, sig, bands]
+            yield pa.RecordBatch.from_arrays(cols, names=[*keep, "content_hash", "signature", "bands"])
+
+    return run
+
+
+# -- partitions and ordering -------------------------------------------------------------------
+def snapshot_order(src: CommonCrawlSource, partition: dict[str, str]) -> int | None:
+    """Position of a partition's snapshot in the source's date order (None: not a snapshot of it)."""
+    ids = [s.id for s in src.snapshots]  # sorted by date by the recipe
+    snap = partition.get("snapshot")
+    return ids.index(snap) if snap in ids else None
+
+
+def partitions_before(lake: Lake, dataset: str, src: CommonCrawlSource, partition: dict[str, str],
+                      inclusive: bool) -> list[Manifest]:
+    """Committed partitions of `dataset` dated before (or at) `partition`'s snapshot.
+
+    Partitions that are not snapshots of `src` (another source's, e.g. a wiki dump) all count.
+    Choosing by date, not by what happens to be committed, keeps a backfill of an old snapshot
+    from seeing newer ones.
+    """
+    here = snapshot_order(src, partition)
+    out = []
+    for m in lake.partitions(dataset):
+        pos = snapshot_order(src, m.partition)
+        if pos is None or here is None or pos < here or (inclusive and pos == here):
+            out.append(m)
+    return out
+
+
+def earlier_signatures(spark: SparkSession, ctx: StageContext, params: DedupParams) -> tuple[list[Manifest], DataFrame | None]:
+    """MinHash rows of the committed partitions of earlier snapshots, tagged with their order."""
+    src = ctx.recipe.source(ctx.source)
+    here = snapshot_order(src, ctx.partition)
+    prior = [m for m in partitions_before(ctx.lake, f"{ctx.source}.minhash", src, ctx.partition, inclusive=False)
+             if m.partition != ctx.partition]
+    frames = []
+    for m in prior:
+        stale = {k: (m.params.get(k), getattr(params, k)) for k in SIGNATURE_PARAMS if m.params.get(k) != getattr(params, k)}
+        if stale:
+            raise ValueError(f"{m.dataset}/{m.key} was hashed with other MinHash parameters {stale} (stored, recipe): "
+                             "backfill dedup for the earlier snapshots first")
+        pos = snapshot_order(src, m.partition)
+        frames.append(spark.read.schema(spark_schema(MINHASH)).parquet(*ctx.lake.data_files(m))
+                      .withColumn("origin", F.lit(-1 if pos is None or here is None else pos - len(src.snapshots)))
+                      .withColumn("origin_partition", F.lit(m.key)))
+    if not frames:
+        return prior, None
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.unionByName(f)
+    return prior, out
+
+
+# -- rule ---------------------------------------------------------------------------------------
+def survivor_order(params: DedupParams, columns: list[str]) -> tuple[list[str], list[Column]]:
+    """(rule columns present in the input, sort expressions): earlier origin first, then the rule."""
+    present, order = [], [F.col("origin").asc()]
+    for term in params.survivor:
+        name, direction = term.split()
+        if name == "doc_id" or name not in columns:
+            continue
+        present.append(name)
+        order.append(F.col(name).desc_nulls_last() if direction == "desc" else F.col(name).asc_nulls_last())
+    return present, [*order, F.col("doc_id").asc()]
+
+
+# -- connected components -----------------------------------------------------------------------
+def _materialize(df: DataFrame) -> DataFrame:
+    """Cut the lineage between rounds: a reliable checkpoint when a checkpoint dir is set."""
+    sc = df.sparkSession.sparkContext
+    return df.checkpoint() if sc.getCheckpointDir() else df.localCheckpoint()
+
+
+def _large_star(edges: DataFrame) -> DataFrame:
+    """Link every neighbour larger than u to the smallest node of u's neighbourhood (u included)."""
+    sym = edges.select(F.col("a").alias("u"), F.col("b").alias("v")).unionByName(
+        edges.select(F.col("b").alias("u"), F.col("a").alias("v")))
+    m = sym.groupBy("u").agg(F.min("v").alias("mv")).select("u", F.least("u", "mv").alias("m"))
+    return sym.join(m, "u").where(F.col("v") > F.col("u")).select(F.col("v").alias("a"), F.col("m").alias("b")).distinct()
+
+
+def _small_star(edges: DataFrame) -> DataFrame:
+    """Link u and every neighbour smaller than u to the smallest of them."""
+    hi_lo = edges.select(F.greatest("a", "b").alias("u"), F.least("a", "b").alias("v"))
+    m = hi_lo.groupBy("u").agg(F.min("v").alias("m"))
+    j = hi_lo.join(m, "u")
+    return (j.select(F.col("v").alias("a"), F.col("m").alias("b")).where(F.col("a") != F.col("b"))
+            .unionByName(j.select(F.col("u").alias("a"), F.col("m").alias("b"))).distinct())
+
+
+def connected_components(edges: DataFrame, max_iterations: int) -> tuple[DataFrame, int]:
+    """(node, root) for every node of an undirected edge list (a, b); root = smallest node of its
+    component. Large-star / small-star rounds until a round leaves the edge set unchanged."""
+    current = _materialize(edges.select(F.greatest("a", "b").alias("a"), F.least("a", "b").alias("b"))
+                           .where(F.col("a") != F.col("b")).distinct())
+    for round_no in range(1, max_iterations + 1):
+        nxt = _materialize(_small_star(_large_star(current)))
+        changed = nxt.join(current, ["a", "b"], "full_outer").where(
+            F.col("a").isNull() | F.col("b").isNull() | ~F.exists(F.array(F.lit(1)), lambda x: x == 1)
+        )
+        same = nxt.exceptAll(current).isEmpty() and current.exceptAll(nxt).isEmpty()
+        del changed
+        current = nxt
+        if same:
+            roots = current.select(F.col("b").alias("node"), F.col("b").alias("root")).distinct()
+            return current.select(F.col("a").alias("node"), F.col("b").alias("root")).unionByName(roots), round_no
+    raise RuntimeError(f"connected components did not converge in {max_iterations} rounds (stages.dedup.max_iterations)")
+
+
+# -- the stage ----------------------------------------------------------------------------------
+def candidate_edges(reps: DataFrame, threshold: float) -> tuple[DataFrame, DataFrame]:
+    """(bucket links, verified links) among exact representatives: each LSH bucket is a star
+    around its smallest doc_id; a link survives when the signatures agree on >= threshold."""
+    exploded = reps.select("doc_id", F.posexplode("bands").alias("band", "key"))
+    buckets = exploded.groupBy("band", "key").agg(F.min("doc_id").alias("root"), F.count(F.lit(1)).alias("n")).where("n > 1")
+    links = (exploded.join(buckets, ["band", "key"]).where(F.col("doc_id") != F.col("root"))
+             .select(F.col("root").alias("a"), F.col("doc_id").alias("b")).distinct())
+    if threshold <= 0:
+        return links, links
+    sigs = reps.select("doc_id", "signature")
+    agree = F.aggregate(F.zip_with("sa", "sb", lambda x, y: (x == y).cast("int")), F.lit(0), lambda acc, x: acc + x)
+    verified = (links.join(sigs.select(F.col("doc_id").alias("a"), F.col("signature").alias("sa")), "a")
+                .join(sigs.select(F.col("doc_id").alias("b"), F.col("signature").alias("sb")), "b")
+                .where(agree >= F.lit(threshold) * F.size("sa")).select("a", "b"))
+    return links, verified
+
+
+def run(spark: SparkSession, ctx: StageContext) -> Manifest:
+    params = ctx.recipe.stages.dedup
+    source = ctx.lake.require(f"{ctx.source}.{params.input}", ctx.partition)
+    docs = spark.read.parquet(*ctx.lake.data_files(source))
+    out_schema = to_arrow_schema(docs.schema)
+    rule_cols, order = survivor_order(params, docs.columns)
+    print(f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents; survivor rule "
+          f"{[*rule_cols, 'doc_id']}; bands {params.bands} x rows {params.rows}, threshold {params.threshold}", flush=True)
+
+    feat_schema = StructType([docs.schema[c] for c in ["doc_id", *rule_cols]] + FEATURES)
+    current = (docs.select("doc_id", "text", *rule_cols)
+               .mapInArrow(signature_batches(hasher(params), ["doc_id", *rule_cols]), feat_schema)
+               .withColumn("origin", F.lit(0)).withColumn("origin_partition", F.lit(partition_key(ctx.partition))))
+    current = _materialize(current)
+    prior_manifests, prior = earlier_signatures(spark, ctx, params) if params.cross_snapshot else ([], None)
+    nodes = current
+    if prior is not None:
+        keys = current.select(F.posexplode("bands").alias("band", "key")).distinct()
+        hashes = current.select("content_hash").distinct()
+        p_keys = prior.select("doc_id", F.posexplode("bands").alias("band", "key"))
+        related = (p_keys.join(keys, ["band", "key"], "left_semi").select("doc_id")
+                   .unionByName(prior.join(hashes, "content_hash", "left_semi").select("doc_id")).distinct())
+        prior = prior.join(related, "doc_id", "left_semi").join(current.select("doc_id"), "doc_id", "left_anti")
+        for c in rule_cols:
+            prior = prior.withColumn(c, F.lit(None).cast(docs.schema[c].dataType))
+        nodes = _materialize(current.unionByName(prior))
+
+    nodes = nodes.withColumn("rep", F.first("doc_id").over(Window.partitionBy("content_hash").orderBy(*order))
+                             if params.exact else F.col("doc_id"))
+    counters: dict = {"read": source.row_count, "earlier_partitions": [m.key for m in prior_manifests],
+                      "earlier_candidates": nodes.where("origin < 0").count()}
+    group = F.col("rep")
+    if params.fuzzy:
+        links, verified = candidate_edges(nodes.where(F.col("doc_id") == F.col("rep")), params.threshold)
+        verified = _materialize(verified)
+        counters["candidate_pairs"] = links.count()
+        counters["verified_pairs"] = verified.count()
+        if counters["verified_pairs"]:
+            cc, counters["cc_rounds"] = connected_components(verified, params.max_iterations)
+            nodes = nodes.join(cc.withColumnRenamed("node", "rep"), "rep", "left")
+            group = F.coalesce(F.col("root"), F.col("rep"))
+    nodes = nodes.withColumn("group", group)
+    in_group = Window.partitionBy("group")
+    first = F.first(F.struct("doc_id", "content_hash", "origin_partition", "origin")).over(
+        Window.partitionBy("group").orderBy(*order))
+    decided = (nodes.withColumn("cluster_id", F.min("doc_id").over(in_group)).withColumn("s", first)
+               .where(F.col("origin") == 0)
+               .select("doc_id", "content_hash", "signature", "bands", "cluster_id",
+                       F.col("s.doc_id").alias("survivor_id"), F.col("s.origin_partition").alias("survivor_partition"),
+                       F.when(F.col("s.content_hash") == F.col("content_hash"), "exact").otherwise("fuzzy").alias("kind"),
+                       (F.col("s.origin") < 0).alias("earlier")))
+    decided = decided.withColumn("drop_reason", F.when(F.col("survivor_id") == F.col("doc_id"), None).otherwise(
+        F.concat(F.col("kind"), F.lit("_duplicate"), F.when(F.col("earlier"), "_of_earlier_snapshot").otherwise(""))))
+    decided = _materialize(decided)
+    try:
+        reasons = count_reasons(decided)
+        merged = decided.where(F.col("drop_reason").isNotNull())
+        counters["clusters"] = merged.select("cluster_id").distinct().count()
+        counters["merged"] = {r["kind"]: int(r["count"]) for r in merged.groupBy("kind").count().collect()}
+        inputs = [source.input_ref()] + [m.input_ref() for m in prior_manifests]
+        common = {"inputs": inputs, "reasons": reasons}
+        clusters = commit_partition(
+            spark, ctx, stage=STAGE, dataset=f"{ctx.source}.dup_clusters", schema=DUP_CLUSTERS,
+            rows=merged.withColumn("drop_reason", F.lit(None).cast("string")),
+            counters={"read": source.row_count, "clusters": counters["clusters"]}, **common)
+        kept = commit_partition(
+            spark, ctx, stage=STAGE, dataset=f"{ctx.source}.dedup", schema=out_schema,
+            rows=docs.join(decided.select("doc_id", "drop_reason"), "doc_id"),
+            counters={**counters, "dup_clusters_digest": clusters.digest}, **common)
+        commit_partition(
+            spark, ctx, stage=STAGE, dataset=f"{ctx.source}.minhash", schema=MINHASH, rows=decided,
+            counters={"read": source.row_count, "dedup_digest": kept.digest}, **common)
+    finally:
+        decided.unpersist()
+    print_summary(kept)
+    print(f"[phiflow]   clusters {counters['clusters']}  merged {counters['merged']}  candidate pairs "
+          f"{counters.get('candidate_pairs', 0)}  verified {counters.get('verified_pairs', 0)}  "
+          f"earlier partitions {counters['earlier_partitions']}", flush=True)
+    return kept
+
+
+if __name__ == "__main__":
+    stage_main(STAGE, run)

@@ -1,0 +1,147 @@
+"""A real HTTP server on 127.0.0.1 speaking OpenAI chat completions, with scripted answers and
+injected faults: the test double for every remote LLM endpoint.
+
+    with LLMTestServer(answer=my_fn, api_key="k") as srv:
+        srv.inject("prompt text", "500", "429", "timeout", "malformed", "truncated")
+        ... LLMConfig(backend="openai", base_url=srv.base_url, ...)
+
+`answer(body, i)` returns the i-th sample's text for a request body (default: a deterministic
+echo). Faults are queued per prompt (matched by substring of the last message), so they hit the
+same prompts whatever the client's concurrency. The server records what it saw: bodies, the
+Authorization headers, and how many good completions each prompt was served.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Answer = Callable[[dict[str, Any], int], str]
+FAULTS = {"500", "503", "429", "timeout", "malformed", "truncated", "no_choices"}
+
+
+def echo_answer(body: dict[str, Any], i: int) -> str:
+    return f"echo[{body.get('seed', 0)}]: {body['messages'][-1]['content']}"
+
+
+def last_message(body: dict[str, Any]) -> str:
+    return body["messages"][-1]["content"]
+
+
+class LLMTestServer:
+    def __init__(self, answer: Answer = echo_answer, api_key: str | None = None, retry_after: str = "1",
+                 hang_s: float = 1.0, max_choices: int | None = None) -> None:
+        self.answer, self.api_key, self.retry_after, self.hang_s = answer, api_key, retry_after, hang_s
+        self.max_choices = max_choices  # simulate servers that ignore n
+        self.bodies: list[dict[str, Any]] = []
+        self.auth_headers: list[str | None] = []
+        self.times: dict[str, list[float]] = defaultdict(list)  # arrival times per prompt
+        self.served: Counter[str] = Counter()  # good completions per prompt
+        self.faults_sent: Counter[str] = Counter()
+        self._faults: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    def inject(self, match: str, *faults: str) -> None:
+        """The next requests whose last message contains `match` get these faults, in order."""
+        unknown = set(faults) - FAULTS
+        assert not unknown, unknown
+        with self._lock:
+            self._faults.setdefault(match, []).extend(faults)
+
+    def _next_fault(self, prompt: str) -> str | None:
+        with self._lock:
+            for match, queue in self._faults.items():
+                if match in prompt and queue:
+                    return queue.pop(0)
+        return None
+
+    def __enter__(self) -> LLMTestServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # keep test output quiet
+                pass
+
+            def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None,
+                      length: int | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload) if length is None else length))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(payload)
+                self.wfile.flush()
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                auth = self.headers.get("Authorization")
+                prompt = last_message(body)
+                with server._lock:
+                    server.bodies.append(body)
+                    server.auth_headers.append(auth)
+                    server.times[prompt].append(time.monotonic())
+                if not self.path.endswith("/chat/completions"):
+                    return self._send(404, b'{"error": "not found"}')
+                if server.api_key is not None and auth != f"Bearer {server.api_key}":
+                    # A careless server that echoes what it got: clients must not pass it on verbatim.
+                    return self._send(401, json.dumps({"error": f"invalid credentials: {auth}"}).encode())
+                fault = server._next_fault(prompt)
+                if fault:
+                    with server._lock:
+                        server.faults_sent[fault] += 1
+                    return self._fault(fault)
+                n = int(body.get("n") or 1)
+                n_out = min(n, server.max_choices or n)
+                texts = [server.answer(body, i) for i in range(n_out)]
+                with server._lock:
+                    server.served[prompt] += 1
+                choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                           for i, t in enumerate(texts)]
+                usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": sum(len(t.split()) for t in texts)}
+                self._send(200, json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
+                                            "choices": choices, "usage": usage}).encode())
+
+            def _fault(self, fault: str) -> None:
+                if fault in ("500", "503"):
+                    self._send(int(fault), b'{"error": "overloaded"}')
+                elif fault == "429":
+                    self._send(429, b'{"error": "rate limited"}', {"Retry-After": server.retry_after})
+                elif fault == "timeout":
+                    time.sleep(server.hang_s)
+                    self.close_connection = True
+                elif fault == "malformed":
+                    self._send(200, b'{"choices": [{"message": ')
+                elif fault == "no_choices":
+                    self._send(200, b'{"choices": []}')
+                elif fault == "truncated":
+                    self._send(200, b'{"id": "x", "choices": [{"index": 0, "mess', length=4096)
+                    self.close_connection = True
+
+        return Handler
