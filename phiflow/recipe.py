@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from phiflow.llm.types import LLMConfig
 from phiflow.manifest import sha256_json
 
 
@@ -219,9 +220,199 @@ class DecontaminateParams(Strict):
         return self
 
 
+# -- synthesis (issue 5) ---------------------------------------------------------------------
+class SeedSelectParams(Strict):
+    """Two-stage seed curation (Phi-4 2.2): pages scored for educational potential, then passages."""
+
+    input_suffix: str = "langid"  # reads <source>.<suffix> (quality/clean once those stages run)
+    keep_languages: list[str] | None = Field(default_factory=lambda: ["en"])
+    page_score_column: str | None = None  # use an upstream score (e.g. quality_score) instead of the heuristic
+    min_page_score: Annotated[float, Field(ge=0, le=1)] = 0.3
+    passage_chars: Annotated[int, Field(gt=0)] = 1200  # passages are cut at paragraph ends near this size
+    min_passage_chars: Annotated[int, Field(gt=0)] = 200
+    min_passage_score: Annotated[float, Field(ge=0, le=1)] = 0.3
+    max_passages_per_page: Annotated[int, Field(gt=0)] = 4
+
+
+class SynthRole(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_ -]*$")]
+    system: str  # the role's system prompt
+
+
+WORKFLOW_PROMPTS = {  # prompt templates each kind needs (placeholders in braces)
+    "rewrite": {"rewrite"},
+    "self_revision": {"draft", "critique", "revise"},
+    "multi_agent": {"turn"},
+    "instruction_reversal": {"instruction", "code"},
+    "plurality_vote": {"question", "answer"},
+}
+
+
+class SynthWorkflow(Strict):
+    """One synthetic dataset type: how seeds are turned into samples, declared in the recipe."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    kind: Literal["rewrite", "self_revision", "multi_agent", "instruction_reversal", "plurality_vote"]
+    prompts: dict[str, str]
+    seed_kinds: list[Literal["text", "code"]] = Field(default_factory=lambda: ["text"])
+    max_seeds: Annotated[int, Field(gt=0)] = 10  # target: best-scored seeds per partition this workflow uses
+    samples_per_seed: Annotated[int, Field(gt=0)] = 1
+    rounds: Annotated[int, Field(gt=0)] = 1  # self_revision: critique/revise rounds; multi_agent: turns
+    roles: list[SynthRole] = Field(default_factory=list)  # multi_agent speakers, in turn order
+    rubric: str = ""  # self_revision: what the critique checks
+    accept_marker: str = "NO CHANGES"  # self_revision: a critique containing it ends the rounds
+    votes: Annotated[int, Field(ge=3)] = 5  # plurality_vote: k sampled answers
+    match: Literal["ast", "similarity", "tests"] = "similarity"  # instruction_reversal
+    min_similarity: Annotated[float, Field(ge=0, le=1)] = 0.6
+    execute: bool = False  # run the code in the output in the sandbox; drop it if it fails
+    temperature: Annotated[float, Field(ge=0)] = 0.7
+    max_tokens: Annotated[int, Field(gt=0)] = 256
+
+    @model_validator(mode="after")
+    def _prompts_present(self) -> SynthWorkflow:
+        missing = WORKFLOW_PROMPTS[self.kind] - set(self.prompts)
+        if missing:
+            raise ValueError(f"workflow {self.name} ({self.kind}) needs prompts: {sorted(missing)}")
+        if self.kind == "multi_agent" and len(self.roles) < 2:
+            raise ValueError(f"workflow {self.name}: multi_agent needs at least two roles")
+        return self
+
+
+class SandboxParams(Strict):
+    cpu_s: Annotated[int, Field(gt=0)] = 5
+    wall_s: Annotated[float, Field(gt=0)] = 10.0
+    memory_mb: Annotated[int, Field(gt=0)] = 512
+
+
+class SynthesizeParams(Strict):
+    workflows: list[SynthWorkflow] = Field(default_factory=list)
+    seed: int = 0  # sampling seeds derive from it, the seed row and the workflow
+    batch_rows: Annotated[int, Field(gt=0)] = 16  # seeds per workflow step (one batched LLM call each)
+    sandbox: SandboxParams = SandboxParams()
+
+    @field_validator("workflows")
+    @classmethod
+    def _unique(cls, wfs: list[SynthWorkflow]) -> list[SynthWorkflow]:
+        names = [w.name for w in wfs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"workflow names must be unique: {names}")
+        return wfs
+
+
 class AirflowSettings(Strict):
     retries: Annotated[int, Field(ge=0)] = 1
     retry_delay_s: Annotated[int, Field(ge=0)] = 30
+
+
+# -- wikipedia_extract and quality (issue 3) --------------------------------------------------
+class WikipediaExtractParams(Strict):
+    min_text_chars: Annotated[int, Field(ge=0)] = 200
+    streams_per_task: Annotated[int, Field(gt=0)] = 1  # bz2 streams (100 pages each) per Spark task
+    failure_budget: Annotated[float, Field(ge=0, le=1)] = 0.25  # share of pages allowed lost in bad streams
+    drop_sections: list[str] = Field(default_factory=lambda: [  # level-2 sections left out (any wiki)
+        "references", "external links", "see also", "notes", "further reading", "sources",
+        "einzelnachweise", "weblinks", "siehe auch", "literatur", "anmerkungen",
+        "références", "liens externes", "voir aussi", "notes et références", "bibliographie",
+        "脚注", "外部リンク", "関連項目", "参考文献", "出典"])
+    disambiguation_templates: list[str] = Field(default_factory=lambda: [
+        "disambiguation", "disambig", "dab", "hndis", "geodis", "set index article",
+        "begriffsklärung", "homonymie", "aimai", "曖昧さ回避", "неоднозначность", "消歧义"])
+
+
+class Toggle(Strict):
+    enabled: bool = True
+
+
+class OutlierParams(Strict):
+    """Corruption and binary-text outliers: drop reasons `outlier:<name>`."""
+
+    max_binary_fraction: Annotated[float, Field(ge=0, le=1)] = 0.01  # control, U+FFFD, private use
+    max_mojibake_fraction: Annotated[float, Field(ge=0, le=1)] = 0.01  # chars in UTF-8-as-Latin-1 pairs
+    min_compression_ratio: Annotated[float, Field(ge=0, le=1)] = 0.10  # zlib bytes / UTF-8 bytes
+    max_compression_ratio: Annotated[float, Field(ge=0, le=1)] = 0.85
+    max_singleton_bigram_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5  # char bigrams seen once: noise
+    min_chars_for_stats: Annotated[int, Field(ge=0)] = 300  # shorter texts skip the ratio and n-gram tests
+    ngram_skip_languages: list[str] = Field(default_factory=lambda: ["ja", "zh", "ko", "th"])  # big alphabets
+
+
+class GopherRepetition(Toggle):
+    max_dup_line_fraction: float = 0.30
+    max_dup_para_fraction: float = 0.30
+    max_dup_line_char_fraction: float = 0.20
+    max_top_ngram_char_fraction: dict[int, float] = Field(default_factory=lambda: {2: 0.25, 3: 0.22, 4: 0.20})
+    max_dup_ngram_char_fraction: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.30, 6: 0.29, 7: 0.28, 8: 0.27, 9: 0.26, 10: 0.25})
+
+
+class GopherQuality(Toggle):
+    min_words: int = 50
+    max_words: int = 100_000
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1  # "#" and "..." per word
+    max_bullet_line_fraction: float = 0.9
+    max_ellipsis_line_fraction: float = 0.3
+    min_alpha_word_fraction: float = 0.8
+    no_space_languages: list[str] = Field(default_factory=lambda: ["ja", "zh", "th", "lo", "km", "my", "bo"])
+
+
+class C4Rules(Toggle):
+    boilerplate_phrases: list[str] = Field(default_factory=lambda: [
+        "lorem ipsum", "enable javascript", "javascript is disabled", "use cookies", "cookie policy",
+        "terms of use", "privacy policy", "all rights reserved"])
+    max_boilerplate_line_fraction: float = 0.3
+    min_terminal_punct_line_fraction: float = 0.0  # C4 keeps only such lines; 0 disables the doc-level test
+
+
+class HeuristicRules(Strict):
+    """Cheap rules in the Gopher/C4 manner, each switchable: drop reasons `<rule>:<test>`."""
+
+    gopher_repetition: GopherRepetition = GopherRepetition()
+    gopher_quality: GopherQuality = GopherQuality()
+    c4: C4Rules = C4Rules()
+
+
+TOPICS = ["stem", "arts", "history", "travel", "culture", "entertainment", "society", "other"]
+
+
+class QualityAnnotateParams(Strict):
+    """LLM grading of a seeded sample of documents (the classifiers' training data)."""
+
+    backend: Literal["offline", "openai", "vllm"] = "offline"
+    model: str = "SmolLM2-135M-Instruct"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: Annotated[int, Field(gt=0)] = 8
+    sample_size: Annotated[int, Field(gt=0)] = 300  # documents per partition
+    max_chars: Annotated[int, Field(gt=0)] = 1500  # excerpt shown to the LLM
+    max_tokens: Annotated[int, Field(gt=0)] = 8
+    seed: int = 0
+    topics: list[str] = Field(default_factory=lambda: list(TOPICS))
+
+
+class QualityTrainParams(Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")] = "edu-v1"  # the model partition
+    sources: list[str] | None = None  # annotations of these sources (None: every source)
+    high_grade: Annotated[int, Field(ge=0, le=5)] = 3  # grade >= this is "educational"
+    holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    epoch: Annotated[int, Field(gt=0)] = 25
+    lr: Annotated[float, Field(gt=0)] = 0.5
+    word_ngrams: Annotated[int, Field(gt=0)] = 2
+    dim: Annotated[int, Field(gt=0)] = 50
+    minn: Annotated[int, Field(ge=0)] = 2
+    maxn: Annotated[int, Field(ge=0)] = 4
+    seed: int = 0
+
+
+class QualityParams(Strict):
+    outliers: OutlierParams = OutlierParams()
+    rules: HeuristicRules = HeuristicRules()
+    classifier: str | None = "edu-v1"  # quality_train's model name; None: rules only, everything passes
+    keep_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5  # top share by quality_score
+    non_stem_quota: Annotated[float, Field(ge=0, le=1)] = 0.1  # extra share for the best non-STEM documents
+    non_stem_min_score: Annotated[float, Field(ge=0, le=1)] = 0.5  # quota documents must still be this good
+    stem_topics: list[str] = Field(default_factory=lambda: ["stem"])
+    max_chars: Annotated[int, Field(gt=0)] = 20_000  # text the classifier reads
 
 
 class Stages(Strict):
@@ -229,6 +420,12 @@ class Stages(Strict):
     langid: LangidParams = LangidParams()
     dedup: DedupParams = DedupParams()
     decontaminate: DecontaminateParams = DecontaminateParams()
+    wikipedia_extract: WikipediaExtractParams = WikipediaExtractParams()
+    quality: QualityParams = QualityParams()
+    quality_annotate: QualityAnnotateParams = QualityAnnotateParams()
+    quality_train: QualityTrainParams = QualityTrainParams()
+    seed_select: SeedSelectParams = SeedSelectParams()
+    synthesize: SynthesizeParams = SynthesizeParams()
 
 
 class Recipe(Strict):
@@ -238,6 +435,7 @@ class Recipe(Strict):
     airflow: AirflowSettings = AirflowSettings()
     sources: dict[str, Source]
     stages: Stages = Stages()
+    llm: LLMConfig = LLMConfig()  # the backend synthesis (and annotation) stages call
     path: Path | None = Field(default=None, exclude=True)  # where it was loaded from
 
     @field_validator("sources")

@@ -92,8 +92,8 @@ MINHASH = pa.schema(
 
 # One row per (document, benchmark item) the hybrid n-gram rule flagged.
 CONTAMINATION = pa.schema(
-    DOCUMENT_FIELDS
-    + [
+    [
+        *DOCUMENT_FIELDS,
         pa.field("benchmark", pa.string()),
         pa.field("item_id", pa.string()),
         pa.field("rule", pa.string()),  # ngram13 | ngram7_overlap (sizes from the recipe)
@@ -111,3 +111,84 @@ NGRAM_ALLOWLIST = pa.schema(
         pa.field("doc_freq", pa.int64()),  # the smallest document frequency over the reference datasets
     ]
 )
+
+# -- wikipedia_extract and quality (issue 3) --------------------------------------------------
+# One row per article of a Wikimedia dump. `language` comes from the dump (enwiki -> en), not from
+# a classifier: a wiki's language is known, so these rows skip langid and feed quality directly.
+WIKI_EXTRACTED = pa.schema(
+    DOCUMENT_FIELDS
+    + [
+        pa.field("wiki", pa.string()),
+        pa.field("page_id", pa.int64()),
+        pa.field("revision_id", pa.int64()),
+        pa.field("title", pa.string()),
+        pa.field("namespace", pa.int32()),
+        pa.field("timestamp", pa.timestamp("us", tz="UTC")),
+        pa.field("stream_offset", pa.int64()),  # byte offset of the page's bz2 stream in the dump
+        pa.field("text", pa.string()),
+        pa.field("wikitext_bytes", pa.int64()),
+        pa.field("text_chars", pa.int64()),
+    ]
+    + LANGID_FIELDS
+)
+
+# Columns quality adds to its input rows (kept rows only are written).
+QUALITY_FIELDS: list[pa.Field] = [
+    pa.field("quality_score", pa.float32()),  # P(educational) from the fastText classifier; null: no model
+    pa.field("topic", pa.string()),  # stem | arts | history | travel | culture | entertainment | other...
+    pa.field("topic_score", pa.float32()),
+    pa.field("selected_by", pa.string()),  # "top_fraction" or "non_stem_quota"
+]
+
+# LLM annotations of sampled documents: the training data of the quality classifiers.
+QUALITY_ANNOTATIONS = pa.schema(
+    DOCUMENT_FIELDS
+    + [
+        pa.field("language", pa.string()),
+        pa.field("text", pa.string()),  # the excerpt the LLM saw
+        pa.field("grade", pa.int32()),  # educational value 0-5
+        pa.field("topic", pa.string()),
+        pa.field("answer", pa.string()),  # the raw LLM answer, for audits
+        pa.field("model", pa.string()),
+    ]
+)
+
+# Trained classifiers: one row per model, the fastText binary inline (read back by quality).
+QUALITY_MODELS = pa.schema(
+    [
+        pa.field("name", pa.string(), nullable=False),  # "educational" or "topic"
+        pa.field("labels", pa.list_(pa.string())),
+        pa.field("model", pa.binary()),
+        pa.field("metrics", pa.string()),  # JSON: held-out precision, recall, AUC, sizes
+    ]
+)
+
+
+# -- synthesis (issue 5) ---------------------------------------------------------------------
+# Seeds: passages cut from kept pages, with the page's and the passage's educational score.
+SEEDS = pa.schema([
+    *DOCUMENT_FIELDS,
+    pa.field("url", pa.string()),
+    pa.field("language", pa.string()),
+    pa.field("kind", pa.string()),  # text | code
+    pa.field("passage_index", pa.int32()),
+    pa.field("text", pa.string()),
+    pa.field("page_score", pa.float32()),
+    pa.field("passage_score", pa.float32()),
+])
+
+TURN = pa.struct([pa.field("role", pa.string()), pa.field("name", pa.string()), pa.field("content", pa.string())])
+
+# Synthetic samples: parent_ids = [seed doc_id]; the seed's parent_ids lead on to the page.
+SYNTHETIC = pa.schema([
+    *DOCUMENT_FIELDS,
+    pa.field("workflow", pa.string()),
+    pa.field("kind", pa.string()),  # the workflow kind
+    pa.field("sample_index", pa.int32()),
+    pa.field("round", pa.int32()),  # revision rounds done / agent turns taken
+    pa.field("model", pa.string()),
+    pa.field("text", pa.string()),  # the training sample
+    pa.field("history", pa.list_(TURN)),  # every prompt/answer that produced it (revision history)
+    pa.field("meta", pa.string()),  # JSON: votes, reference answer, similarity, execution result...
+    pa.field("completion_tokens", pa.int64()),
+])

@@ -36,14 +36,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from resiliparse.parse.html import HTMLTree, NodeType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_sample_data import (  # noqa: E402  (a sibling script, not a package)
+from build_sample_data import (
     GUIDE_PKG,
-    PY_DOC_DIR,
     PY_DOC_PKG,
     REPO_ROOT,
     SourcePage,
@@ -359,8 +357,8 @@ def decorate(article: Article, wiki: Wiki, interlang: dict[str, str], revision_d
                      "| latest release version = 3.11.2\n| programming language = [[C (programming language)|C]], "
                      "Python\n| license = [[Python Software Foundation License|PSF License]]\n}}")
     elif h % 2 == 0:
-        lines.append(f"{{{{Infobox OS\n| name = Debian\n| developer = The Debian Project\n| family = [[Unix-like]]\n"
-                     f"| released = {{{{Start date and age|1993|09|15}}}}\n| website = {{{{URL|https://www.debian.org}}}}\n}}}}")
+        lines.append("{{Infobox OS\n| name = Debian\n| developer = The Debian Project\n| family = [[Unix-like]]\n"
+                     "| released = {{Start date and age|1993|09|15}}\n| website = {{URL|https://www.debian.org}}\n}}")
     body = list(article.body)
     first = next((i for i, b in enumerate(body) if not b.startswith(("<", "{|", "=", "*", "#", ";", ":"))), None)
     if first is not None:

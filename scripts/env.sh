@@ -14,8 +14,13 @@ export AIRFLOW__API__PORT="${AIRFLOW__API__PORT:-8080}"
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://${AIRFLOW__API__HOST}:${AIRFLOW__API__PORT}/execution/"
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-30}"
 export AIRFLOW__OPENLINEAGE__NAMESPACE="${AIRFLOW__OPENLINEAGE__NAMESPACE:-phiflow}"
-export AIRFLOW__OPENLINEAGE__TRANSPORT="${AIRFLOW__OPENLINEAGE__TRANSPORT:-{\"type\": \"file\", \"log_file_path\": \"$PHIFLOW_HOME/lineage/events.jsonl\", \"append\": true}}"
-export AIRFLOW_CONN_PHIFLOW_SPARK="${AIRFLOW_CONN_PHIFLOW_SPARK:-{\"conn_type\": \"spark\", \"host\": \"local[2]\"}}"
+# JSON defaults are assigned in if-blocks: inside ${VAR:-...} their braces would end the expansion early.
+if [[ -z "${AIRFLOW__OPENLINEAGE__TRANSPORT:-}" ]]; then
+  export AIRFLOW__OPENLINEAGE__TRANSPORT="{\"type\": \"file\", \"log_file_path\": \"$PHIFLOW_HOME/lineage/events.jsonl\", \"append\": true}"
+fi
+if [[ -z "${AIRFLOW_CONN_PHIFLOW_SPARK:-}" ]]; then
+  export AIRFLOW_CONN_PHIFLOW_SPARK='{"conn_type": "spark", "host": "local[2]"}'
+fi
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export PYSPARK_PYTHON="$ROOT/.venv/bin/python"
 mkdir -p "$PHIFLOW_HOME/lineage" "$AIRFLOW_HOME"

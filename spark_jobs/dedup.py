@@ -85,7 +85,8 @@ def partitions_before(lake: Lake, dataset: str, src: CommonCrawlSource, partitio
     return out
 
 
-def earlier_signatures(spark: SparkSession, ctx: StageContext, params: DedupParams) -> tuple[list[Manifest], DataFrame | None]:
+def earlier_signatures(spark: SparkSession, ctx: StageContext, params: DedupParams
+                       ) -> tuple[list[Manifest], DataFrame | None]:
     """MinHash rows of the committed partitions of earlier snapshots, tagged with their order."""
     src = ctx.recipe.source(ctx.source)
     here = snapshot_order(src, ctx.partition)
@@ -93,7 +94,8 @@ def earlier_signatures(spark: SparkSession, ctx: StageContext, params: DedupPara
              if m.partition != ctx.partition]
     frames = []
     for m in prior:
-        stale = {k: (m.params.get(k), getattr(params, k)) for k in SIGNATURE_PARAMS if m.params.get(k) != getattr(params, k)}
+        stale = {k: (m.params.get(k), getattr(params, k))
+                 for k in SIGNATURE_PARAMS if m.params.get(k) != getattr(params, k)}
         if stale:
             raise ValueError(f"{m.dataset}/{m.key} was hashed with other MinHash parameters {stale} (stored, recipe): "
                              "backfill dedup for the earlier snapshots first")
@@ -134,7 +136,8 @@ def _large_star(edges: DataFrame) -> DataFrame:
     sym = edges.select(F.col("a").alias("u"), F.col("b").alias("v")).unionByName(
         edges.select(F.col("b").alias("u"), F.col("a").alias("v")))
     m = sym.groupBy("u").agg(F.min("v").alias("mv")).select("u", F.least("u", "mv").alias("m"))
-    return sym.join(m, "u").where(F.col("v") > F.col("u")).select(F.col("v").alias("a"), F.col("m").alias("b")).distinct()
+    out = sym.join(m, "u").where(F.col("v") > F.col("u"))
+    return out.select(F.col("v").alias("a"), F.col("m").alias("b")).distinct()
 
 
 def _small_star(edges: DataFrame) -> DataFrame:
@@ -153,16 +156,13 @@ def connected_components(edges: DataFrame, max_iterations: int) -> tuple[DataFra
                            .where(F.col("a") != F.col("b")).distinct())
     for round_no in range(1, max_iterations + 1):
         nxt = _materialize(_small_star(_large_star(current)))
-        changed = nxt.join(current, ["a", "b"], "full_outer").where(
-            F.col("a").isNull() | F.col("b").isNull() | ~F.exists(F.array(F.lit(1)), lambda x: x == 1)
-        )
         same = nxt.exceptAll(current).isEmpty() and current.exceptAll(nxt).isEmpty()
-        del changed
         current = nxt
         if same:
             roots = current.select(F.col("b").alias("node"), F.col("b").alias("root")).distinct()
             return current.select(F.col("a").alias("node"), F.col("b").alias("root")).unionByName(roots), round_no
-    raise RuntimeError(f"connected components did not converge in {max_iterations} rounds (stages.dedup.max_iterations)")
+    raise RuntimeError(f"connected components did not converge in {max_iterations} rounds "
+                       "(stages.dedup.max_iterations)")
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -170,7 +170,8 @@ def candidate_edges(reps: DataFrame, threshold: float) -> tuple[DataFrame, DataF
     """(bucket links, verified links) among exact representatives: each LSH bucket is a star
     around its smallest doc_id; a link survives when the signatures agree on >= threshold."""
     exploded = reps.select("doc_id", F.posexplode("bands").alias("band", "key"))
-    buckets = exploded.groupBy("band", "key").agg(F.min("doc_id").alias("root"), F.count(F.lit(1)).alias("n")).where("n > 1")
+    buckets = (exploded.groupBy("band", "key").agg(F.min("doc_id").alias("root"), F.count(F.lit(1)).alias("n"))
+               .where("n > 1"))
     links = (exploded.join(buckets, ["band", "key"]).where(F.col("doc_id") != F.col("root"))
              .select(F.col("root").alias("a"), F.col("doc_id").alias("b")).distinct())
     if threshold <= 0:
@@ -187,17 +188,18 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     params = ctx.recipe.stages.dedup
     source = ctx.lake.require(f"{ctx.source}.{params.input}", ctx.partition)
     docs = spark.read.parquet(*ctx.lake.data_files(source))
-    out_schema = to_arrow_schema(docs.schema)
+    out_schema = to_arrow_schema(docs.schema, timezone="UTC")
     rule_cols, order = survivor_order(params, docs.columns)
     print(f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents; survivor rule "
-          f"{[*rule_cols, 'doc_id']}; bands {params.bands} x rows {params.rows}, threshold {params.threshold}", flush=True)
+          f"{[*rule_cols, 'doc_id']}; bands {params.bands} x rows {params.rows}, threshold {params.threshold}",
+          flush=True)
 
+    prior_manifests, prior = earlier_signatures(spark, ctx, params) if params.cross_snapshot else ([], None)
     feat_schema = StructType([docs.schema[c] for c in ["doc_id", *rule_cols]] + FEATURES)
     current = (docs.select("doc_id", "text", *rule_cols)
                .mapInArrow(signature_batches(hasher(params), ["doc_id", *rule_cols]), feat_schema)
                .withColumn("origin", F.lit(0)).withColumn("origin_partition", F.lit(partition_key(ctx.partition))))
     current = _materialize(current)
-    prior_manifests, prior = earlier_signatures(spark, ctx, params) if params.cross_snapshot else ([], None)
     nodes = current
     if prior is not None:
         keys = current.select(F.posexplode("bands").alias("band", "key")).distinct()
@@ -232,7 +234,8 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                .where(F.col("origin") == 0)
                .select("doc_id", "content_hash", "signature", "bands", "cluster_id",
                        F.col("s.doc_id").alias("survivor_id"), F.col("s.origin_partition").alias("survivor_partition"),
-                       F.when(F.col("s.content_hash") == F.col("content_hash"), "exact").otherwise("fuzzy").alias("kind"),
+                       F.when(F.col("s.content_hash") == F.col("content_hash"), "exact")
+                       .otherwise("fuzzy").alias("kind"),
                        (F.col("s.origin") < 0).alias("earlier")))
     decided = decided.withColumn("drop_reason", F.when(F.col("survivor_id") == F.col("doc_id"), None).otherwise(
         F.concat(F.col("kind"), F.lit("_duplicate"), F.when(F.col("earlier"), "_of_earlier_snapshot").otherwise(""))))

@@ -43,9 +43,9 @@ class MinHasher:
         b = rng.integers(0, 2**63, self.num_perm, dtype=np.uint64)
         return a, b
 
-    def shingles(self, text: str | None) -> np.ndarray:
+    def shingles(self, text: str | None, tokens: list[str] | None = None) -> np.ndarray:
         """Distinct shingle hashes; a text shorter than one shingle is one shingle of all its words."""
-        h = word_hashes(words(text))
+        h = word_hashes(words(text) if tokens is None else tokens)
         grams = ngram_hashes(h, self.shingle_size)
         if not len(grams) and len(h):
             grams = ngram_hashes(h, len(h))
@@ -53,13 +53,13 @@ class MinHasher:
 
     def signature_of(self, shingles: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """uint32[num_perm]: per permutation, the minimum over the shingles."""
-        sig = np.full(self.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
+        low = np.full(self.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
         with np.errstate(over="ignore"):
             for start in range(0, len(shingles), _BLOCK):
-                x = shingles[start : start + _BLOCK, None]
-                v = ((x * a[None, :] + b[None, :]) >> np.uint64(32)).astype(np.uint32)
-                np.minimum(sig, v.min(axis=0), out=sig)
-        return sig
+                v = shingles[start : start + _BLOCK, None] * a[None, :]
+                v += b[None, :]
+                np.minimum(low, v.min(axis=0), out=low)
+        return (low >> np.uint64(32)).astype(np.uint32)  # the top half is monotone: min first, shift after
 
     def signature(self, text: str | None) -> np.ndarray:
         a, b = self._params
@@ -83,8 +83,9 @@ class MinHasher:
         a, b = self._params
         hashes, sigs, bands = [], [], []
         for text in texts:
-            hashes.append(content_hash(text))
-            sh = self.shingles(text)
+            tokens = words(text)  # split once: the content hash and the shingles see the same words
+            hashes.append(_digest(" ".join(tokens)))
+            sh = self.shingles(text, tokens)
             if len(sh):
                 sig = self.signature_of(sh, a, b)
                 sigs.append(sig.view(np.int32))
@@ -108,7 +109,11 @@ def _list_array(parts: list[np.ndarray], typ: pa.DataType) -> pa.Array:
 
 def content_hash(text: str | None) -> str:
     """Exact-duplicate key: pages equal up to case, punctuation and whitespace share it."""
-    return hashlib.blake2b(normalize(text).encode(), digest_size=16).hexdigest()
+    return _digest(normalize(text))
+
+
+def _digest(normalized: str) -> str:
+    return hashlib.blake2b(normalized.encode(), digest_size=16).hexdigest()
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -129,3 +134,38 @@ def s_curve(s: float | np.ndarray, bands: int, rows: int) -> float | np.ndarray:
 def lsh_threshold(bands: int, rows: int) -> float:
     """The similarity where the S-curve is steepest, about (1/bands)^(1/rows)."""
     return (1.0 / bands) ** (1.0 / rows)
+
+
+def detection_probability(s: float, bands: int, rows: int, num_perm: int, threshold: float) -> float:
+    """P(some band agrees fully AND the whole signature agrees on >= threshold of its positions)
+    for Jaccard s, with positions agreeing independently with probability s (ideal MinHash).
+
+    The dedup stage keeps exactly such pairs, so this is its expected recall at similarity s.
+    """
+    from scipy.stats import binom
+
+    need = int(np.ceil(threshold * num_perm - 1e-9))
+    band = binom.pmf(np.arange(rows + 1), rows, s)
+    rest = binom.pmf(np.arange(num_perm - bands * rows + 1), num_perm - bands * rows, s)
+    every, no_full = np.array([1.0]), np.array([1.0])  # distributions of the agreement count
+    for _ in range(bands):
+        every, no_full = np.convolve(every, band), np.convolve(no_full, band[:rows])
+    every, no_full = np.convolve(every, rest), np.convolve(no_full, rest)
+    return float(every[need:].sum() - no_full[need:].sum())
+
+
+def planted_pair(rng: np.random.Generator, n_words: int, similarity: float, shingle_size: int) -> tuple[str, str]:
+    """Two texts of random words whose shingle sets have (about) the given Jaccard similarity.
+
+    For calibration (tests, bench): b keeps a's first m words and replaces the rest, so they share
+    m - k + 1 of their n - k + 1 shingles each; m is solved for the target similarity.
+    """
+    k, total = shingle_size, n_words - shingle_size + 1
+    shared = round(2 * total * similarity / (1 + similarity))
+    m = min(n_words, shared + k - 1) if shared else 0
+
+    def fresh(n: int) -> list[str]:
+        return ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 7)) for _ in range(n)]
+
+    a = fresh(n_words)
+    return " ".join(a), " ".join(a[:m] + fresh(n_words - m))

@@ -94,7 +94,8 @@ class Flag:
 
     benchmark: str
     item_id: str
-    rule: str  # "ngram13" (any long n-gram match) or "ngram7_overlap" (short n-gram share >= threshold)
+    # "ngram13" (any long n-gram match) or "ngram7_overlap" (short n-gram share >= threshold); n from the recipe
+    rule: str
     matched: list[str]  # the matched n-grams as they read in the document (normalised), first few
     matched_count: int  # distinct matched n-grams of the rule's size
     overlap: float  # share of the item's distinct short n-grams found in the document
@@ -142,6 +143,7 @@ class BenchmarkIndex:
         self.short_total = np.array([len(s) for s in shorts], dtype=np.int64)  # denominator: all of them
         self.long = _Postings.build(longs, allow)
         self.short = _Postings.build(shorts, allow)
+        self.long_rule, self.short_rule = f"ngram{long_n}", f"ngram{short_n}_overlap"
 
     def candidates(self, n: int) -> np.ndarray:
         """Every distinct n-gram of size `n` of the benchmarks (allowlist building counts only these)."""
@@ -158,12 +160,13 @@ class BenchmarkIndex:
         s_counts = np.bincount(s_items, minlength=len(self.items)) if len(s_items) else np.zeros(len(self.items), int)
         for item in np.unique(items):
             mine = grams[items == item]
-            flags[int(item)] = self._flag(int(item), "ngram13", mine, long_all, tokens, self.long_n, s_counts)
+            flags[int(item)] = self._flag(int(item), self.long_rule, mine, long_all, tokens, self.long_n, s_counts)
         ratio = np.divide(s_counts, self.short_total, out=np.zeros(len(self.items)), where=self.short_total > 0)
         for item in np.flatnonzero(ratio >= self.overlap_threshold):
             if int(item) not in flags and s_counts[item] > 0:
                 mine = s_grams[s_items == item]
-                flags[int(item)] = self._flag(int(item), "ngram7_overlap", mine, short_all, tokens, self.short_n, s_counts)
+                flags[int(item)] = self._flag(int(item), self.short_rule, mine, short_all, tokens, self.short_n,
+                                              s_counts)
         return [flags[k] for k in sorted(flags)]
 
     def _flag(self, item: int, rule: str, matched: np.ndarray, all_grams: np.ndarray, tokens: list[str], n: int,
@@ -180,3 +183,12 @@ class BenchmarkIndex:
         total = self.short_total[item]
         return Flag(benchmark=it.benchmark, item_id=it.item_id, rule=rule, matched=list(seen.values()),
                     matched_count=len(np.unique(matched)), overlap=float(s_counts[item] / total) if total else 0.0)
+
+
+def present(text: str | None, n: int, candidates: np.ndarray) -> np.ndarray:
+    """The distinct n-grams of `text` that are among `candidates` (sorted): what the allowlist counts."""
+    grams = text_ngrams(text, n)
+    if not len(grams) or not len(candidates):
+        return np.empty(0, np.uint64)
+    pos = np.minimum(np.searchsorted(candidates, grams), len(candidates) - 1)
+    return grams[candidates[pos] == grams]

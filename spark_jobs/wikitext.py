@@ -208,7 +208,7 @@ class _Renderer:
     def code(self, code: Wikicode | None) -> str:
         return "".join(self.node(n) for n in code.nodes) if code is not None else ""
 
-    def node(self, n) -> str:  # noqa: PLR0911 - one case per node type
+    def node(self, n) -> str:
         if isinstance(n, Text):
             return n.value
         if isinstance(n, Wikilink):
@@ -249,7 +249,7 @@ class _Renderer:
             return f"{self.code(t.params[0].value).strip()} {self.code(t.params[1].value).strip()}"
         return ""
 
-    def tag(self, t: Tag) -> str:  # noqa: PLR0911
+    def tag(self, t: Tag) -> str:
         name = str(t.tag).strip().lower()
         markup = t.wiki_markup
         if markup in ("*", "#"):

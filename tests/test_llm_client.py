@@ -7,8 +7,8 @@ import json
 import logging
 
 import pytest
-
 from llm_server import LLMTestServer, echo_answer
+
 from phiflow.llm import ChatRequest, LLMConfig, LLMError, make_client
 from phiflow.llm.cache import ChatCache
 from phiflow.llm.openai_http import retry_after
@@ -122,8 +122,9 @@ def test_n_samples_topped_up_when_the_server_ignores_n(tmp_path, key_env) -> Non
 
 def test_cache_key_covers_model_messages_sampling_and_seed(tmp_path, key_env) -> None:
     base = ask("same", seed=1)
-    keys = {base.key("m"), base.key("m2"), ask("same", seed=2).key("m"), ask("same", seed=1, temperature=0.7).key("m"),
-            ask("same", seed=1, max_tokens=9).key("m"), ask("other", seed=1).key("m"), ask("same", seed=1, n=2).key("m")}
+    variants = [ask("same", seed=2), ask("same", seed=1, temperature=0.7), ask("same", seed=1, max_tokens=9),
+                ask("other", seed=1), ask("same", seed=1, n=2)]
+    keys = {base.key("m"), base.key("m2"), *(v.key("m") for v in variants)}
     assert len(keys) == 7 and ask("same", seed=1).key("m") == base.key("m")
     with LLMTestServer(api_key=KEY) as srv:
         client = make_client(config(srv, tmp_path))

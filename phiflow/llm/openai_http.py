@@ -26,6 +26,7 @@ from phiflow.llm.types import ChatRequest, ChatResult, LLMConfig, LLMError
 log = logging.getLogger("phiflow.llm")
 
 RETRY_STATUSES = {408, 409, 429}
+MAX_RETRY_AFTER_S = 600.0  # the server's Retry-After is obeyed (not capped by max_backoff_s), up to this
 
 
 class _Retry(Exception):
@@ -123,7 +124,7 @@ class OpenAIClient(LLMClient):
                 if attempt == cfg.max_retries:
                     raise LLMError(f"{url}: gave up after {attempt + 1} attempts, last: {r.reason}") from None
                 backoff = min(cfg.max_backoff_s, cfg.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
-                delay = min(cfg.max_backoff_s, r.delay) if r.delay is not None else backoff
+                delay = min(MAX_RETRY_AFTER_S, r.delay) if r.delay is not None else backoff
                 self._count(retries=1)
                 log.warning("llm: %s; retry %d/%d in %.2f s", r.reason, attempt + 1, cfg.max_retries, delay)
                 time.sleep(delay)

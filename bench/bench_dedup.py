@@ -1,0 +1,212 @@
+"""Dedup speed, quality and footprint against a datasketch loop at equal parameters, same corpus.
+
+Corpus: the sample's pages (both snapshots, real HTML text) times ten: each copy has a share of its
+words replaced (0-40%), so there are near-duplicates at many similarities. Printed:
+- hashing docs/s on one core: phiflow MinHasher.batch vs datasketch MinHash.update_batch (ratio);
+- end to end: the Spark dedup stage (local[2]) vs a datasketch MinHashLSH query/insert loop with the
+  same verification threshold and union-find (one core), docs/s, ratio, precision and recall of the
+  merges against true shingle Jaccard (>= threshold is a true duplicate);
+- the stage's peak RSS (driver JVM + Python workers) and shuffle bytes (Spark REST API).
+
+Run: python bench/bench_dedup.py [--copies 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from phiflow.recipe import CommonCrawlExtractParams, load_recipe  # noqa: E402
+from phiflow.schema import LANGID_FIELDS, WEB_EXTRACTED, with_drop_reason, with_fields  # noqa: E402
+from phiflow.storage import Lake  # noqa: E402
+from spark_jobs import dedup  # noqa: E402
+from spark_jobs.minhash import MinHasher, jaccard  # noqa: E402
+from spark_jobs.ngrams import words  # noqa: E402
+from spark_jobs.stage_io import StageContext, commit_partition, spark_schema  # noqa: E402
+from spark_jobs.warc_records import iter_rows  # noqa: E402
+
+SAMPLE = ROOT / "data" / "sample"
+LANGID = with_fields(WEB_EXTRACTED, LANGID_FIELDS)
+
+
+def sample_texts() -> list[str]:
+    out = []
+    for snap in ("CC-MAIN-2024-10", "CC-MAIN-2024-18"):
+        for rel in gzip.decompress((SAMPLE / "crawl-data" / snap / "warc.paths.gz").read_bytes()).decode().split():
+            with (SAMPLE / rel).open("rb") as fh:
+                out += [r["text"] for r in iter_rows(fh, rel, "web", CommonCrawlExtractParams())
+                        if r.get("drop_reason") is None and r.get("text")]
+    return out
+
+
+def corpus(copies: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    base = sample_texts()
+    docs = []
+    for c in range(copies):
+        for t in base:
+            toks = t.split()
+            rate = 0.0 if c == 0 else float(rng.choice([0.01, 0.03, 0.08, 0.2, 0.4]))
+            for i in np.flatnonzero(rng.random(len(toks)) < rate):
+                toks[i] = f"x{rng.integers(1_000_000)}"
+            docs.append(" ".join(toks) + ("" if c == 0 else f" copy{c}"))
+    return docs
+
+
+def datasketch_loop(texts: list[str], mh: MinHasher, threshold: float) -> tuple[float, dict[int, int]]:
+    """The baseline: per document MinHash (same shingles), LSH query, verify, union-find, insert."""
+    from datasketch import MinHash, MinHashLSH
+
+    t0 = time.perf_counter()
+    lsh = MinHashLSH(num_perm=mh.num_perm, params=(mh.bands, mh.rows))
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    sigs = {}
+    for i, t in enumerate(texts):
+        m = MinHash(num_perm=mh.num_perm, seed=1)
+        toks = words(t)
+        k = mh.shingle_size
+        m.update_batch([" ".join(toks[j:j + k]).encode() for j in range(max(len(toks) - k + 1, 1))])
+        for c in lsh.query(m):
+            if m.jaccard(sigs[c]) >= threshold:
+                a, b = find(i), find(c)
+                parent[max(a, b)] = min(a, b)
+        lsh.insert(i, m)
+        sigs[i] = m
+    return time.perf_counter() - t0, {i: find(i) for i in range(len(texts))}
+
+
+def quality(clusters: dict[int, int], texts: list[str], mh: MinHasher, threshold: float, pairs) -> tuple[float, float]:
+    """Precision: merged (doc, cluster root) pairs whose true Jaccard >= threshold - 0.1;
+    recall: planted (original, copy) pairs with true Jaccard >= threshold that ended in one cluster."""
+    sh = {}
+
+    def s(i: int):
+        if i not in sh:
+            sh[i] = mh.shingles(texts[i])
+        return sh[i]
+
+    merged = [(i, r) for i, r in clusters.items() if r != i]
+    good = sum(jaccard(s(i), s(r)) >= threshold - 0.1 for i, r in merged)
+    true_pairs = [(a, b) for a, b in pairs if jaccard(s(a), s(b)) >= threshold]
+    found = sum(clusters[a] == clusters[b] for a, b in true_pairs)
+    return good / max(len(merged), 1), found / max(len(true_pairs), 1)
+
+
+class PeakRss(threading.Thread):
+    """Peak resident memory of this process tree (driver JVM and Python workers included)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.running = 0, True
+
+    def run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while self.running:
+            try:
+                procs = [me, *me.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--copies", type=int, default=10)
+    a = ap.parse_args()
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
+    p = recipe.stages.dedup
+    mh = MinHasher(p.shingle_size, p.num_perm, p.bands, p.rows, p.seed)
+    texts = corpus(a.copies)
+    n_base = len(texts) // a.copies
+    pairs = [(i, c * n_base + i) for c in range(1, a.copies) for i in range(n_base)]
+    print(f"corpus: {len(texts)} documents ({n_base} sample pages x {a.copies}), "
+          f"{sum(len(t) for t in texts) / 1e6:.1f} MB of text; shingles {p.shingle_size}, {p.num_perm} perms, "
+          f"{p.bands} bands x {p.rows} rows, threshold {p.threshold}")
+
+    from datasketch import MinHash
+
+    t0 = time.perf_counter()
+    mh.batch(texts)
+    ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for t in texts:
+        toks = words(t)
+        MinHash(num_perm=p.num_perm, seed=1).update_batch(
+            [" ".join(toks[j:j + p.shingle_size]).encode() for j in range(max(len(toks) - p.shingle_size + 1, 1))])
+    theirs = time.perf_counter() - t0
+    print(f"hashing, one core: phiflow {len(texts) / ours:,.0f} docs/s, datasketch {len(texts) / theirs:,.0f} docs/s, "
+          f"ratio {theirs / ours:.2f}")
+
+    ds_seconds, ds_clusters = datasketch_loop(texts, mh, p.threshold)
+    ds_p, ds_r = quality(ds_clusters, texts, mh, p.threshold, pairs)
+
+    from pyspark.sql import SparkSession
+
+    spark = (SparkSession.builder.master("local[2]").appName("bench-dedup").config("spark.driver.memory", "2g")
+             .config("spark.sql.shuffle.partitions", "8").config("spark.sql.session.timeZone", "UTC")
+             .config("spark.ui.port", "4050").getOrCreate())
+    with tempfile.TemporaryDirectory() as tmp:
+        lake = Lake(tmp)
+        ctx = StageContext(recipe=recipe, source="web", partition={"snapshot": "CC-MAIN-2024-10"}, lake=lake)
+        t0 = datetime(2024, 2, 20, tzinfo=UTC)
+        rows = [(f"d{i:07d}", "web", f"warc://{i}", [], f"https://ex.org/{i}", None, None, t0 + timedelta(seconds=i),
+                 200, "text/html", "utf-8", "", t, 0, len(t), "en", 1.0, None) for i, t in enumerate(texts)]
+        df = spark.createDataFrame(rows, spark_schema(with_drop_reason(LANGID))).repartition(8)
+        commit_partition(spark, ctx, stage="langid", dataset="web.langid", rows=df, schema=LANGID, inputs=[],
+                         counters={}, reasons={})
+        app = spark.sparkContext.applicationId
+        before = shuffle_bytes(app)
+        mon = PeakRss()
+        mon.start()
+        t1 = time.perf_counter()
+        m = dedup.run(spark, ctx)
+        stage_seconds = time.perf_counter() - t1
+        mon.running = False
+        shuffled = shuffle_bytes(app) - before
+        cl = lake.read_table(lake.require("web.dup_clusters", ctx.partition)).to_pylist()
+        by_id = {f"d{i:07d}": i for i in range(len(texts))}
+        clusters = {i: i for i in range(len(texts))}
+        for r in cl:
+            clusters[by_id[r["doc_id"]]] = by_id[r["cluster_id"]]
+        for r in cl:  # the survivor belongs to the cluster too
+            clusters[by_id[r["survivor_id"]]] = by_id[r["cluster_id"]]
+        sp_p, sp_r = quality(clusters, texts, mh, p.threshold, pairs)
+    spark.stop()
+    print(f"end to end: spark stage (local[2]) {len(texts) / stage_seconds:,.0f} docs/s ({stage_seconds:.1f} s), "
+          f"datasketch loop (1 core) {len(texts) / ds_seconds:,.0f} docs/s ({ds_seconds:.1f} s), "
+          f"ratio {ds_seconds / stage_seconds:.2f}")
+    print(f"quality: spark precision {sp_p:.3f} recall {sp_r:.3f} | datasketch precision {ds_p:.3f} recall {ds_r:.3f}")
+    print(f"stage: kept {m.row_count} of {len(texts)}, clusters {m.counters['clusters']}, "
+          f"candidate pairs {m.counters['candidate_pairs']}, cc rounds {m.counters.get('cc_rounds')}; "
+          f"peak RSS {mon.peak / 2**20:,.0f} MiB, shuffle written {shuffled / 2**20:,.1f} MiB")
+
+
+def shuffle_bytes(app: str) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:4050/api/v1/applications/{app}/stages") as r:
+        return sum(s.get("shuffleWriteBytes", 0) for s in json.load(r))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The dedup stage in Spark: planted near-duplicates measured against the analytic LSH curve,
+determinism across partitionings, the survivor rule, connected components, and cross-snapshot
+dedup of the real sample against committed signatures only."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from phiflow.recipe import parse_recipe
+from phiflow.schema import LANGID_FIELDS, WEB_EXTRACTED, with_drop_reason, with_fields
+from phiflow.storage import Lake
+from spark_jobs import commoncrawl_extract, dedup, langid
+from spark_jobs.minhash import MinHasher, detection_probability, jaccard, planted_pair
+from spark_jobs.stage_io import StageContext, commit_partition, spark_schema
+
+pytestmark = pytest.mark.spark
+QUALITY = with_fields(WEB_EXTRACTED, LANGID_FIELDS).append(pa.field("quality_score", pa.float32()))
+SNAP = {"snapshot": "CC-MAIN-2024-10"}
+LEVELS = (0.5, 0.65, 0.75, 0.85, 0.95)
+PAIRS = 24
+
+
+def recipe_with(test_recipe, **dedup_params):
+    data = test_recipe.model_dump(mode="json", exclude={"path"})
+    data["stages"]["dedup"] = {**data["stages"]["dedup"], **dedup_params}
+    return parse_recipe(data)
+
+
+def ctx(recipe, lake: Lake, partition: dict = SNAP) -> StageContext:
+    return StageContext(recipe=recipe, source="web", partition=dict(partition), lake=lake)
+
+
+def doc(i: int, text: str, *, day: int = 0, quality: float | None = None) -> dict:
+    return {"doc_id": f"d{i:05d}", "source": "web", "source_uri": f"warc://{i}", "parent_ids": [],
+            "url": f"https://example.org/{i}", "fetch_time": datetime(2024, 2, 20, tzinfo=UTC) + timedelta(days=day),
+            "text": text, "quality_score": quality}
+
+
+def commit_docs(spark, recipe, lake: Lake, rows: list[dict], partition: dict = SNAP) -> None:
+    """A `web.quality` partition (the langid schema plus quality_score), through the storage contract."""
+    names = QUALITY.names
+    df = spark.createDataFrame([(*(r.get(c) for c in names), None) for r in rows],
+                               spark_schema(with_drop_reason(QUALITY)))
+    commit_partition(spark, ctx(recipe, lake, partition), stage="dedup", dataset="web.quality", rows=df,
+                     schema=QUALITY, inputs=[], counters={}, reasons={})
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """Pairs at known Jaccard (own vocabulary each), exact copies with other case/punctuation, singletons."""
+    rng = np.random.default_rng(11)
+    mh = MinHasher(5, 128, 16, 8, 42)
+    rows, pairs = [], []
+    for level in LEVELS:
+        for _ in range(PAIRS):
+            a, b = planted_pair(rng, 100, level, 5)
+            i = len(rows)
+            rows += [doc(i, a, day=1), doc(i + 1, b, day=2)]
+            pairs.append((f"d{i:05d}", f"d{i + 1:05d}", jaccard(mh.shingles(a), mh.shingles(b))))
+    exact = []
+    for _ in range(20):
+        a, _b = planted_pair(rng, 60, 0.0, 5)
+        i = len(rows)
+        rows += [doc(i, a, day=3, quality=0.2), doc(i + 1, a.upper().replace(" ", " , "), day=5, quality=0.9)]
+        exact.append((f"d{i:05d}", f"d{i + 1:05d}"))
+    for _ in range(20):
+        rows.append(doc(len(rows), planted_pair(rng, 100, 0.0, 5)[0]))
+    return rows, pairs, exact
+
+
+@pytest.fixture(scope="module")
+def planted_run(spark, test_recipe, planted, tmp_path_factory):
+    recipe = recipe_with(test_recipe, input="quality")
+    lake = Lake(str(tmp_path_factory.mktemp("dedup-lake")))
+    commit_docs(spark, recipe, lake, planted[0])
+    return recipe, lake, dedup.run(spark, ctx(recipe, lake))
+
+
+def kept_and_clusters(lake: Lake, partition: dict = SNAP) -> tuple[set[str], list[tuple]]:
+    kept = set(lake.read_table(lake.require("web.dedup", partition), columns=["doc_id"]).column("doc_id").to_pylist())
+    cl = lake.read_table(lake.require("web.dup_clusters", partition)).to_pylist()
+    return kept, sorted(tuple(r.values()) for r in cl)
+
+
+def test_planted_pairs_match_the_analytic_curve(planted, planted_run) -> None:
+    """Recall per similarity level and overall precision/recall (truth: Jaccard >= 0.7) against the
+    analytic probability of sharing a band AND passing the 0.7 signature check.
+    Tolerance per level: 3 binomial standard deviations for 24 pairs, plus 0.05."""
+    _, pairs, _ = planted
+    _, lake, m = planted_run
+    _, clusters = kept_and_clusters(lake)
+    merged = {(c[2], c[1]) for c in clusters if c[4] == "fuzzy"}  # (survivor, merged doc)
+    found = [((a, b) in merged or (b, a) in merged, j) for a, b, j in pairs]
+    for level in LEVELS:
+        hits = [f for f, j in found if abs(j - level) < 0.03]
+        expected = np.mean([detection_probability(j, 16, 8, 128, 0.7) for f, j in found if abs(j - level) < 0.03])
+        tol = 3 * np.sqrt(max(expected * (1 - expected), 0.02) / len(hits)) + 0.05
+        assert abs(np.mean(hits) - expected) <= tol, (level, np.mean(hits), expected)
+    truth = [j >= 0.7 for _, j in found]
+    detected = [f for f, _ in found]
+    tp = sum(t and d for t, d in zip(truth, detected, strict=True))
+    precision, recall = tp / max(sum(detected), 1), tp / sum(truth)
+    p_all = [detection_probability(j, 16, 8, 128, 0.7) for _, j in found]
+    exp_recall = sum(p for p, t in zip(p_all, truth, strict=True) if t) / sum(truth)
+    exp_precision = sum(p for p, t in zip(p_all, truth, strict=True) if t) / sum(p_all)
+    print(f"precision {precision:.3f} (analytic {exp_precision:.3f})  recall {recall:.3f} (analytic {exp_recall:.3f})")
+    assert abs(recall - exp_recall) < 0.1 and abs(precision - exp_precision) < 0.1
+    assert m.counters["merged"]["fuzzy"] == sum(detected) and m.counters["dropped"]["fuzzy_duplicate"] == sum(detected)
+
+
+def test_exact_duplicates_keep_the_best_by_the_recipe_rule(planted, planted_run) -> None:
+    _, _, exact = planted
+    _, lake, m = planted_run
+    kept, clusters = kept_and_clusters(lake)
+    by_doc = {c[1]: c for c in clusters}
+    for low_q, high_q in exact:  # quality_score desc comes before fetch_time asc in the rule
+        assert high_q in kept and low_q not in kept
+        assert by_doc[low_q][2] == high_q and by_doc[low_q][4] == "exact" and by_doc[low_q][0] == min(low_q, high_q)
+    assert m.counters["dropped"]["exact_duplicate"] == len(exact)
+    assert m.row_count == len(kept) and len(kept) + len(clusters) == m.counters["read"]
+    sig = lake.read_table(lake.require("web.minhash", SNAP))
+    assert set(sig.column("doc_id").to_pylist()) == kept  # signatures of the survivors, for later snapshots
+
+
+def test_same_kept_set_on_other_partitionings(spark, planted, planted_run, tmp_path) -> None:
+    recipe, lake, first = planted_run
+    before = kept_and_clusters(lake)
+    other = Lake(str(tmp_path / "lake"))
+    spark.conf.set("spark.sql.shuffle.partitions", "7")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "16k")
+    try:
+        commit_docs(spark, recipe, other, list(reversed(planted[0])))
+        second = dedup.run(spark, ctx(recipe, other))
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", "4")
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    assert kept_and_clusters(other) == before
+    assert second.content_digest == first.content_digest
+
+
+def test_connected_components_in_spark(spark) -> None:
+    """A 40-node path (needs several rounds), a star, a cycle: every node gets its component's minimum."""
+    path = [(f"p{i:02d}", f"p{i + 1:02d}") for i in range(39)]
+    edges = path[::-1] + [("s0", f"s{i}") for i in range(1, 6)] + [("c1", "c2"), ("c2", "c3"), ("c3", "c1")]
+    cc, rounds = dedup.connected_components(spark.createDataFrame(edges, "a string, b string"), 64)
+    got = {r["node"]: r["root"] for r in cc.collect()}
+    assert got == {**{f"p{i:02d}": "p00" for i in range(40)}, **{f"s{i}": "s0" for i in range(6)},
+                   **{c: "c1" for c in ("c1", "c2", "c3")}}
+    assert rounds >= 2
+    with pytest.raises(RuntimeError, match="did not converge"):
+        dedup.connected_components(spark.createDataFrame(path, "a string, b string"), 1)
+
+
+def test_later_snapshot_dedups_against_committed_signatures_only(spark, test_recipe, tmp_path) -> None:
+    """The sample's 21 pages recrawled with the same bytes are dropped from CC-MAIN-2024-18, with the
+    text of CC-MAIN-2024-10 deleted from the lake: only its committed signatures are read."""
+    lake = Lake(str(tmp_path / "lake"))
+    snaps = [{"snapshot": "CC-MAIN-2024-10"}, {"snapshot": "CC-MAIN-2024-18"}]
+    for p in snaps:
+        commoncrawl_extract.run(spark, ctx(test_recipe, lake, p))
+        langid.run(spark, ctx(test_recipe, lake, p))
+    urls = [{r["url"]: r["text"] for r in lake.read_table(lake.require("web.langid", p)).to_pylist()} for p in snaps]
+    recrawled = {u for u in urls[0] if urls[1].get(u) == urls[0][u]}
+    assert len(recrawled) == 21
+    first = dedup.run(spark, ctx(test_recipe, lake, snaps[0]))
+    for ds in ("web.langid", "web.extracted"):
+        shutil.rmtree(lake.partition_path(ds, snaps[0]))
+    second = dedup.run(spark, ctx(test_recipe, lake, snaps[1]))
+    assert second.counters["dropped"] == {"exact_duplicate_of_earlier_snapshot": 21}
+    assert second.counters["earlier_partitions"] == ["snapshot=CC-MAIN-2024-10"]
+    assert {i.dataset for i in second.inputs} == {"web.langid", "web.minhash"}
+    clusters = lake.read_table(lake.require("web.dup_clusters", snaps[1])).to_pylist()
+    kept_first = set(lake.read_table(first, columns=["doc_id"]).column("doc_id").to_pylist())
+    assert len(clusters) == 21 and all(c["survivor_partition"] == "snapshot=CC-MAIN-2024-10" for c in clusters)
+    assert {c["survivor_id"] for c in clusters} <= kept_first
+    dropped_urls = {r["url"] for r in lake.read_table(lake.require("web.langid", snaps[1])).to_pylist()} - {
+        r["url"] for r in lake.read_table(second).to_pylist()}
+    assert dropped_urls == recrawled
+    changed = recipe_with(test_recipe, num_perm=112, bands=14)
+    with pytest.raises(ValueError, match="other MinHash parameters"):
+        dedup.run(spark, ctx(changed, lake, snaps[1]))

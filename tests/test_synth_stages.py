@@ -1,0 +1,71 @@
+"""seed_select and synthesize as Spark stages on the sample crawl, the LLM being the scripted HTTP
+test server: lineage from a synthetic sample back to its web page, counters, cached reruns."""
+
+from __future__ import annotations
+
+import pytest
+from llm_server import LLMTestServer
+
+from phiflow.recipe import parse_recipe
+from phiflow.storage import Lake
+from spark_jobs import commoncrawl_extract, langid, seed_select, synthesize
+from spark_jobs.stage_io import StageContext
+
+pytestmark = pytest.mark.spark
+SNAP = {"snapshot": "CC-MAIN-2024-10"}
+OUT = {"source": "web", **SNAP}
+
+
+def answer(body: dict, i: int) -> str:
+    msg = body["messages"][-1]["content"]
+    if msg.startswith("INSTR:"):
+        return "Reproduce this code."
+    if msg.startswith("CODE:"):
+        return "```python\nprint('unrelated')\n```"  # never matches: every reversal is rejected
+    return f"sample {body['seed']} {i}"
+
+
+def recipe_with(test_recipe, base_url: str):
+    data = test_recipe.model_dump(mode="json")
+    data["llm"] = {"backend": "openai", "model": "scripted", "base_url": base_url, "max_concurrency": 4,
+                   "backoff_s": 0.01}
+    data["stages"]["synthesize"] = {"workflows": [
+        {"name": "exercises", "kind": "rewrite", "max_seeds": 5, "samples_per_seed": 2,
+         "prompts": {"rewrite": "Turn into an exercise: {seed}"}},
+        {"name": "code_reversed", "kind": "instruction_reversal", "seed_kinds": ["code"], "max_seeds": 3,
+         "match": "ast", "prompts": {"instruction": "INSTR: {code}", "code": "CODE: {instruction}"}},
+    ]}
+    return parse_recipe(data, test_recipe.path)
+
+
+def test_seeds_then_synthesis_with_lineage_counters_and_cached_rerun(spark, test_recipe, tmp_path) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    with LLMTestServer(answer=answer) as srv:
+        recipe = recipe_with(test_recipe, srv.base_url)
+        ctx = StageContext(recipe=recipe, source="web", partition=dict(SNAP), lake=lake)
+        commoncrawl_extract.run(spark, ctx)
+        pages = langid.run(spark, ctx)
+        seeds_m = seed_select.run(spark, ctx)
+        assert seeds_m.dataset == "synthetic.seeds" and seeds_m.partition == OUT
+        assert seeds_m.inputs[0].digest == pages.digest and seeds_m.row_count > 0
+        assert seeds_m.counters["seed_kinds"].get("code", 0) >= 3  # docs.python.org code blocks
+        seeds = lake.read_table(seeds_m).to_pylist()
+        page_ids = set(lake.read_table(pages, columns=["doc_id"]).column("doc_id").to_pylist())
+        assert all(s["parent_ids"][0] in page_ids and 0 <= s["passage_score"] <= 1 for s in seeds)
+
+        first = synthesize.run(spark, ctx)
+        c = first.counters
+        assert c["kept_by_workflow"] == {"exercises": 10} and c["dropped"] == {"reversal_mismatch": 3}
+        assert c["generated"] == 13 and c["llm_requests"] == 16 and c["llm_cache_hits"] == 0
+        rows = lake.read_table(first).to_pylist()
+        by_id = {s["doc_id"]: s for s in seeds}
+        for r in rows:  # synthetic sample -> seed -> web page
+            seed = by_id[r["parent_ids"][0]]
+            assert seed["parent_ids"][0] in page_ids and r["source_uri"] == seed["source_uri"]
+            assert r["model"] == "scripted" and r["workflow"] == "exercises" and r["round"] == 1
+        served = sum(srv.served.values())
+
+        again = synthesize.run(spark, ctx)
+        assert sum(srv.served.values()) == served  # nothing paid twice
+        assert again.counters["llm_cache_hits"] == again.counters["llm_requests"] == 16
+        assert again.content_digest == first.content_digest and again.attempt != first.attempt
