@@ -38,23 +38,25 @@ def _codec(name: str | None) -> str | None:
         return None
 
 
-def _decodes(body: bytes, codec: str) -> bool:
+def _decode(body: bytes, codec: str | None) -> str | None:
+    """The strict decoding of `body` under `codec`, or None if the bytes are not in it."""
+    if not codec:
+        return None
     try:
-        body.decode(codec)
+        return body.decode(codec)
     except (UnicodeDecodeError, LookupError):
-        return False
-    return True
+        return None
 
 
 def decode_html(body: bytes, declared: str | None) -> tuple[str, str, str]:
     """Decode a page: (text, codec, source). Never raises on bad bytes."""
     http = _codec(declared)
-    if http and _decodes(body, http):
-        return body.decode(http), http, "http"
+    if (text := _decode(body, http)) is not None:
+        return text, http, "http"
     m = _META_CHARSET.search(body[:4096])
     meta = _codec(m.group(1).decode("ascii", "ignore")) if m else None
-    if meta and _decodes(body, meta):
-        return body.decode(meta), meta, "meta"
+    if (text := _decode(body, meta)) is not None:
+        return text, meta, "meta"
     detected = _codec(detect_encoding(body)) or "utf-8"
     return bytes_to_str(body, detected), detected, "detected"
 
@@ -64,12 +66,11 @@ def binary_fraction(body: bytes, sample: int = 8192) -> float:
     head = body[:sample]
     if not head:
         return 0.0
-    return sum(head.count(bytes([c])) for c in _CONTROL) / len(head)
+    return (len(head) - len(head.translate(None, _CONTROL))) / len(head)  # one C pass
 
 
-def extract(body: bytes, declared_charset: str | None) -> Extracted:
-    """Main text of an HTML page, keeping code, lists and table rows on their own lines."""
-    html, codec, source = decode_html(body, declared_charset)
+def html_to_text(html: str) -> tuple[str, str]:
+    """(main text, title) of decoded HTML, keeping code, lists and table rows on their own lines."""
     tree = HTMLTree.parse(html)
     text = extract_plain_text(
         tree,
@@ -81,5 +82,11 @@ def extract(body: bytes, declared_charset: str | None) -> Extracted:
         form_fields=False,
         noscript=False,
     )
-    title = (tree.title or "").strip()
-    return Extracted(text=text.strip(), title=title, charset=codec, charset_source=source)
+    return text.strip(), (tree.title or "").strip()
+
+
+def extract(body: bytes, declared_charset: str | None) -> Extracted:
+    """Decode the payload truthfully, then extract its main text."""
+    html, codec, source = decode_html(body, declared_charset)
+    text, title = html_to_text(html)
+    return Extracted(text=text, title=title, charset=codec, charset_source=source)
