@@ -1,46 +1,86 @@
-"""phiflow DAGs, assembled from the recipe (PHIFLOW_RECIPE, default recipes/demo.yaml).
+"""phiflow data DAGs, assembled from the recipe (PHIFLOW_RECIPE, default recipes/demo.yaml).
 
-Per source, one time-scheduled ingest DAG: commoncrawl_extract >> langid. A run processes the
-snapshots dated in its data interval, so `airflow backfill create` over a date range and
-`airflow tasks clear -t langid` over a range rerun exactly those partitions. No stage logic here.
+- `phiflow_ingest_<source>`, one per source, time-scheduled with data intervals: extraction,
+  language id, quality, dedup and decontamination of the snapshots (or dumps) dated in the run's
+  interval. `airflow backfill create` over a range and `airflow tasks clear -t <stage>` over a range
+  rerun exactly those partitions of those stages.
+- `phiflow_synthesis`, scheduled on the clean datasets' Assets: seed selection and synthesis of the
+  partitions the triggering asset events name.
+
+No stage logic here: every task is a SparkStageOperator running `spark_jobs/<stage>.py`.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Param, chain
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from operators.spark_stage import SparkStageOperator
+from operators.spark_stage import SparkStageOperator, dataset_asset
 from phiflow import settings
-from phiflow.recipe import load_recipe
+from phiflow.recipe import CommonCrawlSource, load_recipe
 
 RECIPE_PATH = str(settings.default_recipe())
 recipe = load_recipe(RECIPE_PATH)
+defaults = {"retries": recipe.airflow.retries, "retry_delay": timedelta(seconds=recipe.airflow.retry_delay_s)}
+
+
+def curation_chain(name: str, src) -> list[tuple[str, str]]:
+    """(stage, output dataset) in order for one source. The quality stage is in the chain when
+    dedup reads its output (`stages.dedup.input: quality`), so the chain follows the recipe."""
+    extract = "commoncrawl_extract" if isinstance(src, CommonCrawlSource) else "wikipedia_extract"
+    stages = [(extract, f"{name}.extracted"), ("langid", f"{name}.langid")]
+    if recipe.stages.dedup.input == "quality":
+        stages.append(("quality", f"{name}.quality"))
+    stages += [("dedup", f"{name}.dedup"), ("decontaminate", f"{name}.clean")]
+    return stages
+
 
 for name, src in recipe.sources.items():
+    partition_ids = [s.id for s in src.snapshots] if isinstance(src, CommonCrawlSource) else [d.id for d in src.dumps]
+    key = "snapshot" if isinstance(src, CommonCrawlSource) else "dump"
     with DAG(
         dag_id=f"phiflow_ingest_{name}",
-        description=f"{recipe.name}: {name} WARC snapshots -> {name}.extracted -> {name}.langid",
+        description=f"{recipe.name}: {name} -> extracted -> langid -> ... -> {name}.clean",
         # Data-interval semantics (Airflow 3 defaults cron schedules to trigger semantics, where a
         # run has no interval): a run owns [start, end), so a snapshot belongs to exactly one run.
         schedule=CronDataIntervalTimetable(src.schedule, timezone="UTC"),
         start_date=src.start_date,
         catchup=False,
-        max_active_runs=1,
+        max_active_runs=1,  # snapshots in date order: dedup compares against earlier ones
         tags=["phiflow", recipe.name, "ingest"],
-        params={"snapshot": Param(None, type=["null", "string"], enum=[None, *[s.id for s in src.snapshots]],
-                                  description="process this snapshot (manual runs); empty: the run's interval")},
-        default_args={"retries": recipe.airflow.retries, "retry_delay": timedelta(seconds=recipe.airflow.retry_delay_s)},
+        params={key: Param(None, type=["null", "string"], enum=[None, *partition_ids],
+                           description=f"process this {key} (manual runs); empty: the run's interval")},
+        default_args=defaults,
         doc_md=__doc__,
     ) as dag:
-        extract = SparkStageOperator(
-            task_id="commoncrawl_extract", stage="commoncrawl_extract", source=name,
-            output_dataset=f"{name}.extracted", recipe_path=RECIPE_PATH,
-        )
-        langid = SparkStageOperator(
-            task_id="langid", stage="langid", source=name, output_dataset=f"{name}.langid", recipe_path=RECIPE_PATH,
-        )
-        extract >> langid
+        chain(*[
+            SparkStageOperator(task_id=stage, stage=stage, source=name, output_dataset=out, recipe_path=RECIPE_PATH)
+            for stage, out in curation_chain(name, src)
+        ])
     globals()[dag.dag_id] = dag
+
+clean = {name: f"{name}.{recipe.stages.seed_select.input_suffix}" for name in recipe.sources}
+with DAG(
+    dag_id="phiflow_synthesis",
+    description=f"{recipe.name}: seed selection and LLM synthesis of newly committed clean partitions",
+    schedule=[dataset_asset(d) for d in clean.values()],
+    start_date=min(src.start_date for src in recipe.sources.values()),
+    catchup=False,
+    max_active_runs=1,
+    tags=["phiflow", recipe.name, "synthesis"],
+    params={"snapshot": Param(None, type=["null", "string"], description="rerun this partition (manual runs)")},
+    default_args=defaults,
+    doc_md=__doc__,
+) as synthesis:
+    for name, input_dataset in clean.items():
+        seeds = SparkStageOperator(
+            task_id=f"seed_select_{name}", stage="seed_select", source=name, output_dataset="synthetic.seeds",
+            input_dataset=input_dataset, partition_by_source=True, recipe_path=RECIPE_PATH,
+        )
+        generated = SparkStageOperator(
+            task_id=f"synthesize_{name}", stage="synthesize", source=name, output_dataset="synthetic.generated",
+            input_dataset=input_dataset, partition_by_source=True, recipe_path=RECIPE_PATH,
+        )
+        seeds >> generated

@@ -11,6 +11,7 @@ from airflow.providers.common.compat.openlineage.facet import (
 )
 
 from phiflow.manifest import InputRef, Manifest
+from phiflow.recipe import CommonCrawlSource, Recipe, WikipediaSource
 from phiflow.storage import Lake
 
 
@@ -25,15 +26,30 @@ def _namespace_and_name(url: str) -> tuple[str, str]:
     return f"{scheme}://{authority}", "/" + path
 
 
+def external_location(recipe: Recipe, source: str, ref: InputRef) -> str | None:
+    """Where an `external:*` input lives: a file named in the ref, a WARC listing, a dump."""
+    if not ref.dataset.startswith("external:"):
+        return None
+    if "path" in ref.partition:
+        return recipe.resolve(ref.partition["path"])
+    src = recipe.sources.get(source)
+    base = recipe.resolve(src.base_url).rstrip("/") if src else ""
+    if isinstance(src, CommonCrawlSource) and "snapshot" in ref.partition:
+        return f"{base}/{src.snapshot(ref.partition['snapshot']).paths}"
+    if isinstance(src, WikipediaSource) and "dump" in ref.partition:
+        return f"{base}/{src.dump_by_id(ref.partition['dump']).dump_path}"
+    return None
+
+
 def dataset_for(lake: Lake, dataset: str) -> Dataset:
     ns, name = _namespace_and_name(lake.uri(lake.dataset_path(dataset)))
     return Dataset(namespace=ns, name=name)
 
 
 def input_dataset(lake: Lake, ref: InputRef, external_url: str | None = None) -> Dataset:
-    """An input partition; `external:*` inputs (WARC listings) point at their source URL."""
-    if ref.dataset.startswith("external:") and external_url:
-        ns, name = _namespace_and_name(external_url)
+    """An input partition; `external:*` inputs (WARC listings, dumps, benchmarks) point at their URL."""
+    if ref.dataset.startswith("external:"):
+        ns, name = _namespace_and_name(external_url) if external_url else ("external", ref.dataset)
         return Dataset(namespace=ns, name=name)
     return dataset_for(lake, ref.dataset)
 

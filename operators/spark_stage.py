@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
-from operators.lineage import input_dataset, output_dataset
+from operators.lineage import external_location, input_dataset, output_dataset
 from phiflow import settings
-from phiflow.intervals import snapshot_partitions
+from phiflow.intervals import source_partitions
 from phiflow.manifest import Manifest
 from phiflow.recipe import load_recipe
 from phiflow.storage import Lake
@@ -58,7 +58,17 @@ class SparkStageOperator(SparkSubmitOperator):
 
     ui_color = "#e8f1fb"
 
-    def __init__(self, *, stage: str, source: str, output_dataset: str, recipe_path: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        stage: str,
+        source: str,
+        output_dataset: str,
+        recipe_path: str,
+        input_dataset: str | None = None,
+        partition_by_source: bool = False,
+        **kwargs: Any,
+    ) -> None:
         recipe = load_recipe(recipe_path)
         lake = Lake()
         conf = {"spark.ui.showConsoleProgress": "false", "spark.sql.session.timeZone": "UTC", **recipe.spark.conf}
@@ -77,20 +87,31 @@ class SparkStageOperator(SparkSubmitOperator):
         self.source = source
         self.output_dataset = output_dataset
         self.recipe_path = str(recipe_path)
+        self.input_dataset = input_dataset
+        self.partition_by_source = partition_by_source
         self._committed: list[Manifest] = []
 
     def partitions(self, context: Any) -> list[dict[str, str]]:
+        """The input partitions this run owns: named in params, carried by the asset events that
+        triggered the run, or the snapshots/dumps dated in the run's data interval."""
         recipe = load_recipe(self.recipe_path)
         params = context.get("params") or {}
-        return snapshot_partitions(
-            recipe.source(self.source), context.get("data_interval_start"), context.get("data_interval_end"),
-            params.get("snapshot"),
+        requested = params.get("snapshot") or params.get("dump")
+        events = context.get("triggering_asset_events") or {}
+        if not requested and self.input_dataset and events:
+            return partitions_from_events(events, self.input_dataset)
+        return source_partitions(
+            recipe.source(self.source), context.get("data_interval_start"), context.get("data_interval_end"), requested
         )
+
+    def output_partition(self, partition: dict[str, str]) -> dict[str, str]:
+        """Datasets shared by all sources (synthetic.*) key their partitions by source first."""
+        return {"source": self.source, **partition} if self.partition_by_source else dict(partition)
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
         parts = self.partitions(context)
         if not parts:
-            raise AirflowSkipException("no snapshot of this source is dated inside the run's data interval")
+            raise AirflowSkipException("no partition of this source belongs to this run (interval or asset events)")
         ti = context["ti"]
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number,
                "logical_date": str(context.get("logical_date"))}
@@ -102,7 +123,7 @@ class SparkStageOperator(SparkSubmitOperator):
             ]
             self._hook = None  # the hook captures application_args when it is built
             super().execute(context)
-            m = lake.require(self.output_dataset, partition)
+            m = lake.require(self.output_dataset, self.output_partition(partition))
             if m.airflow.get("run_id") != ti.run_id or m.airflow.get("try_number") != ti.try_number:
                 raise AirflowException(f"{self.output_dataset}/{m.key} was not committed by this try (found {m.airflow})")
             self._committed.append(m)
@@ -117,16 +138,22 @@ class SparkStageOperator(SparkSubmitOperator):
 
         lake = Lake()
         recipe = load_recipe(self.recipe_path)
-        src = recipe.source(self.source)
-        inputs, outputs = [], []
-        for m in self._committed:
-            for ref in m.inputs:
-                external = None
-                if ref.dataset.startswith("external:"):
-                    external = f"{recipe.resolve(src.base_url).rstrip('/')}/{src.snapshot(ref.partition['snapshot']).paths}"
-                inputs.append(input_dataset(lake, ref, external))
-            outputs.append(output_dataset(lake, m))
-        return OperatorLineage(inputs=inputs, outputs=outputs)
+        inputs = [input_dataset(lake, ref, external_location(recipe, self.source, ref))
+                  for m in self._committed for ref in m.inputs]
+        return OperatorLineage(inputs=inputs, outputs=[output_dataset(lake, m) for m in self._committed])
+
+
+def partitions_from_events(events: Any, input_dataset: str) -> list[dict[str, str]]:
+    """Partitions committed upstream, as carried by the asset events that triggered this run."""
+    out: list[dict[str, str]] = []
+    for asset, asset_events in events.items():
+        if getattr(asset, "name", None) != input_dataset:
+            continue
+        for event in asset_events:
+            for part in (event.extra or {}).get("partitions", []):
+                if part["partition"] not in out:
+                    out.append(part["partition"])
+    return out
 
 
 def summary(m: Manifest) -> dict[str, Any]:

@@ -481,10 +481,18 @@ class Recipe(Strict):
             raise RecipeError(f"sources.{name}: no such source; known: {sorted(self.sources)}") from None
 
 
+# Source kinds: pydantic puts the discriminator tag into error paths (sources.web.commoncrawl.x);
+# users wrote sources.web.x, so the tag is dropped from the path shown to them.
+_SOURCE_KINDS = {"commoncrawl", "wikipedia"}
+
+
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<recipe>"
+        parts = list(e["loc"])
+        if len(parts) > 2 and parts[0] == "sources" and parts[2] in _SOURCE_KINDS:
+            del parts[2]
+        loc = ".".join(str(p) for p in parts) or "<recipe>"
         lines.append(f"{loc}: {e['msg']}")
     return "\n".join(lines)
 

@@ -60,6 +60,8 @@ def write_test_recipe(path: Path, **stage_overrides: dict) -> Path:
         "base_url": str(BROKEN),
         "snapshots": [{"id": "CC-MAIN-BROKEN", "date": "2024-06-12", "paths": "crawl-data/CC-MAIN-BROKEN/warc.paths.gz"}],
     }
+    for bench in recipe["stages"].get("decontaminate", {}).get("benchmarks", []):
+        bench["path"] = str((ROOT / "recipes" / bench["path"]).resolve())  # the copy lives in a temp dir
     for stage, params in stage_overrides.items():
         recipe["stages"].setdefault(stage, {}).update(params)
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))

@@ -41,7 +41,7 @@ def test_shipped_recipes_load() -> None:
          "valid date"),
         (lambda d: d["sources"]["web"]["snapshots"][0].update(id="bad id!"), "sources.web.snapshots.0.id",
          "should match pattern"),
-        (lambda d: d["sources"]["web"].update(kind="wikipedia"), "sources.web.kind", "Input should be 'commoncrawl'"),
+        (lambda d: d["sources"]["web"].update(kind="gopher"), "sources.web", "does not match any of the expected tags"),
         (lambda d: d["sources"]["web"]["snapshots"][0].update(paths="missing/warc.paths.gz"), "snapshots[CC-MAIN-2024-10].paths",
          "does not exist"),
         (lambda d: d.update(name="Has Spaces"), "name", "should match pattern"),
