@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ class SparkStageOperator(SparkSubmitOperator):
         recipe_path: str,
         input_dataset: str | None = None,
         partition_by_source: bool = False,
+        partitions_callable: Callable[[str, Any], list[dict[str, str]]] | None = None,
         **kwargs: Any,
     ) -> None:
         recipe = load_recipe(recipe_path)
@@ -89,11 +91,14 @@ class SparkStageOperator(SparkSubmitOperator):
         self.recipe_path = str(recipe_path)
         self.input_dataset = input_dataset
         self.partition_by_source = partition_by_source
+        self.partitions_callable = partitions_callable  # (recipe_path, context) -> partitions: overrides the rest
         self._committed: list[Manifest] = []
 
     def partitions(self, context: Any) -> list[dict[str, str]]:
         """The input partitions this run owns: named in params, carried by the asset events that
         triggered the run, or the snapshots/dumps dated in the run's data interval."""
+        if self.partitions_callable is not None:
+            return self.partitions_callable(self.recipe_path, context)
         recipe = load_recipe(self.recipe_path)
         params = context.get("params") or {}
         requested = params.get("snapshot") or params.get("dump")

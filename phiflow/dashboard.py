@@ -12,7 +12,7 @@ import html
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from phiflow.storage import Lake
 
 # Document datasets of one source, in pipeline order: the funnel's columns.
 FUNNEL_STAGES = ("extracted", "langid", "quality", "dedup", "clean")
-# Numeric `counters` / `timings` keys that are not drops (everything in `dropped` is one).
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d")
 
 
@@ -48,8 +47,6 @@ class DashboardData:
     partitions: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -129,8 +126,9 @@ def build(manifests: Iterable[Manifest], metrics: Iterable[dict[str, Any]] = ())
 def _training_run(metrics: dict[str, Any]) -> dict[str, Any]:
     """The curve of one training run from its metrics JSON (training/pretrain.py:write_metrics)."""
     steps = [(int(s["step"]), float(s["loss"])) for s in metrics.get("steps") or [] if s.get("loss") is not None]
-    return {"name": metrics.get("name", "?"), "status": metrics.get("status", "?"), "final_step": metrics.get("final_step"),
-            "final_loss": metrics.get("final_loss"), "tokens_per_s": metrics.get("mean_tokens_per_s"), "steps": steps}
+    return {"name": metrics.get("name", "?"), "status": metrics.get("status", "?"),
+            "final_step": metrics.get("final_step"), "final_loss": metrics.get("final_loss"),
+            "tokens_per_s": metrics.get("mean_tokens_per_s"), "steps": steps}
 
 
 def load_metrics(root: Path) -> list[dict[str, Any]]:
@@ -195,11 +193,13 @@ def _funnel_table(source: str, steps_by_interval: dict[str, list[FunnelStep]], t
 
 
 def _drops_table(source: str, totals: list[FunnelStep]) -> str:
-    rows = [f"<tr><td>{_e(s.dataset)}</td><td>{_e(r)}</td><td data-testid='drops:{_e(source)}:{_e(s.dataset)}:{_e(r)}'>{n}</td></tr>"
+    rows = [f"<tr><td>{_e(s.dataset)}</td><td>{_e(r)}</td>"
+            f"<td data-testid='drops:{_e(source)}:{_e(s.dataset)}:{_e(r)}'>{n}</td></tr>"
             for s in totals for r, n in sorted(s.dropped.items(), key=lambda kv: -kv[1])]
     if not rows:
         return "<p class='none'>nothing dropped</p>"
-    return f"<table><thead><tr><th>dataset</th><th>reason</th><th>documents</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return ("<table><thead><tr><th>dataset</th><th>reason</th><th>documents</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
 
 
 def _funnel_chart(source: str, totals: list[FunnelStep]) -> str:
@@ -257,12 +257,14 @@ def render(d: DashboardData, title: str = "phiflow") -> str:
                           else "<p class='none'>no quality partitions</p>"))
     if d.contamination:
         rows = "".join(
-            f"<tr><td>{_e(s)}</td><td>{r['documents']}</td><td data-testid='contamination:{_e(s)}:removed'>{r['removed']}</td>"
+            f"<tr><td>{_e(s)}</td><td>{r['documents']}</td>"
+            f"<td data-testid='contamination:{_e(s)}:removed'>{r['removed']}</td>"
             f"<td>{r['flags']}</td><td>{_e(', '.join(f'{b} {n}' for b, n in r['by_benchmark'].items()) or '-')}</td>"
             f"<td>{_e(', '.join(f'{b} {n}' for b, n in r['by_rule'].items()) or '-')}</td></tr>"
             for s, r in d.contamination.items())
         body = ("<table><thead><tr><th>source</th><th>documents</th><th>removed</th><th>flags</th>"
-                f"<th>documents flagged by benchmark</th><th>removed by rule</th></tr></thead><tbody>{rows}</tbody></table>")
+                "<th>documents flagged by benchmark</th><th>removed by rule</th></tr></thead>"
+                f"<tbody>{rows}</tbody></table>")
     else:
         body = "<p class='none'>no decontamination partitions</p>"
     parts.append(_section("Contamination", body))
@@ -276,8 +278,8 @@ def render(d: DashboardData, title: str = "phiflow") -> str:
     else:
         body = "<p class='none'>no mix partitions</p>"
     parts.append(_section("Mixture", body))
-    runs = "".join(f"<div><h3>{_e(r['name'])} ({_e(r['status'])}, final loss {_e(r['final_loss'])})</h3>{_curve(r)}</div>"
-                   for r in d.training)
+    runs = "".join(f"<div><h3>{_e(r['name'])} ({_e(r['status'])}, final loss {_e(r['final_loss'])})</h3>"
+                   f"{_curve(r)}</div>" for r in d.training)
     parts.append(_section("Training curves (loss)", f"<div class='grid'>{runs}</div>" if runs
                           else "<p class='none'>no training metrics</p>"))
     rows = "".join(f"<tr><td>{_e(r['dataset'])}</td><td>{_e(r['stage'])}</td><td data-testid='rows:{_e(r['dataset'])}'>"

@@ -415,6 +415,144 @@ class QualityParams(Strict):
     max_chars: Annotated[int, Field(gt=0)] = 20_000  # text the classifier reads
 
 
+# -- tokenization, mixture, training (issue 6) -----------------------------------------------
+DATASET_NAME = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
+
+
+class TokenizerSpec(Strict):
+    """The tokenizer every `tokens.*` dataset is written with.
+
+    `offline_bpe` trains a byte-level BPE once on a seeded sample of the mixture's text and keeps it
+    in the lake (`_artifacts/tokenizer/<digest>/`); `hf` and `tiktoken` read a file (Phi-4: tiktoken).
+    """
+
+    kind: Literal["hf", "tiktoken", "offline_bpe"] = "offline_bpe"
+    path: str | None = None  # hf: tokenizer.json, tiktoken: *.tiktoken; relative to the recipe
+    vocab_size: Annotated[int, Field(gt=256)] = 512  # offline_bpe only
+    sample_docs: Annotated[int, Field(gt=0)] = 2000  # offline_bpe: documents it trains on
+    min_frequency: Annotated[int, Field(ge=1)] = 2
+    seed: int = 0  # offline_bpe: which documents the sample takes
+
+    @model_validator(mode="after")
+    def _path(self) -> TokenizerSpec:
+        if self.kind != "offline_bpe" and not self.path:
+            raise ValueError(f"tokenizer kind {self.kind} needs a path")
+        return self
+
+
+class TokenizeParams(Strict):
+    shards: Annotated[int, Field(gt=0)] = 2  # .bin/.idx shards per partition (one Spark task each)
+    text_column: str = "text"
+    batch_size: Annotated[int, Field(gt=0)] = 1024  # documents per encode_batch call
+
+
+class MixtureSource(Strict):
+    """One row of the report's Table 5: a share of training tokens, drawn from some datasets."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    datasets: Annotated[list[Annotated[str, Field(pattern=DATASET_NAME)]], Field(min_length=1)]
+    share: Annotated[float, Field(ge=0, le=1)]
+    max_epochs: Annotated[float | None, Field(gt=0)] = None
+    report_unique_tokens: Annotated[int | None, Field(ge=0)] = None  # documentation: the report's figure
+    description: str = ""
+
+
+class MixtureSpec(Strict):
+    total_tokens: Annotated[int | None, Field(gt=0)] = None  # None: pretrain steps x global batch x seq_length
+    sources: Annotated[list[MixtureSource], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MixtureSpec:
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique: {names}")
+        datasets = [d for s in self.sources for d in s.datasets]
+        if len(set(datasets)) != len(datasets):
+            raise ValueError(f"a dataset may feed one source only: {datasets}")
+        total = sum(s.share for s in self.sources)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"shares sum to {total:.6g}, not 1")
+        return self
+
+    @property
+    def datasets(self) -> list[str]:
+        return [d for s in self.sources for d in s.datasets]
+
+
+class ModelShape(Strict):
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    ffn_hidden_size: int | None = None  # default 4 x hidden_size
+    seq_length: int = 64
+    rotary_base: int = 10_000
+    padded_vocab_size: int | None = None  # checked against the tokenizer at launch (Phi-4: 100,352)
+    make_vocab_size_divisible_by: int = 128
+
+
+class ParallelSpec(Strict):
+    tp: int = 1
+    pp: int = 1
+    dp: Annotated[int, Field(ge=1)] = 1  # data-parallel replicas: world size = tp x pp x dp
+
+
+class OptimizerSpec(Strict):
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    clip_grad: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+
+
+class PretrainSpec(Strict):
+    model: ModelShape = ModelShape()
+    parallel: ParallelSpec = ParallelSpec()
+    micro_batch_size: int = 2
+    global_batch_size: int = 8
+    steps: int = 20
+    optimizer: OptimizerSpec = OptimizerSpec()
+    checkpoint_interval: Annotated[int, Field(ge=0)] = 0  # 0: only the final step
+    eval_interval: Annotated[int, Field(ge=0)] = 0
+    eval_iters: Annotated[int, Field(gt=0)] = 2
+    split: str = "98,2,0"  # train, validation, test weights of every shard
+    seed: int = 1234
+
+
+class MidtrainSpec(Strict):
+    """Phi-4 section 3.3: 4x context, RoPE base 250K, LR/10; 30% long documents, 70% replay."""
+
+    seq_length_factor: Annotated[int, Field(ge=1)] = 4
+    rotary_base: Annotated[int, Field(gt=0)] = 250_000
+    lr_factor: Annotated[float, Field(gt=0, le=1)] = 0.1
+    long_context_share: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    long_doc_tokens: Annotated[int, Field(gt=0)] = 8192  # a document longer than this is long-context data
+    steps: int = 4
+    warmup_steps: int = 0
+    total_tokens: Annotated[int | None, Field(gt=0)] = None  # None: steps x global batch x midtrain seq_length
+
+
+class ClusterSpec(Strict):
+    """Where MegatronTrainOperator runs: `local` (torchrun here) or `slurm` (sbatch + a deferred trigger)."""
+
+    kind: Literal["local", "slurm"] = "local"
+    nodes: Annotated[int, Field(gt=0)] = 1
+    gpus_per_node: Annotated[int, Field(gt=0)] = 8
+    partition: str | None = None
+    account: str | None = None
+    time_limit: str = "7-00:00:00"
+    setup: list[str] = Field(default_factory=list)  # shell lines before srun (module load, venv...)
+    sbatch_options: list[str] = Field(default_factory=list)  # extra `#SBATCH` lines, e.g. --qos=high
+    poll_s: Annotated[float, Field(gt=0)] = 60.0  # squeue/sacct polling interval of the trigger
+
+
+class TrainingSpec(Strict):
+    pretrain: PretrainSpec = PretrainSpec()
+    midtrain: MidtrainSpec = MidtrainSpec()
+    cluster: ClusterSpec = ClusterSpec()
+
+
 class Stages(Strict):
     commoncrawl_extract: CommonCrawlExtractParams = CommonCrawlExtractParams()
     langid: LangidParams = LangidParams()
@@ -426,6 +564,7 @@ class Stages(Strict):
     quality_train: QualityTrainParams = QualityTrainParams()
     seed_select: SeedSelectParams = SeedSelectParams()
     synthesize: SynthesizeParams = SynthesizeParams()
+    tokenize: TokenizeParams = TokenizeParams()
 
 
 class Recipe(Strict):
@@ -436,6 +575,9 @@ class Recipe(Strict):
     sources: dict[str, Source]
     stages: Stages = Stages()
     llm: LLMConfig = LLMConfig()  # the backend synthesis (and annotation) stages call
+    tokenizer: TokenizerSpec = TokenizerSpec()
+    mixture: MixtureSpec | None = None
+    training: TrainingSpec | None = None
     path: Path | None = Field(default=None, exclude=True)  # where it was loaded from
 
     @field_validator("sources")
@@ -458,6 +600,17 @@ class Recipe(Strict):
                 p = Path(base) / rel
                 if not p.exists():
                     raise ValueError(f"sources.{name}.{label}: {p} does not exist")
+        return self
+
+    @model_validator(mode="after")
+    def _training_runs(self) -> Recipe:
+        """The training section must make valid megatron runs (training.config.RunConfig's checks)."""
+        if self.training is not None:
+            from phiflow.training_plan import recipe_problems
+
+            problems = recipe_problems(self)
+            if problems:
+                raise ValueError("; ".join(f"{f}: {r}" for f, r in problems))
         return self
 
     @property

@@ -192,3 +192,34 @@ SYNTHETIC = pa.schema([
     pa.field("meta", pa.string()),  # JSON: votes, reference answer, similarity, execution result...
     pa.field("completion_tokens", pa.int64()),
 ])
+
+# -- tokenize, mix, training (issue 6) -------------------------------------------------------
+# tokens.<dataset>: one row per document in the `<shard>.docs.parquet` sidecars (training.indexed_writer):
+# sequence i of shard `part-NNNNN` is the document doc_id; num_tokens counts its EOD. Long documents
+# are written once more into `long-NNNNN` shards, the midtraining long-context data.
+TOKEN_DOCS = pa.schema([
+    pa.field("sequence", pa.int64()),
+    pa.field("doc_id", pa.string()),
+    pa.field("num_tokens", pa.int32()),
+])
+
+# blend: one row per (run, source) of blend.csv, the mix stage's table.
+BLEND_SOURCES = pa.schema([
+    pa.field("run", pa.string()),  # pretrain | midtrain
+    pa.field("source", pa.string()),
+    pa.field("share", pa.float64()),
+    pa.field("unique_tokens", pa.int64()),
+    pa.field("tokens", pa.int64()),
+    pa.field("epochs", pa.float64()),
+    pa.field("max_epochs", pa.float64()),
+    pa.field("shards", pa.int32()),
+])
+
+# checkpoints.<run>: one row per training step in metrics.json.
+TRAIN_STEPS = pa.schema([
+    pa.field("step", pa.int64()),
+    pa.field("loss", pa.float64()),
+    pa.field("lr", pa.float64()),
+    pa.field("grad_norm", pa.float64()),
+    pa.field("tokens_per_s", pa.float64()),
+])

@@ -6,6 +6,7 @@ export PHIFLOW_RECIPE="${PHIFLOW_RECIPE:-$ROOT/recipes/demo.yaml}"
 export PATH="$ROOT/.venv/bin:$PATH"
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$PHIFLOW_HOME/airflow}"
 export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"  # the phiflow dashboard (plugins/phiflow_dashboard.py)
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
 export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"

@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> StageContext:
     ap.add_argument("--lake", default=None, help="lake root (default: PHIFLOW_LAKE or .phiflow/lake)")
     a = ap.parse_args(argv)
     recipe = load_recipe(a.recipe)
-    recipe.source(a.source)  # fail early on an unknown source
+    if "." not in a.source:  # a dotted name is a dataset (tokenize reads any dataset)
+        recipe.source(a.source)  # fail early on an unknown source
     return StageContext(
         recipe=recipe, source=a.source, partition=json.loads(a.partition),
         lake=Lake(a.lake), airflow=json.loads(a.airflow_run),

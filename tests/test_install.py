@@ -58,3 +58,9 @@ def test_core_imports_no_engine_at_module_level() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_stage_scripts_do_not_shadow_the_standard_library() -> None:
+    """spark-submit puts spark_jobs/ first on sys.path: a `tokenize.py` there breaks `inspect`."""
+    shadowing = [p.name for p in (ROOT / "spark_jobs").glob("*.py") if p.stem in sys.stdlib_module_names]
+    assert shadowing == []

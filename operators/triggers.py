@@ -1,0 +1,81 @@
+"""SlurmJobTrigger: waits in the triggerer for a Slurm job, polling `squeue` then `sacct`.
+
+The worker slot is free while a pretraining job runs for weeks; the trigger holds only a job id.
+`squeue` answers while the job is pending or running; once it has left the queue, `sacct` gives the
+final state (retried a few times: accounting can lag the queue by seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+SUCCESS = {"COMPLETED"}
+ACCOUNTING_RETRIES = 5
+
+
+async def _run(*cmd: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode(errors="replace").strip()
+
+
+async def queue_state(job_id: str) -> str | None:
+    """The job's state while Slurm still queues it (PENDING, RUNNING, COMPLETING...), else None."""
+    rc, out = await _run("squeue", "-h", "-j", job_id, "-o", "%T")
+    if rc != 0 and "Invalid job id" not in out:
+        raise RuntimeError(f"squeue failed ({rc}): {out}")
+    return out.splitlines()[0].strip() if rc == 0 and out else None
+
+
+async def final_state(job_id: str) -> tuple[str, str] | None:
+    """(state, exit code) of a finished job from accounting, or None when not recorded yet."""
+    rc, out = await _run("sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State,ExitCode")
+    if rc != 0:
+        raise RuntimeError(f"sacct failed ({rc}): {out}")
+    for line in out.splitlines():
+        if line.strip():
+            state, _, code = line.strip().partition("|")
+            return state.split()[0], code  # "CANCELLED by 123" -> CANCELLED
+    return None
+
+
+class SlurmJobTrigger(BaseTrigger):
+    """Fires one event when the job leaves the queue: status success (COMPLETED) or error."""
+
+    def __init__(self, job_id: str, poll_s: float = 60.0) -> None:
+        super().__init__()
+        self.job_id = str(job_id)
+        self.poll_s = poll_s
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{type(self).__module__}.{type(self).__name__}", {"job_id": self.job_id, "poll_s": self.poll_s}
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        missing = 0
+        last = None
+        while True:
+            try:
+                state = await queue_state(self.job_id)
+                if state is None:
+                    final = await final_state(self.job_id)
+                    if final is not None:
+                        status = "success" if final[0] in SUCCESS else "error"
+                        yield TriggerEvent({"status": status, "job_id": self.job_id, "state": final[0],
+                                            "exit_code": final[1]})
+                        return
+                    missing += 1
+                    if missing > ACCOUNTING_RETRIES:
+                        yield TriggerEvent({"status": "error", "job_id": self.job_id, "state": "UNKNOWN",
+                                            "message": "job left the queue but sacct has no record of it"})
+                        return
+                elif state != last:
+                    self.log.info("slurm job %s: %s", self.job_id, state)
+                    last = state
+            except (OSError, RuntimeError) as e:
+                yield TriggerEvent({"status": "error", "job_id": self.job_id, "state": "UNKNOWN", "message": str(e)})
+                return
+            await asyncio.sleep(self.poll_s)

@@ -1,0 +1,228 @@
+"""mix: `tokens.*` manifests + the recipe's `mixture:` -> one committed `blend` partition.
+
+Core stage (no Spark): the arithmetic is phiflow.mixture. It reads only committed, current tokens
+partitions (each pinned to the digest of the input partition it was built from), computes the
+pretraining mixture (shares of training tokens -> epochs per source, refused beyond `max_epochs`)
+and the midtraining mixture (long-context share from the `long-*` shards, the rest replayed), and
+writes the blend JSON megatron's BlendedMegatronDatasetBuilder takes, a table (CSV, markdown) and a
+plot. Same tokens and recipe -> nothing to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from phiflow import training_plan
+from phiflow.commit import commit_files, up_to_date
+from phiflow.manifest import InputRef, Manifest, sha256_json
+from phiflow.mixture import Mixture, MixtureError, SourceSpec, compute_mixture, midtraining_mixture
+from phiflow.recipe import Recipe
+from phiflow.schema import BLEND_SOURCES
+from phiflow.storage import Lake
+
+STAGE = "mix"
+DATASET = "blend"
+
+
+def blend_partition(recipe: Recipe) -> dict[str, str]:
+    return {"recipe": recipe.name}
+
+
+def tokens_dataset(dataset: str) -> str:
+    return f"tokens.{dataset}"
+
+
+def shard_prefixes(lake: Lake, m: Manifest, kind: str = "part") -> tuple[tuple[str, int], ...]:
+    """(absolute prefix, tokens) of a committed tokens partition's shards of one kind (part | long)."""
+    base = lake.partition_path(m.dataset, m.partition)
+    attempt_dir = posixpath.dirname(m.files[0].path)
+    return tuple((posixpath.join(base, attempt_dir, s["prefix"]), int(s["tokens"]))
+                 for s in m.counters["shard_list"] if s["kind"] == kind and s["tokens"] > 0)
+
+
+@dataclass
+class TokenSources:
+    """Current tokens partitions per mixture source, and the tokenizer they share."""
+
+    manifests: dict[str, list[Manifest]]
+    tokenizer: dict[str, Any]
+
+
+def current_tokens(recipe: Recipe, lake: Lake) -> TokenSources:
+    """Every committed input partition of the mixture's datasets must have a current tokens partition."""
+    if recipe.mixture is None:
+        raise MixtureError(f"recipe {recipe.name} has no mixture section")
+    out: dict[str, list[Manifest]] = {}
+    tokenizers: dict[str, dict[str, Any]] = {}
+    for src in recipe.mixture.sources:
+        out[src.name] = []
+        for dataset in src.datasets:
+            inputs = list(lake.partitions(dataset))
+            if not inputs:
+                raise MixtureError(f"mixture source {src.name!r}: dataset {dataset} has no committed partition")
+            for m_in in inputs:
+                t = lake.manifest(tokens_dataset(dataset), m_in.partition)
+                if t is None or [i.digest for i in t.inputs] != [m_in.digest]:
+                    state = "missing" if t is None else "stale (built from another version of the input)"
+                    raise MixtureError(f"mixture source {src.name!r}: {tokens_dataset(dataset)}/{m_in.key} is "
+                                       f"{state}; run tokenize first")
+                tokenizers[t.params["tokenizer"]["digest"]] = t.params["tokenizer"]
+                out[src.name].append(t)
+    if len(tokenizers) != 1:
+        raise MixtureError(f"tokens partitions were written with {len(tokenizers)} different tokenizers; "
+                           "re-tokenize so they share one")
+    return TokenSources(out, next(iter(tokenizers.values())))
+
+
+def source_specs(recipe: Recipe, lake: Lake, tokens: TokenSources, kind: str) -> list[SourceSpec]:
+    specs = []
+    assert recipe.mixture is not None
+    for src in recipe.mixture.sources:
+        shards = tuple(s for m in tokens.manifests[src.name] for s in shard_prefixes(lake, m, kind))
+        specs.append(SourceSpec(src.name, src.share, sum(t for _, t in shards), src.max_epochs, shards))
+    return specs
+
+
+def compute_blends(recipe: Recipe, lake: Lake, tokens: TokenSources) -> dict[str, Mixture]:
+    """Pretraining and midtraining mixtures; MixtureError names the run and the source."""
+    pre_specs = source_specs(recipe, lake, tokens, "part")
+    try:
+        pre = compute_mixture(pre_specs, training_plan.pretrain_tokens(recipe))
+    except MixtureError as e:
+        raise MixtureError(f"pretrain mixture: {e}") from None
+    out = {"pretrain": pre}
+    if recipe.training is None:
+        return out
+    mid = recipe.training.midtrain
+    long_specs = [s for s in source_specs(recipe, lake, tokens, "long") if s.unique_tokens > 0 and s.share > 0]
+    if not long_specs:
+        raise MixtureError(f"midtrain mixture: no document is longer than training.midtrain.long_doc_tokens="
+                           f"{mid.long_doc_tokens} tokens in any mixture source")
+    weight = sum(s.share for s in long_specs)
+    long_specs = [SourceSpec(f"long:{s.name}", s.share / weight, s.unique_tokens, s.max_epochs, s.shards)
+                  for s in long_specs]
+    try:
+        out["midtrain"] = midtraining_mixture(pre_specs, long_specs, training_plan.midtrain_tokens(recipe),
+                                              mid.long_context_share)
+    except MixtureError as e:
+        raise MixtureError(f"midtrain mixture: {e}") from None
+    return out
+
+
+def table_rows(blends: dict[str, Mixture]) -> list[dict[str, Any]]:
+    return [{"run": run, "source": s.name, "share": s.share, "unique_tokens": s.unique_tokens, "tokens": s.tokens,
+             "epochs": round(s.epochs, 4), "max_epochs": s.max_epochs, "shards": len(s.shards)}
+            for run, mix in blends.items() for s in mix.sources]
+
+
+def markdown(recipe: Recipe, blends: dict[str, Mixture], tokenizer: dict[str, Any]) -> str:
+    """The blend's report: one Table-5-like table per run, with the report's figures where the recipe has them."""
+    assert recipe.mixture is not None
+    reported = {s.name: s.report_unique_tokens for s in recipe.mixture.sources}
+    lines = [f"# Blend of recipe `{recipe.name}`", "",
+             f"Tokenizer `{tokenizer['name']}` ({tokenizer['kind']}, vocabulary {tokenizer['vocab_size']}, "
+             f"digest `{tokenizer['digest'][:12]}`).", ""]
+    for run, mix in blends.items():
+        lines += [f"## {run}: {mix.total_tokens:,} training tokens", "",
+                  "| source | share | unique tokens | tokens | epochs | max epochs | shards | report's unique tokens |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for s in mix.sources:
+            rep = reported.get(s.name.removeprefix("replay:"))
+            lines.append(f"| {s.name} | {s.share:.1%} | {s.unique_tokens:,} | {s.tokens:,} | {s.epochs:.2f} | "
+                         f"{'-' if s.max_epochs is None else f'{s.max_epochs:g}'} | {len(s.shards)} | "
+                         f"{'-' if rep is None else f'{rep:,}'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(blends: dict[str, Mixture], path: str, lake: Lake) -> bool:
+    """Shares, unique tokens and epochs per source and run as a PNG (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(len(blends), 3, figsize=(13, 3.2 * len(blends)), squeeze=False)
+    for row, (run, mix) in zip(axes, blends.items(), strict=True):
+        names = [s.name for s in mix.sources]
+        for ax, values, title in (
+            (row[0], [s.share * 100 for s in mix.sources], f"{run}: share of training tokens (%)"),
+            (row[1], [s.unique_tokens for s in mix.sources], f"{run}: unique tokens"),
+            (row[2], [s.epochs for s in mix.sources], f"{run}: epochs"),
+        ):
+            ax.barh(names, values, color="#4c72b0")
+            ax.set_title(title, fontsize=9)
+            ax.tick_params(labelsize=8)
+            ax.invert_yaxis()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})  # no version stamp: stable bytes
+    plt.close(fig)
+    lake.fs.pipe_file(path, buf.getvalue())
+    return True
+
+
+def mix_params(recipe: Recipe) -> dict[str, Any]:
+    assert recipe.mixture is not None
+    params: dict[str, Any] = {"mixture": recipe.mixture.model_dump(mode="json"),
+                              "pretrain_tokens": training_plan.pretrain_tokens(recipe)}
+    if recipe.training is not None:
+        params["midtrain"] = {"tokens": training_plan.midtrain_tokens(recipe),
+                              **recipe.training.midtrain.model_dump(mode="json", include={"long_context_share",
+                                                                                           "long_doc_tokens"})}
+    return params
+
+
+def run(recipe: Recipe, lake: Lake, airflow: dict[str, Any] | None = None) -> Manifest:
+    """Commit `blend/recipe=<name>`, or return the committed one when tokens and recipe are unchanged."""
+    started = time.time()
+    tokens = current_tokens(recipe, lake)
+    inputs: list[InputRef] = [m.input_ref() for ms in tokens.manifests.values() for m in ms]
+    params = mix_params(recipe)
+    digest = sha256_json(params)
+    part = blend_partition(recipe)
+    done = up_to_date(lake, DATASET, part, inputs, digest)
+    if done is not None:
+        print(f"[phiflow] {STAGE}: {DATASET}/{done.key} is current (digest {done.digest[:16]}), nothing to do")
+        return done
+    blends = compute_blends(recipe, lake, tokens)
+    rows = table_rows(blends)
+    attempt = lake.new_attempt(DATASET, part)
+    folder = lake.attempt_path(DATASET, part, attempt)
+    body = {"recipe": recipe.name, "tokenizer": tokens.tokenizer,
+            **{run: {"blend": [[w, p] for w, p in mix.blend()], "mixture": mix.to_dict()}
+               for run, mix in blends.items()}}
+    lake.fs.pipe_file(posixpath.join(folder, "blend.json"), json.dumps(body, indent=2).encode())
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=BLEND_SOURCES.names, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    lake.fs.pipe_file(posixpath.join(folder, "blend.csv"), out.getvalue().encode())
+    report = markdown(recipe, blends, tokens.tokenizer)
+    lake.fs.pipe_file(posixpath.join(folder, "blend.md"), report.encode())
+    plotted = plot(blends, posixpath.join(folder, "blend.png"), lake)
+    m = commit_files(
+        lake, dataset=DATASET, partition=part, attempt=attempt, stage=STAGE, schema=BLEND_SOURCES,
+        row_count=len(rows), content={"blend": body, "rows": rows}, inputs=inputs, recipe_digest=digest,
+        params=params, airflow=airflow, started=started,
+        counters={"read": sum(len(ms) for ms in tokens.manifests.values()), "plot": plotted,
+                  **{f"{run}_tokens": mix.total_tokens for run, mix in blends.items()},
+                  "epochs": {f"{r['run']}:{r['source']}": r["epochs"] for r in rows}},
+    )
+    print(report)
+    return m
+
+
+def load_blend(lake: Lake, m: Manifest) -> dict[str, Any]:
+    """The blend JSON of a committed blend partition."""
+    (path,) = [p for p in lake.data_files(m) if p.endswith("/blend.json")]
+    with lake.fs.open(path, "rb") as f:
+        return json.loads(f.read())

@@ -1,0 +1,62 @@
+"""Synthetic committed manifests for the dashboard's tests and bench (bench/bench_dashboard.py).
+
+Shaped like the stages' real manifests (counters names from spark_jobs/*.py), with seeded numbers,
+committed through the storage contract so the dashboard reads them like any lake.
+"""
+
+from __future__ import annotations
+
+import random
+
+from phiflow.manifest import Manifest
+from phiflow.storage import Lake
+
+LANGS = ("en", "de", "fr", "es", "ja")
+TOPICS = ("science", "code", "history", "sports", "none")
+
+
+def manifest(dataset: str, partition: dict[str, str], stage: str, read: int, kept: int,
+             dropped: dict[str, int], **counters) -> Manifest:
+    return Manifest(
+        dataset=dataset, partition=partition, stage=stage, attempt="a0", files=[], row_count=kept, bytes=kept * 900,
+        schema=[], schema_fingerprint="f", content_digest=f"{dataset}/{partition}", timings={"seconds": 1.5},
+        counters={"read": read, "kept": kept, "dropped": dropped, **counters},
+    )
+
+
+def pipeline_manifests(intervals: int, seed: int = 0, source: str = "web") -> list[Manifest]:
+    """Five document stages per interval (extracted -> langid -> quality -> dedup -> clean)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(intervals):
+        part = {"snapshot": f"CC-MAIN-{2000 + i // 12}-{i % 12 + 1:02d}"}
+        read = rng.randint(500, 1000)
+        drop_ex = {"too_short": rng.randint(0, 50), "not_html": rng.randint(0, 30)}
+        n = read - sum(drop_ex.values())
+        out.append(manifest(f"{source}.extracted", part, "commoncrawl_extract", read, n, drop_ex))
+        langs = dict(zip(LANGS, _split(rng, n, len(LANGS)), strict=True))
+        out.append(manifest(f"{source}.langid", part, "langid", n, n, {}, languages=langs))
+        below = rng.randint(0, n // 3)
+        after = dict(zip(TOPICS, _split(rng, n - below, len(TOPICS)), strict=True))
+        before = {t: after[t] + (below if t == "none" else 0) for t in TOPICS}
+        out.append(manifest(f"{source}.quality", part, "quality", n, n - below, {"below_quality_threshold": below},
+                            topics_before=before, topics_after=after))
+        n -= below
+        dup = {"exact_duplicate": rng.randint(0, n // 10), "near_duplicate": rng.randint(0, n // 10)}
+        out.append(manifest(f"{source}.dedup", part, "dedup", n, n - sum(dup.values()), dup))
+        n -= sum(dup.values())
+        cont = {"contaminated_ngram13": rng.randint(0, 3), "contaminated_ngram7_overlap": rng.randint(0, 2)}
+        out.append(manifest(f"{source}.clean", part, "decontaminate", n, n - sum(cont.values()), cont,
+                            flags=sum(cont.values()) + 1, flagged_by_benchmark={"arith": cont["contaminated_ngram13"]}))
+    return out
+
+
+def _split(rng: random.Random, total: int, k: int) -> list[int]:
+    cuts = sorted(rng.randint(0, total) for _ in range(k - 1))
+    return [b - a for a, b in zip([0, *cuts], [*cuts, total], strict=True)]
+
+
+def commit_all(lake: Lake, manifests: list[Manifest]) -> None:
+    for m in manifests:
+        lake.fs.makedirs(lake.partition_path(m.dataset, m.partition), exist_ok=True)
+        lake.commit(m)

@@ -1,0 +1,90 @@
+"""The dashboard's data and page equal what the manifests say, and absent datasets degrade to a note."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+from dashboard_fixtures import commit_all, manifest, pipeline_manifests
+
+from phiflow.dashboard import build, build_from_lake, load_metrics, render
+
+
+def cells(page: str) -> dict[str, str]:
+    """`data-testid` -> the text right after the tag (what a reader sees in that cell)."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"data-testid='([^']+)'[^>]*>([^<]*)<", page)}
+
+
+def test_funnel_languages_topics_contamination_equal_the_manifests(lake) -> None:
+    ms = pipeline_manifests(3, seed=1)
+    commit_all(lake, ms)
+    d = build_from_lake(lake)
+    assert d.partitions == 15
+    by = {(m.dataset, m.key): m for m in ms}
+    steps = d.funnel["web"]["snapshot=CC-MAIN-2000-02"]
+    assert [s.dataset for s in steps] == ["web.extracted", "web.langid", "web.quality", "web.dedup", "web.clean"]
+    for s in steps:
+        m = by[(s.dataset, "snapshot=CC-MAIN-2000-02")]
+        assert (s.read, s.kept, s.dropped) == (m.counters["read"], m.row_count, m.counters["dropped"])
+    totals = {s.dataset: s for s in d.totals["web"]}
+    for ds in totals:
+        assert totals[ds].kept == sum(m.row_count for m in ms if m.dataset == ds)
+        want: Counter[str] = Counter()
+        for m in ms:
+            if m.dataset == ds:
+                want.update(m.counters["dropped"])
+        assert totals[ds].dropped == dict(want)
+    langs: Counter[str] = Counter()
+    for m in ms:
+        langs.update(m.counters.get("languages", {}))
+    assert d.languages == {"web": dict(langs)}
+    assert sum(d.topics["web"]["after"].values()) == totals["web.quality"].kept
+    cont = d.contamination["web"]
+    removed = sum(n for m in ms if m.dataset == "web.clean" for n in m.counters["dropped"].values())
+    assert cont["removed"] == removed and cont["documents"] == totals["web.clean"].read
+    assert cont["by_benchmark"]["arith"] == totals["web.clean"].dropped["contaminated_ngram13"]
+
+    page = render(d)
+    ids = cells(page)
+    assert ids["partitions"].startswith("15 committed partitions")
+    assert ids["funnel:web:all intervals:web.extracted:read"] == str(sum(m.counters["read"] for m in ms
+                                                                          if m.dataset == "web.extracted"))
+    march = by["web.clean", "snapshot=CC-MAIN-2000-03"]
+    assert ids["funnel:web:snapshot=CC-MAIN-2000-03:web.clean:kept"] == str(march.row_count)
+    assert ids["drops:web:web.dedup:exact_duplicate"] == str(totals["web.dedup"].dropped["exact_duplicate"])
+    assert ids["contamination:web:removed"] == str(removed)
+    assert ids["rows:web.langid"] == str(totals["web.langid"].kept)
+    assert "no mix partitions" in page and "no training metrics" in page
+    json.dumps(d.to_dict())  # the /data.json route serves this
+
+
+def test_empty_lake_and_partial_pipeline_degrade(lake) -> None:
+    page = render(build_from_lake(lake))
+    for note in ("no committed document partitions yet", "no langid partitions", "no quality partitions",
+                 "no decontamination partitions", "no mix partitions", "no training metrics"):
+        assert note in page
+    only = [m for m in pipeline_manifests(2) if m.dataset == "web.extracted"]
+    d = build(only)
+    assert [s.dataset for s in d.totals["web"]] == ["web.extracted"] and not d.languages and not d.contamination
+    assert "Funnel: web" in render(d)
+
+
+def test_mixture_training_curves_and_escaping(tmp_path) -> None:
+    mix = manifest("tokens.mix", {"run": "r1"}, "mix", 0, 0, {}, sources=[
+        {"name": "web", "share": 0.3, "unique_tokens": 1000, "tokens": 3000, "epochs": 3.0},
+        {"name": "synthetic", "share": 0.7, "unique_tokens": 7000, "tokens": 7000, "epochs": 1.0}])
+    hostile = manifest("web.extracted", {"snapshot": "<b>x</b>"}, "commoncrawl_extract", 5, 4,
+                       {"<script>alert(1)</script>": 1})
+    run = tmp_path / "training" / "pretrain" / "metrics.json"
+    run.parent.mkdir(parents=True)
+    steps = [{"step": 1, "loss": 4.0}, {"step": 2, "loss": 3.1}, {"step": 3, "loss": 2.5}]
+    run.write_text(json.dumps({"name": "pretrain", "status": "ok", "final_loss": 2.5, "steps": steps}))
+
+    d = build([mix, hostile], load_metrics(tmp_path / "training"))
+    page = render(d)
+    ids = cells(page)
+    assert ids["mix:web:share"] == "30.0%" and ids["mix:synthetic:share"] == "70.0%"
+    assert d.training[0]["steps"] == [(1, 4.0), (2, 3.1), (3, 2.5)]
+    assert "data-testid='curve:pretrain'" in page and "<polyline" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page and "<b>x</b>" not in page
