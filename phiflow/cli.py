@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from phiflow.airflow_api import AirflowAPI
+from phiflow.airflow_api import AirflowAPI, AirflowAPIError
 from phiflow.storage import Lake
 from phiflow.summary import lake_status, stage_table
 from phiflow.trace import trace
@@ -32,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--password", help="default PHIFLOW_AIRFLOW_PASSWORD or the local services' generated one")
     args = ap.parse_args(argv)
     if args.cmd == "backfill":
-        return backfill(args)
+        try:
+            return backfill(args)
+        except AirflowAPIError as e:
+            print(f"phiflow backfill: {e}", file=sys.stderr)
+            return 1
     lake = Lake(args.lake)
     if args.cmd == "status":
         print(lake_status(lake))

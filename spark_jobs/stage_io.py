@@ -70,6 +70,9 @@ def spark_session(recipe: Recipe, app: str) -> SparkSession:
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
         builder = builder.master("local[2]").config("spark.driver.memory", recipe.spark.driver_memory)
     builder = builder.config("spark.ui.showConsoleProgress", "false").config("spark.sql.session.timeZone", "UTC")
+    # Standard INT64 microsecond timestamps instead of Spark's legacy INT96: pyarrow, DuckDB and
+    # Trino read the lake's files without conversion.
+    builder = builder.config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     for k, v in recipe.spark.conf.items():
         builder = builder.config(k, v)
     return builder.getOrCreate()
@@ -104,14 +107,15 @@ def commit_partition(
     counters: dict[str, Any],
     reasons: dict[str | None, int],
 ) -> Manifest:
-    """Write the kept rows of `rows` as the partition's new content and commit it atomically."""
+    """Write the kept rows of `rows` as the partition's new content and commit it atomically.
+
+    `rows` should be persisted by the caller: it is read three times (reasons, write, digest)."""
     lake = ctx.lake
     attempt = lake.new_attempt(dataset, ctx.partition)
     target = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
     kept = rows.filter(F.col("drop_reason").isNull()).select(*schema.names)
     kept.write.mode("overwrite").parquet(target)
-    written = spark.read.schema(spark_schema(schema)).parquet(target)
-    row_count, digest = content_digest(written)
+    row_count, digest = content_digest(kept)  # `rows` is persisted by the stage: no second pass over the input
     dropped = {k: v for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]) if k is not None}
     files = lake.attempt_files(dataset, ctx.partition, attempt)
     finished = time.time()

@@ -73,5 +73,6 @@ def batches(dataset: Any, micro_batch_size: int, start_sample: int = 0) -> Itera
     index = start_sample + dp_rank * micro_batch_size
     while True:
         samples = [dataset[(index + j) % len(dataset)] for j in range(micro_batch_size)]
-        yield {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+        # a blend of several prefixes adds a numpy `dataset_id` per sample: as_tensor takes both
+        yield {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in samples[0]}
         index += micro_batch_size * dp

@@ -1,4 +1,5 @@
-"""tokenize: any committed text partition (`web.clean`, `synthetic.generated`...) -> `tokens.<dataset>`.
+"""tokenization (stage `tokenize`; the file is not tokenize.py, which would shadow the stdlib module
+under spark-submit): any committed text partition (`web.clean`, `synthetic.generated`...) -> `tokens.<dataset>`.
 
 spark-submit entry point; `--source` names the input *dataset* (dotted). Documents go to shards by
 hash of doc_id and are sorted by doc_id inside a shard, so the shards are the same on any input
