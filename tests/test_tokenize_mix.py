@@ -1,0 +1,137 @@
+"""tokenize on the sample (extract + langid run first, in process): shards read back with megatron's
+IndexedDataset decode to the documents, sidecars map sequences to doc_ids, reruns are identical;
+mix on the real token manifests, an infeasible mix refused by name; recipe training validation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from phiflow import mix_stage
+from phiflow.mixture import MixtureError
+from phiflow.recipe import RecipeError, load_recipe, parse_recipe
+from phiflow.storage import Lake
+from spark_jobs import commoncrawl_extract, langid, tokenization
+from spark_jobs.stage_io import StageContext
+
+pytestmark = pytest.mark.spark
+SNAP = {"snapshot": "CC-MAIN-2024-10"}
+
+
+def ctx(recipe, lake: Lake, source: str) -> StageContext:
+    return StageContext(recipe=recipe, source=source, partition=dict(SNAP), lake=lake)
+
+
+@pytest.fixture(scope="module")
+def tokenized(spark, test_recipe, tmp_path_factory):
+    lake = Lake(str(tmp_path_factory.mktemp("lake")))
+    commoncrawl_extract.run(spark, ctx(test_recipe, lake, "web"))
+    langid.run(spark, ctx(test_recipe, lake, "web"))
+    return lake, tokenization.run(spark, ctx(test_recipe, lake, "web.langid"))
+
+
+def test_shards_read_back_with_megatron(tokenized, test_recipe) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from training.indexed_writer import read_sidecar
+    from training.tokenizer_store import resolve_tokenizer
+
+    lake, m = tokenized
+    src = lake.require("web.langid", SNAP)
+    texts = dict(zip(*(lake.read_table(src, columns=["doc_id", "text"]).column(c).to_pylist()
+                       for c in ("doc_id", "text")), strict=True))
+    tok = resolve_tokenizer(test_recipe, lake).load()
+    seen, total = [], 0
+    for prefix, tokens in mix_stage.shard_prefixes(lake, m):
+        ds, side = IndexedDataset(prefix), read_sidecar(prefix).to_pylist()
+        assert len(ds) == len(side) and sum(r["num_tokens"] for r in side) == tokens
+        ids = [r["doc_id"] for r in side]
+        assert ids == sorted(ids)  # sorted inside a shard: the same bytes on any input layout
+        for i in (0, len(ds) - 1):
+            seq = ds[i]
+            assert len(seq) == side[i]["num_tokens"] and seq[-1] == tok.eod
+            assert tok.decode(seq[:-1].tolist()) == texts[side[i]["doc_id"]]
+        seen += ids
+        total += tokens
+    assert sorted(seen) == sorted(texts) and m.row_count == len(texts) == m.counters["documents"]
+    assert m.counters["tokens"] == total and m.counters["shards"] == 2 and m.inputs == [src.input_ref()]
+    long = mix_stage.shard_prefixes(lake, m, "long")
+    assert sum(t for _, t in long) == m.counters["long_tokens"]
+    assert m.counters["long_documents"] == sum(
+        r["num_tokens"] > 8192 for p, _ in mix_stage.shard_prefixes(lake, m) for r in read_sidecar(p).to_pylist())
+    assert m.params["tokenizer"]["vocab_size"] == 512 and ds.index.dtype == np.uint16
+
+
+def test_rerun_gives_the_same_partition(spark, tokenized, test_recipe) -> None:
+    lake, m = tokenized
+    again = tokenization.run(spark, ctx(test_recipe, lake, "web.langid"))
+    assert again.digest == m.digest and again.attempt != m.attempt
+
+
+def mixed_recipe(test_recipe, **mixture):
+    data = test_recipe.model_dump(mode="json", exclude_none=False)
+    data["mixture"] = {**data["mixture"], **mixture}
+    return parse_recipe(data, test_recipe.path)
+
+
+def test_mix_commits_blend_and_refuses_infeasible(spark, tokenized, test_recipe) -> None:
+    lake, _ = tokenized
+    tokenization.run(spark, ctx(test_recipe, lake, "web.extracted"))
+    recipe = mixed_recipe(test_recipe, sources=[
+        {"name": "web", "datasets": ["web.langid"], "share": 0.7, "max_epochs": 2},
+        {"name": "raw", "datasets": ["web.extracted"], "share": 0.3, "max_epochs": 2}])
+    m = mix_stage.run(recipe, lake)
+    blend = mix_stage.load_blend(lake, m)
+    weights: dict[str, float] = {}
+    for w, prefix in blend["pretrain"]["blend"]:
+        dataset = prefix.split("/tokens.")[1].split("/")[0]
+        weights[dataset] = weights.get(dataset, 0) + w
+    assert weights == pytest.approx({"web.langid": 0.7, "web.extracted": 0.3})
+    mid = {s["name"]: s for s in blend["midtrain"]["mixture"]["sources"]}
+    assert sum(s["share"] for n, s in mid.items() if n.startswith("long:")) == pytest.approx(0.3)
+    assert sum(w for w, p in blend["midtrain"]["blend"] if "/long-" in p) == pytest.approx(0.3)
+    assert {f.path.rsplit("/", 1)[1] for f in m.files} == {"blend.json", "blend.csv", "blend.md", "blend.png"}
+    assert m.row_count == 2 + 4 and mix_stage.run(recipe, lake).attempt == m.attempt  # unchanged: nothing to do
+    tight = mixed_recipe(test_recipe, sources=[  # 15,360 training tokens of ~1M unique: 0.01 epochs
+        {"name": "web", "datasets": ["web.langid"], "share": 1.0, "max_epochs": 0.001}])
+    with pytest.raises(MixtureError, match=r"pretrain mixture: source 'web': .* exceeds max_epochs=0.001"):
+        mix_stage.run(tight, lake)
+
+
+def test_stale_tokens_are_refused(tokenized, test_recipe) -> None:
+    lake, _ = tokenized
+    recipe = mixed_recipe(test_recipe, sources=[{"name": "x", "datasets": ["web.dedup"], "share": 1.0}])
+    with pytest.raises(MixtureError, match=r"web\.dedup has no committed partition"):
+        mix_stage.run(recipe, lake)
+
+
+@pytest.mark.parametrize(("path", "value", "field"), [
+    (("training", "pretrain", "model", "hidden_size"), 130, "training.pretrain.model.hidden_size"),
+    (("training", "pretrain", "parallel", "tp"), 3, "training.pretrain.model.num_attention_heads"),
+    (("training", "pretrain", "global_batch_size"), 7, "training.pretrain.global_batch_size"),
+    (("training", "midtrain", "lr_factor"), 2.0, "training.midtrain.lr_factor"),
+    (("mixture", "total_tokens"), 999, "mixture.total_tokens"),
+    (("training", "midtrain", "long_doc_tokens"), 16, "training.midtrain.long_doc_tokens"),
+])
+def test_recipe_training_errors_name_the_field(test_recipe, path, value, field) -> None:
+    data = json.loads(json.dumps(test_recipe.model_dump(mode="json")))
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(RecipeError, match=field.replace(".", r"\.")):
+        parse_recipe(data, test_recipe.path)
+
+
+def test_phi4_recipe_carries_the_report_figures() -> None:
+    from pathlib import Path
+
+    from phiflow import training_plan
+
+    r = load_recipe(Path(__file__).parents[1] / "recipes" / "phi4.yaml")
+    assert training_plan.world_size(r) == 1920 and training_plan.pretrain_tokens(r) == 10**13
+    assert abs(training_plan.midtrain_tokens(r) - 250e9) < 0.001 * 250e9
+    assert {s.name: s.share for s in r.mixture.sources} == {
+        "web": 0.15, "web_rewrites": 0.15, "synthetic": 0.4, "code": 0.2, "acquired": 0.1}
