@@ -395,12 +395,13 @@ class QualityTrainParams(Strict):
     sources: list[str] | None = None  # annotations of these sources (None: every source)
     high_grade: Annotated[int, Field(ge=0, le=5)] = 3  # grade >= this is "educational"
     holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    epoch: Annotated[int, Field(gt=0)] = 25
+    epoch: Annotated[int, Field(gt=0)] = 50
     lr: Annotated[float, Field(gt=0)] = 0.5
     word_ngrams: Annotated[int, Field(gt=0)] = 2
     dim: Annotated[int, Field(gt=0)] = 50
     minn: Annotated[int, Field(ge=0)] = 2
     maxn: Annotated[int, Field(ge=0)] = 4
+    bucket: Annotated[int, Field(gt=0)] = 100_000  # n-gram hash buckets: model size = (words + bucket) * dim * 4 B
     seed: int = 0
 
 

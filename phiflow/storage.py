@@ -149,9 +149,11 @@ class Lake:
                 yield m
 
     def datasets(self) -> list[str]:
+        """Dataset names; `_cache`, `_artifacts`, `_checkpoints` and the like are not datasets."""
         if not self.fs.exists(self.root):
             return []
-        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False) if self.fs.isdir(p))
+        names = (posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False) if self.fs.isdir(p))
+        return sorted(n for n in names if not n.startswith(("_", ".")))
 
     def read_table(self, manifest: Manifest, columns: list[str] | None = None):  # -> pyarrow.Table
         """Read a committed partition with pyarrow (small data, tests, CLI; Spark reads data_files)."""

@@ -18,6 +18,14 @@ from phiflow.storage import Lake
 from phiflow.summary import stage_table
 
 
+def _ok(run) -> bool:  # run: a DagRun
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    print(f"   {run.dag_id} {run.run_id}: {run.state}  {states}", flush=True)
+    if run.state != "success":
+        print(f"{run.dag_id} run {run.run_id} ended {run.state}; see the task output above", file=sys.stderr)
+    return run.state == "success"
+
+
 def main() -> int:
     # Task logs of dag.test() go to the terminal; keep them to warnings, the summary says the rest.
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
@@ -34,15 +42,21 @@ def main() -> int:
     t0 = time.time()
     for name, src in recipe.sources.items():
         dag = bag.get_dag(f"phiflow_ingest_{name}")
-        for snap in src.snapshots:
-            when = datetime(snap.date.year, snap.date.month, snap.date.day, tzinfo=timezone.utc)
-            print(f"\n== {dag.dag_id}: snapshot {snap.id}", flush=True)
-            run = dag.test(logical_date=when, run_conf={"snapshot": snap.id})
-            states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-            print(f"   run {run.run_id}: {run.state}  {states}", flush=True)
-            if run.state != "success":
-                print(f"{dag.dag_id} run {run.run_id} ended {run.state}; see the task output above", file=sys.stderr)
+        key, parts = ("snapshot", src.snapshots) if hasattr(src, "snapshots") else ("dump", src.dumps)
+        for part in parts:
+            when = datetime(part.date.year, part.date.month, part.date.day, tzinfo=timezone.utc)
+            print(f"\n== {dag.dag_id}: {key} {part.id}", flush=True)
+            if not _ok(dag.test(logical_date=when, run_conf={key: part.id})):
                 return 1
+    # Downstream DAGs follow Assets under the scheduler; here they are run once each, in order.
+    synthesis = bag.get_dag("phiflow_synthesis")
+    snap = next(s for s in recipe.sources.values() if hasattr(s, "snapshots")).snapshots[0].id
+    print(f"\n== phiflow_synthesis: {snap} (offline SmolLM2 on CPU: a few minutes)", flush=True)
+    if not _ok(synthesis.test(run_conf={"snapshot": snap})):
+        return 1
+    print("\n== phiflow_training: tokenize, mix, pretrain, midtrain (megatron-core, 2 gloo processes)", flush=True)
+    if not _ok(bag.get_dag("phiflow_training").test()):
+        return 1
     lake = Lake()
     manifests = [m for d in lake.datasets() for m in lake.partitions(d)]
     print(f"\n== phiflow demo finished in {time.time() - t0:.0f} s\n")

@@ -22,7 +22,7 @@ from spark_jobs.stage_io import (
     StageContext,
     commit_partition,
     count_reasons,
-    print_summary,
+    persisted,
     spark_schema,
     stage_main,
 )
@@ -82,8 +82,8 @@ def run(spark, ctx: StageContext) -> Manifest:
     urls = warc_urls(src, ctx.recipe.resolve(src.base_url), snapshot)
     print(f"[phiflow] {STAGE} {ctx.source} snapshot {snapshot}: {len(urls)} WARC files", flush=True)
     listing = spark.sparkContext.parallelize([(u,) for u in urls], max(len(urls), 1)).toDF("warc_url string")
-    rows = listing.mapInArrow(extract_files(ctx.source, params), spark_schema(ROWS)).persist()
-    try:
+    rows = listing.mapInArrow(extract_files(ctx.source, params), spark_schema(ROWS))
+    with persisted(rows):
         reasons = count_reasons(rows)
         file_reasons = {k[len(FILE_PREFIX):]: v for k, v in reasons.items() if k and k.startswith(FILE_PREFIX)}
         doc_reasons = {k: v for k, v in reasons.items() if not (k and k.startswith(FILE_PREFIX))}
@@ -95,16 +95,12 @@ def run(spark, ctx: StageContext) -> Manifest:
                 f"{params.failure_budget:.0%} (stages.commoncrawl_extract.failure_budget): not committing"
             )
         listing_digest = hashlib.sha256("\n".join(urls).encode()).hexdigest()
-        manifest = commit_partition(
+        return commit_partition(
             spark, ctx, stage=STAGE, dataset=f"{ctx.source}.extracted", rows=rows, schema=WEB_EXTRACTED,
             inputs=[InputRef(dataset=f"external:{src.kind}", partition={"snapshot": snapshot}, digest=listing_digest)],
             counters={"read": sum(doc_reasons.values()), "files": {"total": len(urls), "ok": file_reasons.get(FILE_OK, 0), "failed": failed}},
             reasons=doc_reasons,
         )
-    finally:
-        rows.unpersist()
-    print_summary(manifest)
-    return manifest
 
 
 if __name__ == "__main__":

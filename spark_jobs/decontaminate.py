@@ -33,7 +33,7 @@ from phiflow.recipe import BenchmarkFile, DecontaminateParams
 from phiflow.schema import CONTAMINATION, NGRAM_ALLOWLIST, with_drop_reason
 from spark_jobs.dedup import partitions_before
 from spark_jobs.ngrams import BenchmarkIndex, Item, present
-from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, print_summary, spark_schema, stage_main
+from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, spark_schema, stage_main
 
 STAGE = "decontaminate"
 ALLOW_COUNTS = pa.schema([pa.field("n", pa.int32()), pa.field("ngram_hash", pa.int64())])
@@ -162,7 +162,6 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                       "allowlist_digest": allow.digest, "contamination_digest": flags.digest})
     finally:
         report.unpersist()
-    print_summary(clean)
     print(f"[phiflow]   flags {flags.row_count}  by benchmark {by_benchmark}  allowlist {allow.row_count} n-grams "
           f"(digest {allow.digest[:16]})", flush=True)
     return clean

@@ -34,7 +34,7 @@ from phiflow.recipe import CommonCrawlSource, DedupParams
 from phiflow.schema import DUP_CLUSTERS, MINHASH
 from phiflow.storage import Lake
 from spark_jobs.minhash import MinHasher
-from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, print_summary, spark_schema, stage_main
+from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, spark_schema, stage_main
 
 STAGE = "dedup"
 FEATURES = [
@@ -260,7 +260,6 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
             counters={"read": source.row_count, "dedup_digest": kept.digest}, **common)
     finally:
         decided.unpersist()
-    print_summary(kept)
     print(f"[phiflow]   clusters {counters['clusters']}  merged {counters['merged']}  candidate pairs "
           f"{counters.get('candidate_pairs', 0)}  verified {counters.get('verified_pairs', 0)}  "
           f"earlier partitions {counters['earlier_partitions']}", flush=True)

@@ -18,7 +18,7 @@ from spark_jobs.stage_io import (
     StageContext,
     commit_partition,
     count_reasons,
-    print_summary,
+    persisted,
     spark_schema,
     stage_main,
 )
@@ -41,17 +41,13 @@ def run(spark, ctx: StageContext) -> Manifest:
     source = ctx.lake.require(f"{ctx.source}.extracted", ctx.partition)
     docs = spark.read.schema(spark_schema(WEB_EXTRACTED)).parquet(*ctx.lake.data_files(source))
     print(f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents, model {model_path}", flush=True)
-    rows = docs.mapInArrow(langid_partitions(params, model_path), spark_schema(with_drop_reason(OUT))).persist()
-    try:
-        manifest = commit_partition(
+    rows = docs.mapInArrow(langid_partitions(params, model_path), spark_schema(with_drop_reason(OUT)))
+    with persisted(rows):
+        return commit_partition(
             spark, ctx, stage=STAGE, dataset=f"{ctx.source}.langid", rows=rows, schema=OUT,
             inputs=[source.input_ref()], reasons=count_reasons(rows),
             counters={"read": source.row_count, "languages": kept_languages(rows)},
         )
-    finally:
-        rows.unpersist()
-    print_summary(manifest)
-    return manifest
 
 
 def kept_languages(rows) -> dict[str, int]:

@@ -35,16 +35,23 @@ def in_holdout(doc_id: str, fraction: float, seed: int = 0) -> bool:
 
 
 def train(texts: Sequence[str], labels: Sequence[str], p: QualityTrainParams, max_chars: int = 20_000) -> Any:
-    """A supervised model; one thread, so the same data give the same model."""
+    """A supervised model on one thread. fastText's SGD can diverge ("Encountered NaN") on long
+    documents at a high learning rate; it is retried at half the rate, twice, before giving up."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "train.txt")
         with open(path, "w", encoding="utf-8") as fh:
             for text, label in zip(texts, labels, strict=True):
                 fh.write(f"__label__{label} {prepare(text, max_chars)}\n")
-        return fasttext.train_supervised(
-            input=path, epoch=p.epoch, lr=p.lr, wordNgrams=p.word_ngrams, dim=p.dim, minn=p.minn, maxn=p.maxn,
-            thread=1, seed=p.seed, verbose=0,
-        )
+        for attempt in range(3):
+            try:
+                return fasttext.train_supervised(
+                    input=path, epoch=p.epoch, lr=p.lr / 2**attempt, wordNgrams=p.word_ngrams, dim=p.dim,
+                    minn=p.minn, maxn=p.maxn, bucket=p.bucket, thread=1, seed=p.seed, verbose=0,
+                )
+            except RuntimeError as err:
+                if "NaN" not in str(err) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def model_bytes(model: Any) -> bytes:

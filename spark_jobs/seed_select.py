@@ -15,7 +15,7 @@ from phiflow.manifest import Manifest
 from phiflow.recipe import SeedSelectParams
 from phiflow.schema import SEEDS, with_drop_reason
 from spark_jobs.seed_scoring import seed_rows
-from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, print_summary, spark_schema, stage_main
+from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, persisted, spark_schema, stage_main
 
 STAGE = "seed_select"
 DATASET = "synthetic.seeds"
@@ -44,19 +44,15 @@ def run(spark, ctx: StageContext) -> Manifest:
         cols.append(params.page_score_column)
     pages = spark.read.parquet(*ctx.lake.data_files(source)).select(*cols)
     print(f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} pages", flush=True)
-    rows = pages.mapInArrow(seed_partitions(params), spark_schema(with_drop_reason(SEEDS))).persist()
-    try:
+    rows = pages.mapInArrow(seed_partitions(params), spark_schema(with_drop_reason(SEEDS)))
+    with persisted(rows):
         kept = rows.filter("drop_reason is null").groupBy("kind").count().collect()
         kinds = {r["kind"]: int(r["count"]) for r in kept}
-        manifest = commit_partition(
+        return commit_partition(
             spark, dataclasses.replace(ctx, partition=out_partition(ctx)), stage=STAGE, dataset=DATASET, rows=rows,
             schema=SEEDS, inputs=[source.input_ref()], reasons=count_reasons(rows),
             counters={"read": source.row_count, "seed_kinds": kinds},
         )
-    finally:
-        rows.unpersist()
-    print_summary(manifest)
-    return manifest
 
 
 if __name__ == "__main__":

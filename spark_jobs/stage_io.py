@@ -14,7 +14,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -91,6 +92,18 @@ def content_digest(df: DataFrame) -> tuple[int, str]:
     return int(row["n"]), f"xxh64sum:{row['h'] or 0}"
 
 
+@contextmanager
+def persisted(*frames: DataFrame) -> Iterator[None]:
+    """Cache frames a stage reads several times (reasons, write, digest); release them however it ends."""
+    for f in frames:
+        f.persist()
+    try:
+        yield
+    finally:
+        for f in frames:
+            f.unpersist()
+
+
 def count_reasons(df: DataFrame) -> dict[str | None, int]:
     return {r["drop_reason"]: int(r["count"]) for r in df.groupBy("drop_reason").count().collect()}
 
@@ -142,7 +155,9 @@ def commit_partition(
         },
         counters={**counters, "kept": row_count, "dropped": dropped},
     )
-    return lake.commit(manifest)
+    lake.commit(manifest)
+    print_summary(manifest)
+    return manifest
 
 
 def print_summary(m: Manifest) -> None:

@@ -21,7 +21,7 @@ from phiflow.llm import LLMClient, LLMConfig, make_client
 from phiflow.manifest import Manifest
 from phiflow.recipe import SynthesizeParams
 from phiflow.schema import SEEDS, SYNTHETIC, with_drop_reason
-from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, print_summary, spark_schema, stage_main
+from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, persisted, spark_schema, stage_main
 from spark_jobs.synth_workflows import synthesize_seeds
 
 STAGE = "synthesize"
@@ -91,13 +91,13 @@ def run(spark, ctx: StageContext) -> Manifest:
     out = with_drop_reason(SYNTHETIC)
     for f in STATS:
         out = out.append(f)
-    rows = picked.mapInArrow(synth_partitions(params, cfg.model_dump_json()), spark_schema(out)).persist()
-    try:
+    rows = picked.mapInArrow(synth_partitions(params, cfg.model_dump_json()), spark_schema(out))
+    with persisted(rows):
         stats = rows.agg(F.count(F.lit(1)).alias("generated"), F.sum("_llm_requests").alias("requests"),
                          F.sum("_llm_cache_hits").alias("hits"), F.sum("completion_tokens").alias("tokens")).first()
         per_wf = {r["workflow"]: int(r["count"])
                   for r in rows.filter("drop_reason is null").groupBy("workflow").count().collect()}
-        manifest = commit_partition(
+        return commit_partition(
             spark, dataclasses.replace(ctx, partition=partition), stage=STAGE, dataset=DATASET, rows=rows,
             schema=SYNTHETIC, inputs=[seeds_m.input_ref()], reasons=count_reasons(rows),
             counters={"read": seeds_m.row_count, "generated": int(stats["generated"]), "kept_by_workflow": per_wf,
@@ -105,10 +105,6 @@ def run(spark, ctx: StageContext) -> Manifest:
                       "completion_tokens": int(stats["tokens"] or 0), "llm": json.loads(cfg.model_dump_json(
                           include={"backend", "model", "base_url"}))},
         )
-    finally:
-        rows.unpersist()
-    print_summary(manifest)
-    return manifest
 
 
 if __name__ == "__main__":

@@ -63,7 +63,6 @@ def test_quality_keeps_top_fraction_plus_non_stem_quota(spark, trained) -> None:
     boosted = [r for r in rows if r["selected_by"] == "non_stem_quota"]
     assert sum(labels[r["page_id"]] == "python-doc" for r in top) / len(top) >= 0.9  # scores rank the docs
     assert all(r["topic"] != "stem" for r in boosted) and all(labels[r["page_id"]] != "python-doc" for r in boosted)
-    assert min(r["quality_score"] for r in top) >= max(r["quality_score"] for r in boosted) or True
     assert q.counters["topics_after"].get("culture", 0) >= len(boosted) > 0
     assert q.row_count == len(top) + len(boosted)
     assert q.counters["dropped"]["below_quality_threshold"] + q.row_count == survivors
