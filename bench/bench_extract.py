@@ -7,8 +7,8 @@ WARC reader + the same extractor, on the sample WARCs (each listed REPEAT times 
 from __future__ import annotations
 
 import gzip
-import time
 import shutil
+import time
 from pathlib import Path
 
 from common import SAMPLE, report, scratch_dir, spark_one_core, timed
@@ -73,7 +73,10 @@ def datatrove_pipeline(d: Path) -> int:
 
     LocalPipelineExecutor(
         pipeline=[WarcReader(str(d / "warc"), glob_pattern="*.warc.gz"), SameExtractor(), counter],
-        tasks=1, workers=1, logging_dir=str(d / f"dt-logs-{time.time_ns()}"), skip_completed=False,
+        tasks=1,
+        workers=1,
+        logging_dir=str(d / f"dt-logs-{time.time_ns()}"),
+        skip_completed=False,
     ).run()
     return count["n"]
 
@@ -82,10 +85,27 @@ def main() -> None:
     with scratch_dir() as d:
         files = make_corpus(d)
         spark = spark_one_core()
-        recipe = parse_recipe({"name": "bench", "sources": {"web": {"kind": "commoncrawl", "base_url": str(d),
-                               "snapshots": [{"id": "CC-MAIN-BENCH", "date": "2024-01-01",
-                                              "paths": "crawl-data/CC-MAIN-BENCH/warc.paths.gz"}]}}})
-        ctx = StageContext(recipe=recipe, source="web", partition={"snapshot": "CC-MAIN-BENCH"}, lake=Lake(str(d / "lake")))
+        recipe = parse_recipe(
+            {
+                "name": "bench",
+                "sources": {
+                    "web": {
+                        "kind": "commoncrawl",
+                        "base_url": str(d),
+                        "snapshots": [
+                            {
+                                "id": "CC-MAIN-BENCH",
+                                "date": "2024-01-01",
+                                "paths": "crawl-data/CC-MAIN-BENCH/warc.paths.gz",
+                            }
+                        ],
+                    }
+                },
+            }
+        )
+        ctx = StageContext(
+            recipe=recipe, source="web", partition={"snapshot": "CC-MAIN-BENCH"}, lake=Lake(str(d / "lake"))
+        )
         commoncrawl_extract.run(spark, ctx)  # warm-up: JVM, Python workers
         # interleaved, best of ROUNDS each: the machine is shared, so noise hits all sides alike
         t_bare = t_dt = t_stage = float("inf")
@@ -99,11 +119,16 @@ def main() -> None:
         spark.stop()
         n_stage = m.counters["read"]
         print(f"documents: bare {n_bare}, datatrove {n_dt} (after its own empty-text drop), stage {n_stage}")
-        report("commoncrawl_extract, documents/s on one core", [
-            ("bare fastwarc + resiliparse loop", n_bare / t_bare),
-            ("datatrove WarcReader + same extractor", n_bare / t_dt),
-            ("phiflow stage (Spark local[1], commit incl.)", n_stage / t_stage),
-        ], baseline="bare fastwarc + resiliparse loop", target=">= 0.8 of the bare loop and faster than datatrove")
+        report(
+            "commoncrawl_extract, documents/s on one core",
+            [
+                ("bare fastwarc + resiliparse loop", n_bare / t_bare),
+                ("datatrove WarcReader + same extractor", n_bare / t_dt),
+                ("phiflow stage (Spark local[1], commit incl.)", n_stage / t_stage),
+            ],
+            baseline="bare fastwarc + resiliparse loop",
+            target=">= 0.8 of the bare loop and faster than datatrove",
+        )
 
 
 if __name__ == "__main__":

@@ -29,10 +29,14 @@ def spark_one_core():
     from pyspark.sql import SparkSession
 
     return (
-        SparkSession.builder.master("local[1]").appName("phiflow-bench")
-        .config("spark.driver.memory", "3g").config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false").config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", "2").config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        SparkSession.builder.master("local[1]")
+        .appName("phiflow-bench")
+        .config("spark.driver.memory", "3g")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .getOrCreate()
     )
 

@@ -50,15 +50,23 @@ for name, src in recipe.sources.items():
         catchup=False,
         max_active_runs=1,  # snapshots in date order: dedup compares against earlier ones
         tags=["phiflow", recipe.name, "ingest"],
-        params={key: Param(None, type=["null", "string"], enum=[None, *partition_ids],
-                           description=f"process this {key} (manual runs); empty: the run's interval")},
+        params={
+            key: Param(
+                None,
+                type=["null", "string"],
+                enum=[None, *partition_ids],
+                description=f"process this {key} (manual runs); empty: the run's interval",
+            )
+        },
         default_args=defaults,
         doc_md=__doc__,
     ) as dag:
-        chain(*[
-            SparkStageOperator(task_id=stage, stage=stage, source=name, output_dataset=out, recipe_path=RECIPE_PATH)
-            for stage, out in curation_chain(name, src)
-        ])
+        chain(
+            *[
+                SparkStageOperator(task_id=stage, stage=stage, source=name, output_dataset=out, recipe_path=RECIPE_PATH)
+                for stage, out in curation_chain(name, src)
+            ]
+        )
     globals()[dag.dag_id] = dag
 
 clean = {name: f"{name}.{recipe.stages.seed_select.input_suffix}" for name in recipe.sources}
@@ -76,11 +84,21 @@ with DAG(
 ) as synthesis:
     for name, input_dataset in clean.items():
         seeds = SparkStageOperator(
-            task_id=f"seed_select_{name}", stage="seed_select", source=name, output_dataset="synthetic.seeds",
-            input_dataset=input_dataset, partition_by_source=True, recipe_path=RECIPE_PATH,
+            task_id=f"seed_select_{name}",
+            stage="seed_select",
+            source=name,
+            output_dataset="synthetic.seeds",
+            input_dataset=input_dataset,
+            partition_by_source=True,
+            recipe_path=RECIPE_PATH,
         )
         generated = SparkStageOperator(
-            task_id=f"synthesize_{name}", stage="synthesize", source=name, output_dataset="synthetic.generated",
-            input_dataset=input_dataset, partition_by_source=True, recipe_path=RECIPE_PATH,
+            task_id=f"synthesize_{name}",
+            stage="synthesize",
+            source=name,
+            output_dataset="synthetic.generated",
+            input_dataset=input_dataset,
+            partition_by_source=True,
+            recipe_path=RECIPE_PATH,
         )
         seeds >> generated

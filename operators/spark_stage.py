@@ -123,24 +123,46 @@ class SparkStageOperator(SparkSubmitOperator):
         if not parts:
             raise AirflowSkipException("no partition of this source belongs to this run (interval or asset events)")
         ti = context["ti"]
-        run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number,
-               "logical_date": str(context.get("logical_date"))}
+        run = {
+            "dag_id": ti.dag_id,
+            "run_id": ti.run_id,
+            "task_id": ti.task_id,
+            "try_number": ti.try_number,
+            "logical_date": str(context.get("logical_date")),
+        }
         lake = Lake()
         for partition in parts:
             if self.unchanged_output(context, partition):
                 continue
             self.application_args = [
-                "--recipe", self.recipe_path, "--source", self.source,
-                "--partition", json.dumps(partition), "--airflow-run", json.dumps(run), "--lake", lake.url,
+                "--recipe",
+                self.recipe_path,
+                "--source",
+                self.source,
+                "--partition",
+                json.dumps(partition),
+                "--airflow-run",
+                json.dumps(run),
+                "--lake",
+                lake.url,
             ]
             self._hook = None  # the hook captures application_args when it is built
             super().execute(context)
             m = lake.require(self.output_dataset, self.output_partition(partition))
             if m.airflow.get("run_id") != ti.run_id or m.airflow.get("try_number") != ti.try_number:
-                raise AirflowException(f"{self.output_dataset}/{m.key} was not committed by this try (found {m.airflow})")
+                raise AirflowException(
+                    f"{self.output_dataset}/{m.key} was not committed by this try (found {m.airflow})"
+                )
             self._committed.append(m)
-            self.log.info("committed %s/%s: read %s, kept %s, dropped %s (digest %s)", m.dataset, m.key,
-                          m.counters.get("read"), m.row_count, m.counters.get("dropped"), m.digest[:16])
+            self.log.info(
+                "committed %s/%s: read %s, kept %s, dropped %s (digest %s)",
+                m.dataset,
+                m.key,
+                m.counters.get("read"),
+                m.row_count,
+                m.counters.get("dropped"),
+                m.digest[:16],
+            )
         if not self._committed:
             raise AirflowSkipException("every partition is already committed from these inputs and parameters")
         summaries = [summary(m) for m in self._committed]
@@ -165,8 +187,12 @@ class SparkStageOperator(SparkSubmitOperator):
             current = lake.manifest(ref.dataset, ref.partition)
             if current is None or current.digest != ref.digest:
                 return False
-        self.log.info("skip %s/%s: already committed from the same input digests and recipe (digest %s)",
-                      out.dataset, out.key, out.digest[:16])
+        self.log.info(
+            "skip %s/%s: already committed from the same input digests and recipe (digest %s)",
+            out.dataset,
+            out.key,
+            out.digest[:16],
+        )
         return True
 
     def get_openlineage_facets_on_complete(self, task_instance: Any):  # -> OperatorLineage
@@ -174,8 +200,11 @@ class SparkStageOperator(SparkSubmitOperator):
 
         lake = Lake()
         recipe = load_recipe(self.recipe_path)
-        inputs = [input_dataset(lake, ref, external_location(recipe, self.source, ref))
-                  for m in self._committed for ref in m.inputs]
+        inputs = [
+            input_dataset(lake, ref, external_location(recipe, self.source, ref))
+            for m in self._committed
+            for ref in m.inputs
+        ]
         return OperatorLineage(inputs=inputs, outputs=[output_dataset(lake, m) for m in self._committed])
 
 
@@ -195,6 +224,11 @@ def partitions_from_events(events: Any, input_dataset: str) -> list[dict[str, st
 def summary(m: Manifest) -> dict[str, Any]:
     """What the asset event, XCom and dashboards carry about one committed partition."""
     return {
-        "dataset": m.dataset, "partition": m.partition, "digest": m.digest, "rows": m.row_count,
-        "read": m.counters.get("read"), "dropped": m.counters.get("dropped", {}), "seconds": m.timings.get("seconds"),
+        "dataset": m.dataset,
+        "partition": m.partition,
+        "digest": m.digest,
+        "rows": m.row_count,
+        "read": m.counters.get("read"),
+        "dropped": m.counters.get("dropped", {}),
+        "seconds": m.timings.get("seconds"),
     }

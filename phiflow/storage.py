@@ -99,7 +99,13 @@ class Lake:
         else:
             self.fs.pipe_file(target, data)  # single-object PUT: atomic on S3 and GCS
         self.collect_garbage(manifest.dataset, manifest.partition, keep=manifest.attempt)
-        log.info("committed %s/%s: %d rows, %d files", manifest.dataset, manifest.key, manifest.row_count, len(manifest.files))
+        log.info(
+            "committed %s/%s: %d rows, %d files",
+            manifest.dataset,
+            manifest.key,
+            manifest.row_count,
+            len(manifest.files),
+        )
         return manifest
 
     def collect_garbage(self, dataset: str, partition: dict[str, str], keep: str | None) -> list[str]:

@@ -14,7 +14,9 @@ def stage_table(manifests: Iterable[Manifest]) -> str:
     by_dataset: dict[str, list[Manifest]] = {}
     for m in manifests:
         by_dataset.setdefault(m.dataset, []).append(m)
-    lines = [f"{'dataset':<24} {'stage':<20} {'parts':>5} {'rows in':>9} {'rows out':>9} {'seconds':>8}  dropped by reason"]
+    lines = [
+        f"{'dataset':<24} {'stage':<20} {'parts':>5} {'rows in':>9} {'rows out':>9} {'seconds':>8}  dropped by reason"
+    ]
     for dataset, ms in by_dataset.items():
         dropped: Counter[str] = Counter()
         for m in ms:
@@ -45,6 +47,8 @@ def lake_status(lake: Lake) -> str:
     for m in manifests:
         stale = stale_inputs(m, current)
         flag = f"STALE: {', '.join(stale)} changed" if stale else "ok"
-        out.append(f"{m.dataset:<24} {m.key:<32} {m.row_count:>9} rows  {m.digest[:12]}  {flag}  "
-                   f"(run {m.airflow.get('run_id', '-')})")
+        out.append(
+            f"{m.dataset:<24} {m.key:<32} {m.row_count:>9} rows  {m.digest[:12]}  {flag}  "
+            f"(run {m.airflow.get('run_id', '-')})"
+        )
     return "\n".join(out) or f"no committed partitions under {lake.url}"

@@ -53,8 +53,10 @@ def trace(lake: Lake, doc_id: str, depth: int = 0, seen: set[str] | None = None)
     parents: list[str] = []
     for h in sorted(hits, key=lambda h: h.manifest.timings.get("finished", "")):
         m, af = h.manifest, h.manifest.airflow
-        lines.append(f"{pad}  {m.dataset}/{m.key}  stage {m.stage}  attempt {m.attempt}  digest {m.digest[:12]}"
-                     f"  airflow {af.get('dag_id', '-')}/{af.get('run_id', '-')}/{af.get('task_id', '-')}")
+        lines.append(
+            f"{pad}  {m.dataset}/{m.key}  stage {m.stage}  attempt {m.attempt}  digest {m.digest[:12]}"
+            f"  airflow {af.get('dag_id', '-')}/{af.get('run_id', '-')}/{af.get('task_id', '-')}"
+        )
         parents.extend(p for p in h.row.get("parent_ids") or [] if p not in parents)
     origin = {k: str(v) for k, v in hits[0].row.items() if k in ORIGIN_FIELDS and v is not None}
     if not parents:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from phiflow import settings
 from phiflow.recipe import load_recipe
@@ -44,7 +44,7 @@ def main() -> int:
         dag = bag.get_dag(f"phiflow_ingest_{name}")
         key, parts = ("snapshot", src.snapshots) if hasattr(src, "snapshots") else ("dump", src.dumps)
         for part in parts:
-            when = datetime(part.date.year, part.date.month, part.date.day, tzinfo=timezone.utc)
+            when = datetime(part.date.year, part.date.month, part.date.day, tzinfo=UTC)
             print(f"\n== {dag.dag_id}: {key} {part.id}", flush=True)
             if not _ok(dag.test(logical_date=when, run_conf={key: part.id})):
                 return 1
@@ -67,8 +67,8 @@ def main() -> int:
     print(f"""
 Where to look:
   lake (partitions + _MANIFEST.json)  {lake.url}
-  OpenLineage events                  {home / 'lineage' / 'events.jsonl'}
-  Airflow home (SQLite, task logs)    {os.environ.get('AIRFLOW_HOME')}
+  OpenLineage events                  {home / "lineage" / "events.jsonl"}
+  Airflow home (SQLite, task logs)    {os.environ.get("AIRFLOW_HOME")}
   partitions and staleness            .venv/bin/phiflow status
   one document back to its WARC       .venv/bin/phiflow trace {doc}
   the Airflow UI                      make airflow   (then http://127.0.0.1:8080)""")

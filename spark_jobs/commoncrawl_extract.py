@@ -64,13 +64,23 @@ def extract_files(source: str, params: CommonCrawlExtractParams):  # -> mapInArr
                                 yield pa.RecordBatch.from_pylist(buf, schema=ROWS)
                                 buf = []
                 except OSError as err:  # cannot open: the whole file is one failure
-                    buf.append({"doc_id": "", "source": source, "source_uri": url, "parent_ids": [],
-                                "drop_reason": f"{FILE_PREFIX}open_error:{type(err).__name__}"})
+                    buf.append(
+                        {
+                            "doc_id": "",
+                            "source": source,
+                            "source_uri": url,
+                            "parent_ids": [],
+                            "drop_reason": f"{FILE_PREFIX}open_error:{type(err).__name__}",
+                        }
+                    )
                 if buf:
                     yield pa.RecordBatch.from_pylist(buf, schema=ROWS)
                 dt = max(time.time() - t0, 1e-9)
-                print(f"[phiflow] {STAGE} {url.rsplit('/', 1)[-1]}: {n - 1} records in {dt:.1f} s ({(n - 1) / dt:.0f}/s)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[phiflow] {STAGE} {url.rsplit('/', 1)[-1]}: {n - 1} records in {dt:.1f} s ({(n - 1) / dt:.0f}/s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     return run
 
@@ -85,7 +95,7 @@ def run(spark, ctx: StageContext) -> Manifest:
     rows = listing.mapInArrow(extract_files(ctx.source, params), spark_schema(ROWS))
     with persisted(rows):
         reasons = count_reasons(rows)
-        file_reasons = {k[len(FILE_PREFIX):]: v for k, v in reasons.items() if k and k.startswith(FILE_PREFIX)}
+        file_reasons = {k[len(FILE_PREFIX) :]: v for k, v in reasons.items() if k and k.startswith(FILE_PREFIX)}
         doc_reasons = {k: v for k, v in reasons.items() if not (k and k.startswith(FILE_PREFIX))}
         failed = {k: v for k, v in file_reasons.items() if k != FILE_OK}
         n_failed = sum(failed.values())
@@ -96,9 +106,17 @@ def run(spark, ctx: StageContext) -> Manifest:
             )
         listing_digest = hashlib.sha256("\n".join(urls).encode()).hexdigest()
         return commit_partition(
-            spark, ctx, stage=STAGE, dataset=f"{ctx.source}.extracted", rows=rows, schema=WEB_EXTRACTED,
+            spark,
+            ctx,
+            stage=STAGE,
+            dataset=f"{ctx.source}.extracted",
+            rows=rows,
+            schema=WEB_EXTRACTED,
             inputs=[InputRef(dataset=f"external:{src.kind}", partition={"snapshot": snapshot}, digest=listing_digest)],
-            counters={"read": sum(doc_reasons.values()), "files": {"total": len(urls), "ok": file_reasons.get(FILE_OK, 0), "failed": failed}},
+            counters={
+                "read": sum(doc_reasons.values()),
+                "files": {"total": len(urls), "ok": file_reasons.get(FILE_OK, 0), "failed": failed},
+            },
             reasons=doc_reasons,
         )
 

@@ -58,8 +58,13 @@ def load_benchmarks(ctx: StageContext, params: DecontaminateParams) -> tuple[lis
         with fsspec.open(path, "rb") as fh:
             data = fh.read()
         items += read_benchmark(data, spec)
-        refs.append(InputRef(dataset="external:benchmark", partition={"name": spec.name, "path": spec.path},
-                             digest=hashlib.sha256(data).hexdigest()))
+        refs.append(
+            InputRef(
+                dataset="external:benchmark",
+                partition={"name": spec.name, "path": spec.path},
+                digest=hashlib.sha256(data).hexdigest(),
+            )
+        )
     return items, refs
 
 
@@ -76,14 +81,19 @@ def count_present(sizes: list[int], candidates):  # -> mapInArrow function
                     ns.append(np.full(len(found), n, np.int32))
                     hashes.append(found.view(np.int64))
             yield pa.RecordBatch.from_arrays(
-                [pa.array(np.concatenate(ns or [np.empty(0, np.int32)])),
-                 pa.array(np.concatenate(hashes or [np.empty(0, np.int64)]))], schema=ALLOW_COUNTS)
+                [
+                    pa.array(np.concatenate(ns or [np.empty(0, np.int32)])),
+                    pa.array(np.concatenate(hashes or [np.empty(0, np.int64)])),
+                ],
+                schema=ALLOW_COUNTS,
+            )
 
     return run
 
 
-def allowlist(spark: SparkSession, ctx: StageContext, params: DecontaminateParams, index: BenchmarkIndex
-              ) -> tuple[DataFrame, list[Manifest]]:
+def allowlist(
+    spark: SparkSession, ctx: StageContext, params: DecontaminateParams, index: BenchmarkIndex
+) -> tuple[DataFrame, list[Manifest]]:
     """(n, ngram_hash, doc_freq) of benchmark n-grams frequent in every reference dataset."""
     src = ctx.recipe.source(ctx.source)
     sizes = sorted({params.long_n, params.short_n})
@@ -95,9 +105,13 @@ def allowlist(spark: SparkSession, ctx: StageContext, params: DecontaminateParam
             raise FileNotFoundError(f"allowlist reference {dataset} has no committed partition up to {ctx.partition}")
         used += parts
         files = [f for m in parts for f in ctx.lake.data_files(m)]
-        df = (spark.read.parquet(*files).select("text")
-              .mapInArrow(count_present(sizes, candidates), spark_schema(ALLOW_COUNTS))
-              .groupBy("n", "ngram_hash").agg(F.count(F.lit(1)).alias(f"df{len(used)}")))
+        df = (
+            spark.read.parquet(*files)
+            .select("text")
+            .mapInArrow(count_present(sizes, candidates), spark_schema(ALLOW_COUNTS))
+            .groupBy("n", "ngram_hash")
+            .agg(F.count(F.lit(1)).alias(f"df{len(used)}"))
+        )
         result = df if result is None else result.join(df, ["n", "ngram_hash"])
     if result is None:
         return spark.createDataFrame([], spark_schema(NGRAM_ALLOWLIST)), used
@@ -115,11 +129,21 @@ def flag_documents(index):  # -> mapInArrow function over (doc_id, source, sourc
             cols = {c: batch.column(c).to_pylist() for c in ("doc_id", "source", "source_uri", "parent_ids", "text")}
             for i, text in enumerate(cols["text"]):
                 for f in idx.match(text):
-                    out.append({"doc_id": cols["doc_id"][i], "source": cols["source"][i],
-                                "source_uri": cols["source_uri"][i], "parent_ids": cols["parent_ids"][i],
-                                "benchmark": f.benchmark, "item_id": f.item_id, "rule": f.rule,
-                                "matched_ngrams": f.matched, "matched_count": f.matched_count,
-                                "overlap": f.overlap, "drop_reason": None})
+                    out.append(
+                        {
+                            "doc_id": cols["doc_id"][i],
+                            "source": cols["source"][i],
+                            "source_uri": cols["source_uri"][i],
+                            "parent_ids": cols["parent_ids"][i],
+                            "benchmark": f.benchmark,
+                            "item_id": f.item_id,
+                            "rule": f.rule,
+                            "matched_ngrams": f.matched,
+                            "matched_count": f.matched_count,
+                            "overlap": f.overlap,
+                            "drop_reason": None,
+                        }
+                    )
             yield pa.RecordBatch.from_pylist(out, schema=with_drop_reason(CONTAMINATION))
 
     return run
@@ -133,37 +157,83 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     plain = BenchmarkIndex(items, params.long_n, params.short_n, params.overlap_threshold)
     allow_df, references = allowlist(spark, ctx, params, plain)
     allow = commit_partition(
-        spark, ctx, stage=STAGE, dataset=f"{ctx.source}.ngram_allowlist", schema=NGRAM_ALLOWLIST,
+        spark,
+        ctx,
+        stage=STAGE,
+        dataset=f"{ctx.source}.ngram_allowlist",
+        schema=NGRAM_ALLOWLIST,
         rows=allow_df.withColumn("drop_reason", F.lit(None).cast("string")),
-        inputs=bench_refs + [m.input_ref() for m in references], counters={"read": len(items)}, reasons={})
+        inputs=bench_refs + [m.input_ref() for m in references],
+        counters={"read": len(items)},
+        reasons={},
+    )
     allowed = ctx.lake.read_table(allow, columns=["ngram_hash"]).column("ngram_hash").to_numpy().astype(np.int64)
-    index = BenchmarkIndex(items, params.long_n, params.short_n, params.overlap_threshold,
-                           allowlist=allowed.view(np.uint64), max_report=params.max_report_ngrams)
-    print(f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents against {len(items)} "
-          f"items of {len(params.benchmarks)} benchmarks; allowlist {allow.row_count} n-grams from "
-          f"{len(references)} partitions", flush=True)
-    report = docs.select("doc_id", "source", "source_uri", "parent_ids", "text").mapInArrow(
-        flag_documents(spark.sparkContext.broadcast(index)), spark_schema(with_drop_reason(CONTAMINATION))).persist()
+    index = BenchmarkIndex(
+        items,
+        params.long_n,
+        params.short_n,
+        params.overlap_threshold,
+        allowlist=allowed.view(np.uint64),
+        max_report=params.max_report_ngrams,
+    )
+    print(
+        f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents against {len(items)} "
+        f"items of {len(params.benchmarks)} benchmarks; allowlist {allow.row_count} n-grams from "
+        f"{len(references)} partitions",
+        flush=True,
+    )
+    report = (
+        docs.select("doc_id", "source", "source_uri", "parent_ids", "text")
+        .mapInArrow(flag_documents(spark.sparkContext.broadcast(index)), spark_schema(with_drop_reason(CONTAMINATION)))
+        .persist()
+    )
     try:
         per_doc = report.groupBy("doc_id").agg(F.min("rule").alias("rule"))  # the long-n rule sorts first
         rows = docs.join(per_doc, "doc_id", "left").withColumn(
-            "drop_reason", F.when(F.col("rule").isNotNull(), F.concat(F.lit("contaminated_"), F.col("rule"))))
-        by_benchmark = {r["benchmark"]: int(r["count"]) for r in
-                        report.select("benchmark", "doc_id").distinct().groupBy("benchmark").count().collect()}
+            "drop_reason", F.when(F.col("rule").isNotNull(), F.concat(F.lit("contaminated_"), F.col("rule")))
+        )
+        by_benchmark = {
+            r["benchmark"]: int(r["count"])
+            for r in report.select("benchmark", "doc_id").distinct().groupBy("benchmark").count().collect()
+        }
         inputs = [source.input_ref(), allow.input_ref(), *bench_refs]
         flags = commit_partition(
-            spark, ctx, stage=STAGE, dataset=f"{ctx.source}.contamination", rows=report, schema=CONTAMINATION,
-            inputs=inputs, reasons={}, counters={"read": source.row_count})
+            spark,
+            ctx,
+            stage=STAGE,
+            dataset=f"{ctx.source}.contamination",
+            rows=report,
+            schema=CONTAMINATION,
+            inputs=inputs,
+            reasons={},
+            counters={"read": source.row_count},
+        )
         clean = commit_partition(
-            spark, ctx, stage=STAGE, dataset=f"{ctx.source}.clean", rows=rows,
-            schema=to_arrow_schema(docs.schema, timezone="UTC"), inputs=inputs, reasons=count_reasons(rows),
-            counters={"read": source.row_count, "flags": flags.row_count, "flagged_by_benchmark": by_benchmark,
-                      "benchmark_items": len(items), "allowlist_ngrams": allow.row_count,
-                      "allowlist_digest": allow.digest, "contamination_digest": flags.digest})
+            spark,
+            ctx,
+            stage=STAGE,
+            dataset=f"{ctx.source}.clean",
+            rows=rows,
+            schema=to_arrow_schema(docs.schema, timezone="UTC"),
+            inputs=inputs,
+            reasons=count_reasons(rows),
+            counters={
+                "read": source.row_count,
+                "flags": flags.row_count,
+                "flagged_by_benchmark": by_benchmark,
+                "benchmark_items": len(items),
+                "allowlist_ngrams": allow.row_count,
+                "allowlist_digest": allow.digest,
+                "contamination_digest": flags.digest,
+            },
+        )
     finally:
         report.unpersist()
-    print(f"[phiflow]   flags {flags.row_count}  by benchmark {by_benchmark}  allowlist {allow.row_count} n-grams "
-          f"(digest {allow.digest[:16]})", flush=True)
+    print(
+        f"[phiflow]   flags {flags.row_count}  by benchmark {by_benchmark}  allowlist {allow.row_count} n-grams "
+        f"(digest {allow.digest[:16]})",
+        flush=True,
+    )
     return clean
 
 

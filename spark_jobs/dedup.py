@@ -68,8 +68,9 @@ def snapshot_order(src: CommonCrawlSource, partition: dict[str, str]) -> int | N
     return ids.index(snap) if snap in ids else None
 
 
-def partitions_before(lake: Lake, dataset: str, src: CommonCrawlSource, partition: dict[str, str],
-                      inclusive: bool) -> list[Manifest]:
+def partitions_before(
+    lake: Lake, dataset: str, src: CommonCrawlSource, partition: dict[str, str], inclusive: bool
+) -> list[Manifest]:
     """Committed partitions of `dataset` dated before (or at) `partition`'s snapshot.
 
     Partitions that are not snapshots of `src` (another source's, e.g. a wiki dump) all count.
@@ -85,24 +86,34 @@ def partitions_before(lake: Lake, dataset: str, src: CommonCrawlSource, partitio
     return out
 
 
-def earlier_signatures(spark: SparkSession, ctx: StageContext, params: DedupParams
-                       ) -> tuple[list[Manifest], DataFrame | None]:
+def earlier_signatures(
+    spark: SparkSession, ctx: StageContext, params: DedupParams
+) -> tuple[list[Manifest], DataFrame | None]:
     """MinHash rows of the committed partitions of earlier snapshots, tagged with their order."""
     src = ctx.recipe.source(ctx.source)
     here = snapshot_order(src, ctx.partition)
-    prior = [m for m in partitions_before(ctx.lake, f"{ctx.source}.minhash", src, ctx.partition, inclusive=False)
-             if m.partition != ctx.partition]
+    prior = [
+        m
+        for m in partitions_before(ctx.lake, f"{ctx.source}.minhash", src, ctx.partition, inclusive=False)
+        if m.partition != ctx.partition
+    ]
     frames = []
     for m in prior:
-        stale = {k: (m.params.get(k), getattr(params, k))
-                 for k in SIGNATURE_PARAMS if m.params.get(k) != getattr(params, k)}
+        stale = {
+            k: (m.params.get(k), getattr(params, k)) for k in SIGNATURE_PARAMS if m.params.get(k) != getattr(params, k)
+        }
         if stale:
-            raise ValueError(f"{m.dataset}/{m.key} was hashed with other MinHash parameters {stale} (stored, recipe): "
-                             "backfill dedup for the earlier snapshots first")
+            raise ValueError(
+                f"{m.dataset}/{m.key} was hashed with other MinHash parameters {stale} (stored, recipe): "
+                "backfill dedup for the earlier snapshots first"
+            )
         pos = snapshot_order(src, m.partition)
-        frames.append(spark.read.schema(spark_schema(MINHASH)).parquet(*ctx.lake.data_files(m))
-                      .withColumn("origin", F.lit(-1 if pos is None or here is None else pos - len(src.snapshots)))
-                      .withColumn("origin_partition", F.lit(m.key)))
+        frames.append(
+            spark.read.schema(spark_schema(MINHASH))
+            .parquet(*ctx.lake.data_files(m))
+            .withColumn("origin", F.lit(-1 if pos is None or here is None else pos - len(src.snapshots)))
+            .withColumn("origin_partition", F.lit(m.key))
+        )
     if not frames:
         return prior, None
     out = frames[0]
@@ -134,7 +145,8 @@ def _materialize(df: DataFrame) -> DataFrame:
 def _large_star(edges: DataFrame) -> DataFrame:
     """Link every neighbour larger than u to the smallest node of u's neighbourhood (u included)."""
     sym = edges.select(F.col("a").alias("u"), F.col("b").alias("v")).unionByName(
-        edges.select(F.col("b").alias("u"), F.col("a").alias("v")))
+        edges.select(F.col("b").alias("u"), F.col("a").alias("v"))
+    )
     m = sym.groupBy("u").agg(F.min("v").alias("mv")).select("u", F.least("u", "mv").alias("m"))
     out = sym.join(m, "u").where(F.col("v") > F.col("u"))
     return out.select(F.col("v").alias("a"), F.col("m").alias("b")).distinct()
@@ -145,15 +157,22 @@ def _small_star(edges: DataFrame) -> DataFrame:
     hi_lo = edges.select(F.greatest("a", "b").alias("u"), F.least("a", "b").alias("v"))
     m = hi_lo.groupBy("u").agg(F.min("v").alias("m"))
     j = hi_lo.join(m, "u")
-    return (j.select(F.col("v").alias("a"), F.col("m").alias("b")).where(F.col("a") != F.col("b"))
-            .unionByName(j.select(F.col("u").alias("a"), F.col("m").alias("b"))).distinct())
+    return (
+        j.select(F.col("v").alias("a"), F.col("m").alias("b"))
+        .where(F.col("a") != F.col("b"))
+        .unionByName(j.select(F.col("u").alias("a"), F.col("m").alias("b")))
+        .distinct()
+    )
 
 
 def connected_components(edges: DataFrame, max_iterations: int) -> tuple[DataFrame, int]:
     """(node, root) for every node of an undirected edge list (a, b); root = smallest node of its
     component. Large-star / small-star rounds until a round leaves the edge set unchanged."""
-    current = _materialize(edges.select(F.greatest("a", "b").alias("a"), F.least("a", "b").alias("b"))
-                           .where(F.col("a") != F.col("b")).distinct())
+    current = _materialize(
+        edges.select(F.greatest("a", "b").alias("a"), F.least("a", "b").alias("b"))
+        .where(F.col("a") != F.col("b"))
+        .distinct()
+    )
     for round_no in range(1, max_iterations + 1):
         nxt = _materialize(_small_star(_large_star(current)))
         same = nxt.exceptAll(current).isEmpty() and current.exceptAll(nxt).isEmpty()
@@ -161,8 +180,9 @@ def connected_components(edges: DataFrame, max_iterations: int) -> tuple[DataFra
         if same:
             roots = current.select(F.col("b").alias("node"), F.col("b").alias("root")).distinct()
             return current.select(F.col("a").alias("node"), F.col("b").alias("root")).unionByName(roots), round_no
-    raise RuntimeError(f"connected components did not converge in {max_iterations} rounds "
-                       "(stages.dedup.max_iterations)")
+    raise RuntimeError(
+        f"connected components did not converge in {max_iterations} rounds (stages.dedup.max_iterations)"
+    )
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -170,17 +190,25 @@ def candidate_edges(reps: DataFrame, threshold: float) -> tuple[DataFrame, DataF
     """(bucket links, verified links) among exact representatives: each LSH bucket is a star
     around its smallest doc_id; a link survives when the signatures agree on >= threshold."""
     exploded = reps.select("doc_id", F.posexplode("bands").alias("band", "key"))
-    buckets = (exploded.groupBy("band", "key").agg(F.min("doc_id").alias("root"), F.count(F.lit(1)).alias("n"))
-               .where("n > 1"))
-    links = (exploded.join(buckets, ["band", "key"]).where(F.col("doc_id") != F.col("root"))
-             .select(F.col("root").alias("a"), F.col("doc_id").alias("b")).distinct())
+    buckets = (
+        exploded.groupBy("band", "key").agg(F.min("doc_id").alias("root"), F.count(F.lit(1)).alias("n")).where("n > 1")
+    )
+    links = (
+        exploded.join(buckets, ["band", "key"])
+        .where(F.col("doc_id") != F.col("root"))
+        .select(F.col("root").alias("a"), F.col("doc_id").alias("b"))
+        .distinct()
+    )
     if threshold <= 0:
         return links, links
     sigs = reps.select("doc_id", "signature")
     agree = F.aggregate(F.zip_with("sa", "sb", lambda x, y: (x == y).cast("int")), F.lit(0), lambda acc, x: acc + x)
-    verified = (links.join(sigs.select(F.col("doc_id").alias("a"), F.col("signature").alias("sa")), "a")
-                .join(sigs.select(F.col("doc_id").alias("b"), F.col("signature").alias("sb")), "b")
-                .where(agree >= F.lit(threshold) * F.size("sa")).select("a", "b"))
+    verified = (
+        links.join(sigs.select(F.col("doc_id").alias("a"), F.col("signature").alias("sa")), "a")
+        .join(sigs.select(F.col("doc_id").alias("b"), F.col("signature").alias("sb")), "b")
+        .where(agree >= F.lit(threshold) * F.size("sa"))
+        .select("a", "b")
+    )
     return links, verified
 
 
@@ -190,32 +218,46 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     docs = spark.read.parquet(*ctx.lake.data_files(source))
     out_schema = to_arrow_schema(docs.schema, timezone="UTC")
     rule_cols, order = survivor_order(params, docs.columns)
-    print(f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents; survivor rule "
-          f"{[*rule_cols, 'doc_id']}; bands {params.bands} x rows {params.rows}, threshold {params.threshold}",
-          flush=True)
+    print(
+        f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents; survivor rule "
+        f"{[*rule_cols, 'doc_id']}; bands {params.bands} x rows {params.rows}, threshold {params.threshold}",
+        flush=True,
+    )
 
     prior_manifests, prior = earlier_signatures(spark, ctx, params) if params.cross_snapshot else ([], None)
     feat_schema = StructType([docs.schema[c] for c in ["doc_id", *rule_cols]] + FEATURES)
-    current = (docs.select("doc_id", "text", *rule_cols)
-               .mapInArrow(signature_batches(hasher(params), ["doc_id", *rule_cols]), feat_schema)
-               .withColumn("origin", F.lit(0)).withColumn("origin_partition", F.lit(partition_key(ctx.partition))))
+    current = (
+        docs.select("doc_id", "text", *rule_cols)
+        .mapInArrow(signature_batches(hasher(params), ["doc_id", *rule_cols]), feat_schema)
+        .withColumn("origin", F.lit(0))
+        .withColumn("origin_partition", F.lit(partition_key(ctx.partition)))
+    )
     current = _materialize(current)
     nodes = current
     if prior is not None:
         keys = current.select(F.posexplode("bands").alias("band", "key")).distinct()
         hashes = current.select("content_hash").distinct()
         p_keys = prior.select("doc_id", F.posexplode("bands").alias("band", "key"))
-        related = (p_keys.join(keys, ["band", "key"], "left_semi").select("doc_id")
-                   .unionByName(prior.join(hashes, "content_hash", "left_semi").select("doc_id")).distinct())
+        related = (
+            p_keys.join(keys, ["band", "key"], "left_semi")
+            .select("doc_id")
+            .unionByName(prior.join(hashes, "content_hash", "left_semi").select("doc_id"))
+            .distinct()
+        )
         prior = prior.join(related, "doc_id", "left_semi").join(current.select("doc_id"), "doc_id", "left_anti")
         for c in rule_cols:
             prior = prior.withColumn(c, F.lit(None).cast(docs.schema[c].dataType))
         nodes = _materialize(current.unionByName(prior))
 
-    nodes = nodes.withColumn("rep", F.first("doc_id").over(Window.partitionBy("content_hash").orderBy(*order))
-                             if params.exact else F.col("doc_id"))
-    counters: dict = {"read": source.row_count, "earlier_partitions": [m.key for m in prior_manifests],
-                      "earlier_candidates": nodes.where("origin < 0").count()}
+    nodes = nodes.withColumn(
+        "rep",
+        F.first("doc_id").over(Window.partitionBy("content_hash").orderBy(*order)) if params.exact else F.col("doc_id"),
+    )
+    counters: dict = {
+        "read": source.row_count,
+        "earlier_partitions": [m.key for m in prior_manifests],
+        "earlier_candidates": nodes.where("origin < 0").count(),
+    }
     group = F.col("rep")
     if params.fuzzy:
         links, verified = candidate_edges(nodes.where(F.col("doc_id") == F.col("rep")), params.threshold)
@@ -229,16 +271,30 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     nodes = nodes.withColumn("group", group)
     in_group = Window.partitionBy("group")
     first = F.first(F.struct("doc_id", "content_hash", "origin_partition", "origin")).over(
-        Window.partitionBy("group").orderBy(*order))
-    decided = (nodes.withColumn("cluster_id", F.min("doc_id").over(in_group)).withColumn("s", first)
-               .where(F.col("origin") == 0)
-               .select("doc_id", "content_hash", "signature", "bands", "cluster_id",
-                       F.col("s.doc_id").alias("survivor_id"), F.col("s.origin_partition").alias("survivor_partition"),
-                       F.when(F.col("s.content_hash") == F.col("content_hash"), "exact")
-                       .otherwise("fuzzy").alias("kind"),
-                       (F.col("s.origin") < 0).alias("earlier")))
-    decided = decided.withColumn("drop_reason", F.when(F.col("survivor_id") == F.col("doc_id"), None).otherwise(
-        F.concat(F.col("kind"), F.lit("_duplicate"), F.when(F.col("earlier"), "_of_earlier_snapshot").otherwise(""))))
+        Window.partitionBy("group").orderBy(*order)
+    )
+    decided = (
+        nodes.withColumn("cluster_id", F.min("doc_id").over(in_group))
+        .withColumn("s", first)
+        .where(F.col("origin") == 0)
+        .select(
+            "doc_id",
+            "content_hash",
+            "signature",
+            "bands",
+            "cluster_id",
+            F.col("s.doc_id").alias("survivor_id"),
+            F.col("s.origin_partition").alias("survivor_partition"),
+            F.when(F.col("s.content_hash") == F.col("content_hash"), "exact").otherwise("fuzzy").alias("kind"),
+            (F.col("s.origin") < 0).alias("earlier"),
+        )
+    )
+    decided = decided.withColumn(
+        "drop_reason",
+        F.when(F.col("survivor_id") == F.col("doc_id"), None).otherwise(
+            F.concat(F.col("kind"), F.lit("_duplicate"), F.when(F.col("earlier"), "_of_earlier_snapshot").otherwise(""))
+        ),
+    )
     decided = _materialize(decided)
     try:
         reasons = count_reasons(decided)
@@ -248,21 +304,43 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
         inputs = [source.input_ref()] + [m.input_ref() for m in prior_manifests]
         common = {"inputs": inputs, "reasons": reasons}
         clusters = commit_partition(
-            spark, ctx, stage=STAGE, dataset=f"{ctx.source}.dup_clusters", schema=DUP_CLUSTERS,
+            spark,
+            ctx,
+            stage=STAGE,
+            dataset=f"{ctx.source}.dup_clusters",
+            schema=DUP_CLUSTERS,
             rows=merged.withColumn("drop_reason", F.lit(None).cast("string")),
-            counters={"read": source.row_count, "clusters": counters["clusters"]}, **common)
+            counters={"read": source.row_count, "clusters": counters["clusters"]},
+            **common,
+        )
         kept = commit_partition(
-            spark, ctx, stage=STAGE, dataset=f"{ctx.source}.dedup", schema=out_schema,
+            spark,
+            ctx,
+            stage=STAGE,
+            dataset=f"{ctx.source}.dedup",
+            schema=out_schema,
             rows=docs.join(decided.select("doc_id", "drop_reason"), "doc_id"),
-            counters={**counters, "dup_clusters_digest": clusters.digest}, **common)
+            counters={**counters, "dup_clusters_digest": clusters.digest},
+            **common,
+        )
         commit_partition(
-            spark, ctx, stage=STAGE, dataset=f"{ctx.source}.minhash", schema=MINHASH, rows=decided,
-            counters={"read": source.row_count, "dedup_digest": kept.digest}, **common)
+            spark,
+            ctx,
+            stage=STAGE,
+            dataset=f"{ctx.source}.minhash",
+            schema=MINHASH,
+            rows=decided,
+            counters={"read": source.row_count, "dedup_digest": kept.digest},
+            **common,
+        )
     finally:
         decided.unpersist()
-    print(f"[phiflow]   clusters {counters['clusters']}  merged {counters['merged']}  candidate pairs "
-          f"{counters.get('candidate_pairs', 0)}  verified {counters.get('verified_pairs', 0)}  "
-          f"earlier partitions {counters['earlier_partitions']}", flush=True)
+    print(
+        f"[phiflow]   clusters {counters['clusters']}  merged {counters['merged']}  candidate pairs "
+        f"{counters.get('candidate_pairs', 0)}  verified {counters.get('verified_pairs', 0)}  "
+        f"earlier partitions {counters['earlier_partitions']}",
+        flush=True,
+    )
     return kept
 
 

@@ -40,12 +40,20 @@ def run(spark, ctx: StageContext) -> Manifest:
     model_path = (params.model_path and ctx.recipe.resolve(params.model_path)) or default_model_path()
     source = ctx.lake.require(f"{ctx.source}.extracted", ctx.partition)
     docs = spark.read.schema(spark_schema(WEB_EXTRACTED)).parquet(*ctx.lake.data_files(source))
-    print(f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents, model {model_path}", flush=True)
+    print(
+        f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents, model {model_path}", flush=True
+    )
     rows = docs.mapInArrow(langid_partitions(params, model_path), spark_schema(with_drop_reason(OUT)))
     with persisted(rows):
         return commit_partition(
-            spark, ctx, stage=STAGE, dataset=f"{ctx.source}.langid", rows=rows, schema=OUT,
-            inputs=[source.input_ref()], reasons=count_reasons(rows),
+            spark,
+            ctx,
+            stage=STAGE,
+            dataset=f"{ctx.source}.langid",
+            rows=rows,
+            schema=OUT,
+            inputs=[source.input_ref()],
+            reasons=count_reasons(rows),
             counters={"read": source.row_count, "languages": kept_languages(rows)},
         )
 

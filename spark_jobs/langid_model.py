@@ -56,7 +56,7 @@ def drop_reason(lang: str, score: float, params: LangidParams) -> str | None:
 def langid_batch(batch: pa.RecordBatch, params: LangidParams, model_path: str) -> pa.RecordBatch:
     """Add `language`, `language_score` and `drop_reason` columns to a batch of documents."""
     langs, scores = predict(batch.column("text").to_pylist(), model_path, params.max_chars)
-    reasons = [drop_reason(lang, s, params) for lang, s in zip(langs, scores)]
+    reasons = [drop_reason(lang, s, params) for lang, s in zip(langs, scores, strict=True)]
     return (
         batch.append_column("language", pa.array(langs, pa.string()))
         .append_column("language_score", pa.array(scores, pa.float32()))

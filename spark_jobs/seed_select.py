@@ -49,8 +49,14 @@ def run(spark, ctx: StageContext) -> Manifest:
         kept = rows.filter("drop_reason is null").groupBy("kind").count().collect()
         kinds = {r["kind"]: int(r["count"]) for r in kept}
         return commit_partition(
-            spark, dataclasses.replace(ctx, partition=out_partition(ctx)), stage=STAGE, dataset=DATASET, rows=rows,
-            schema=SEEDS, inputs=[source.input_ref()], reasons=count_reasons(rows),
+            spark,
+            dataclasses.replace(ctx, partition=out_partition(ctx)),
+            stage=STAGE,
+            dataset=DATASET,
+            rows=rows,
+            schema=SEEDS,
+            inputs=[source.input_ref()],
+            reasons=count_reasons(rows),
             counters={"read": source.row_count, "seed_kinds": kinds},
         )
 

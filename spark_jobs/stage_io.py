@@ -58,8 +58,11 @@ def parse_args(argv: list[str] | None = None) -> StageContext:
     if "." not in a.source:  # a dotted name is a dataset (tokenize reads any dataset)
         recipe.source(a.source)  # fail early on an unknown source
     return StageContext(
-        recipe=recipe, source=a.source, partition=json.loads(a.partition),
-        lake=Lake(a.lake), airflow=json.loads(a.airflow_run),
+        recipe=recipe,
+        source=a.source,
+        partition=json.loads(a.partition),
+        lake=Lake(a.lake),
+        airflow=json.loads(a.airflow_run),
     )
 
 
@@ -164,13 +167,16 @@ def print_summary(m: Manifest) -> None:
     """One readable block at the end of every stage log (the Airflow task log shows it)."""
     c = m.counters
     print(f"[phiflow] {m.stage} committed {m.dataset}/{m.key}")
-    print(f"[phiflow]   read {c.get('read', '?')}  kept {c['kept']}  in {m.timings['seconds']} s  ({m.bytes} bytes, {len(m.files)} files)")
+    size = f"{m.bytes} bytes, {len(m.files)} files"
+    print(f"[phiflow]   read {c.get('read', '?')}  kept {c['kept']}  in {m.timings['seconds']} s  ({size})")
     for reason, n in c["dropped"].items():
         print(f"[phiflow]   dropped {n:>7}  {reason}")
     print(f"[phiflow]   manifest digest {m.digest[:16]}  attempt {m.attempt}")
 
 
-def stage_main(stage: str, run: Callable[[SparkSession, StageContext], Manifest], argv: list[str] | None = None) -> None:
+def stage_main(
+    stage: str, run: Callable[[SparkSession, StageContext], Manifest], argv: list[str] | None = None
+) -> None:
     """The body of every `spark_jobs/<stage>.py` under spark-submit."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = parse_args(argv)

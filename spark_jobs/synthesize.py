@@ -64,8 +64,11 @@ def synth_partitions(params: SynthesizeParams, config_json: str):  # -> mapInArr
                     for i, r in enumerate(rows):
                         r["_llm_requests"], r["_llm_cache_hits"] = (req, hits) if i == 0 else (0, 0)
                     kept = sum(r["drop_reason"] is None for r in rows)
-                    print(f"[phiflow] {STAGE} {name}: {len(chunk)} seeds -> {kept}/{len(rows)} kept, "
-                          f"{req} llm requests ({hits} cached) in {time.time() - t0:.1f} s", flush=True)
+                    print(
+                        f"[phiflow] {STAGE} {name}: {len(chunk)} seeds -> {kept}/{len(rows)} kept, "
+                        f"{req} llm requests ({hits} cached) in {time.time() - t0:.1f} s",
+                        flush=True,
+                    )
                     if rows:
                         yield pa.RecordBatch.from_pylist(rows, schema=out)
 
@@ -79,31 +82,54 @@ def run(spark, ctx: StageContext) -> Manifest:
     seeds = spark.read.schema(spark_schema(SEEDS)).parquet(*ctx.lake.data_files(seeds_m))
     picked = None
     for wf in params.workflows:  # each workflow's target: its best seeds of the kinds it takes
-        part = (seeds.filter(F.col("kind").isin(list(wf.seed_kinds)))
-                .orderBy(F.desc("passage_score"), "doc_id").limit(wf.max_seeds)
-                .withColumn("workflow", F.lit(wf.name)))
+        part = (
+            seeds.filter(F.col("kind").isin(list(wf.seed_kinds)))
+            .orderBy(F.desc("passage_score"), "doc_id")
+            .limit(wf.max_seeds)
+            .withColumn("workflow", F.lit(wf.name))
+        )
         picked = part if picked is None else picked.unionByName(part)
     if picked is None:
         raise ValueError("stages.synthesize.workflows is empty: nothing to synthesize")
     cfg = llm_config(ctx)
-    print(f"[phiflow] {STAGE} {seeds_m.dataset}/{seeds_m.key}: {seeds_m.row_count} seeds, "
-          f"{len(params.workflows)} workflows, backend {cfg.backend} model {cfg.model}", flush=True)
+    print(
+        f"[phiflow] {STAGE} {seeds_m.dataset}/{seeds_m.key}: {seeds_m.row_count} seeds, "
+        f"{len(params.workflows)} workflows, backend {cfg.backend} model {cfg.model}",
+        flush=True,
+    )
     out = with_drop_reason(SYNTHETIC)
     for f in STATS:
         out = out.append(f)
     rows = picked.mapInArrow(synth_partitions(params, cfg.model_dump_json()), spark_schema(out))
     with persisted(rows):
-        stats = rows.agg(F.count(F.lit(1)).alias("generated"), F.sum("_llm_requests").alias("requests"),
-                         F.sum("_llm_cache_hits").alias("hits"), F.sum("completion_tokens").alias("tokens")).first()
-        per_wf = {r["workflow"]: int(r["count"])
-                  for r in rows.filter("drop_reason is null").groupBy("workflow").count().collect()}
+        stats = rows.agg(
+            F.count(F.lit(1)).alias("generated"),
+            F.sum("_llm_requests").alias("requests"),
+            F.sum("_llm_cache_hits").alias("hits"),
+            F.sum("completion_tokens").alias("tokens"),
+        ).first()
+        per_wf = {
+            r["workflow"]: int(r["count"])
+            for r in rows.filter("drop_reason is null").groupBy("workflow").count().collect()
+        }
         return commit_partition(
-            spark, dataclasses.replace(ctx, partition=partition), stage=STAGE, dataset=DATASET, rows=rows,
-            schema=SYNTHETIC, inputs=[seeds_m.input_ref()], reasons=count_reasons(rows),
-            counters={"read": seeds_m.row_count, "generated": int(stats["generated"]), "kept_by_workflow": per_wf,
-                      "llm_requests": int(stats["requests"] or 0), "llm_cache_hits": int(stats["hits"] or 0),
-                      "completion_tokens": int(stats["tokens"] or 0), "llm": json.loads(cfg.model_dump_json(
-                          include={"backend", "model", "base_url"}))},
+            spark,
+            dataclasses.replace(ctx, partition=partition),
+            stage=STAGE,
+            dataset=DATASET,
+            rows=rows,
+            schema=SYNTHETIC,
+            inputs=[seeds_m.input_ref()],
+            reasons=count_reasons(rows),
+            counters={
+                "read": seeds_m.row_count,
+                "generated": int(stats["generated"]),
+                "kept_by_workflow": per_wf,
+                "llm_requests": int(stats["requests"] or 0),
+                "llm_cache_hits": int(stats["hits"] or 0),
+                "completion_tokens": int(stats["tokens"] or 0),
+                "llm": json.loads(cfg.model_dump_json(include={"backend", "model", "base_url"})),
+            },
         )
 
 

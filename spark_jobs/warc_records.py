@@ -107,14 +107,26 @@ def page_row(source: str, warc_url: str, page: Page, params: CommonCrawlExtractP
         return _row(source, warc_url, page, drop_reason=f"extract_error:{type(err).__name__}")
     reason = "too_little_text" if len(ex.text) < params.min_text_chars else None
     return _row(
-        source, warc_url, page,
-        charset=ex.charset, title=ex.title, text=ex.text, text_chars=len(ex.text), drop_reason=reason,
+        source,
+        warc_url,
+        page,
+        charset=ex.charset,
+        title=ex.title,
+        text=ex.text,
+        text_chars=len(ex.text),
+        drop_reason=reason,
     )
 
 
 def file_row(source: str, warc_url: str, reason: str) -> dict[str, Any]:
     """A row that reports a file-level outcome (unreadable, truncated) rather than a document."""
-    return {"doc_id": "", "source": source, "source_uri": warc_url, "parent_ids": [], "drop_reason": FILE_PREFIX + reason}
+    return {
+        "doc_id": "",
+        "source": source,
+        "source_uri": warc_url,
+        "parent_ids": [],
+        "drop_reason": FILE_PREFIX + reason,
+    }
 
 
 def _page(record: Any) -> Page:
@@ -136,7 +148,9 @@ def _page(record: Any) -> Page:
     )
 
 
-def iter_rows(stream: IO[bytes], warc_url: str, source: str, params: CommonCrawlExtractParams) -> Iterator[dict[str, Any]]:
+def iter_rows(
+    stream: IO[bytes], warc_url: str, source: str, params: CommonCrawlExtractParams
+) -> Iterator[dict[str, Any]]:
     """Rows of one WARC file: one per response record, then one file-level row (ok or why not)."""
     try:
         # quirks mode resynchronizes after a record whose WARC Content-Length lies, instead of
@@ -146,8 +160,14 @@ def iter_rows(stream: IO[bytes], warc_url: str, source: str, params: CommonCrawl
             try:
                 page = _page(record)
             except Exception as err:
-                yield {"doc_id": "", "source": source, "source_uri": warc_url, "parent_ids": [],
-                       "warc_offset": record.stream_pos, "drop_reason": f"bad_record:{type(err).__name__}"}
+                yield {
+                    "doc_id": "",
+                    "source": source,
+                    "source_uri": warc_url,
+                    "parent_ids": [],
+                    "warc_offset": record.stream_pos,
+                    "drop_reason": f"bad_record:{type(err).__name__}",
+                }
                 continue
             yield page_row(source, warc_url, page, params)
     except Exception as err:

@@ -58,7 +58,9 @@ def write_test_recipe(path: Path, **stage_overrides: dict) -> Path:
     recipe["sources"]["broken"] = {
         "kind": "commoncrawl",
         "base_url": str(BROKEN),
-        "snapshots": [{"id": "CC-MAIN-BROKEN", "date": "2024-06-12", "paths": "crawl-data/CC-MAIN-BROKEN/warc.paths.gz"}],
+        "snapshots": [
+            {"id": "CC-MAIN-BROKEN", "date": "2024-06-12", "paths": "crawl-data/CC-MAIN-BROKEN/warc.paths.gz"}
+        ],
     }
     # Training tests read web.langid, so they need only the first two ingest stages.
     recipe["mixture"]["sources"] = [{"name": "web", "datasets": ["web.langid"], "share": 1.0, "max_epochs": 4}]

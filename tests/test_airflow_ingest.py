@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from phiflow.storage import Lake
 
 pytestmark = pytest.mark.airflow
 SNAP = {"snapshot": "CC-MAIN-2024-10"}
 # A manual run at D owns the interval that ends at D, like the scheduled run that fires at D.
-FEB_RUN = datetime(2024, 3, 1, tzinfo=timezone.utc)
+FEB_RUN = datetime(2024, 3, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +87,13 @@ def test_same_interval_twice_is_idempotent(dagbag) -> None:
 
 
 def test_empty_interval_skips(dagbag) -> None:
-    run = dagbag.get_dag("phiflow_ingest_web").test(logical_date=datetime(2024, 4, 1, tzinfo=timezone.utc))
+    run = dagbag.get_dag("phiflow_ingest_web").test(logical_date=datetime(2024, 4, 1, tzinfo=UTC))
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states == {"commoncrawl_extract": "skipped", "langid": "skipped"}
 
 
 def test_broken_inputs_through_airflow(dagbag) -> None:
-    run = dagbag.get_dag("phiflow_ingest_broken").test(logical_date=datetime(2024, 7, 1, tzinfo=timezone.utc))
+    run = dagbag.get_dag("phiflow_ingest_broken").test(logical_date=datetime(2024, 7, 1, tzinfo=UTC))
     assert run.state == "success"
     m = Lake().require("broken.extracted", {"snapshot": "CC-MAIN-BROKEN"})
     assert m.counters["dropped"]["payload_digest_mismatch"] == 3

@@ -48,8 +48,7 @@ def test_spark_jobs_and_training_never_import_airflow() -> None:
 
 def test_core_imports_no_engine_at_module_level() -> None:
     modules = [f"phiflow.{p.stem}" for p in (ROOT / "phiflow").glob("*.py") if p.stem != "__init__"]
-    modules += [f"phiflow.{p.parent.name}.{p.stem}".replace(".__init__", "")
-                for p in (ROOT / "phiflow").glob("*/*.py")]
+    modules += [f"phiflow.{p.parent.name}.{p.stem}".replace(".__init__", "") for p in (ROOT / "phiflow").glob("*/*.py")]
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"

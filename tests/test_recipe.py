@@ -35,15 +35,27 @@ def test_shipped_recipes_load() -> None:
         (lambda d: d.update(unknown_key=1), "unknown_key", "Extra inputs are not permitted"),
         (lambda d: d["stages"]["langid"].update(min_score=1.5), "stages.langid.min_score", "less than or equal to 1"),
         (lambda d: d["stages"]["commoncrawl_extract"].update(max_html_bytes=0), "max_html_bytes", "greater than 0"),
-        (lambda d: d["sources"]["web"]["snapshots"][1].update(id="CC-MAIN-2024-10"), "sources.web.snapshots",
-         "snapshot ids must be unique"),
-        (lambda d: d["sources"]["web"]["snapshots"][0].update(date="not-a-date"), "sources.web.snapshots.0.date",
-         "valid date"),
-        (lambda d: d["sources"]["web"]["snapshots"][0].update(id="bad id!"), "sources.web.snapshots.0.id",
-         "should match pattern"),
+        (
+            lambda d: d["sources"]["web"]["snapshots"][1].update(id="CC-MAIN-2024-10"),
+            "sources.web.snapshots",
+            "snapshot ids must be unique",
+        ),
+        (
+            lambda d: d["sources"]["web"]["snapshots"][0].update(date="not-a-date"),
+            "sources.web.snapshots.0.date",
+            "valid date",
+        ),
+        (
+            lambda d: d["sources"]["web"]["snapshots"][0].update(id="bad id!"),
+            "sources.web.snapshots.0.id",
+            "should match pattern",
+        ),
         (lambda d: d["sources"]["web"].update(kind="gopher"), "sources.web", "does not match any of the expected tags"),
-        (lambda d: d["sources"]["web"]["snapshots"][0].update(paths="missing/warc.paths.gz"), "snapshots[CC-MAIN-2024-10].paths",
-         "does not exist"),
+        (
+            lambda d: d["sources"]["web"]["snapshots"][0].update(paths="missing/warc.paths.gz"),
+            "snapshots[CC-MAIN-2024-10].paths",
+            "does not exist",
+        ),
         (lambda d: d.update(name="Has Spaces"), "name", "should match pattern"),
         (lambda d: d.update(sources={}), "sources", "at least one source"),
     ],
@@ -78,7 +90,7 @@ def test_stage_digest_changes_only_with_its_own_params() -> None:
 
 def test_intervals_map_to_snapshots() -> None:
     src = parse_recipe(demo_data()).sources["web"]
-    utc = dt.timezone.utc
+    utc = dt.UTC
     feb = (dt.datetime(2024, 2, 1, tzinfo=utc), dt.datetime(2024, 3, 1, tzinfo=utc))
     mar = (dt.datetime(2024, 3, 1, tzinfo=utc), dt.datetime(2024, 4, 1, tzinfo=utc))
     assert snapshot_partitions(src, *feb) == [{"snapshot": "CC-MAIN-2024-10"}]

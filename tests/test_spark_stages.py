@@ -7,8 +7,8 @@ import json
 from collections import Counter
 
 import pytest
-
 from conftest import BROKEN, SAMPLE
+
 from phiflow.manifest import Manifest
 from phiflow.recipe import load_recipe
 from phiflow.storage import Lake
@@ -52,7 +52,11 @@ def test_extract_commits_every_page_of_the_snapshot(committed) -> None:
 def test_langid_pins_its_input_and_matches_the_guide_labels(committed) -> None:
     lake, ex, li = committed
     assert li.inputs[0].digest == ex.digest and li.row_count == ex.row_count
-    labels = {json.loads(line)["url"]: json.loads(line)["lang"] for line in (SAMPLE / "labels.jsonl").read_text().split("\n") if line}
+    labels = {
+        json.loads(line)["url"]: json.loads(line)["lang"]
+        for line in (SAMPLE / "labels.jsonl").read_text().split("\n")
+        if line
+    }
     got = {url: lang for url, lang in rows(lake, li, ["url", "language"])}
     scored = [(labels[u], got[u]) for u in got if u in labels]
     accuracy = sum(a == b for a, b in scored) / len(scored)
@@ -80,11 +84,19 @@ def test_rerun_is_idempotent_and_layout_independent(spark, committed, test_recip
 
 
 def test_broken_snapshot_counts_every_reason(spark, test_recipe, lake) -> None:
-    m = commoncrawl_extract.run(spark, ctx(test_recipe, lake, source="broken", partition={"snapshot": "CC-MAIN-BROKEN"}))
+    m = commoncrawl_extract.run(
+        spark, ctx(test_recipe, lake, source="broken", partition={"snapshot": "CC-MAIN-BROKEN"})
+    )
     dropped = m.counters["dropped"]
     assert dropped["payload_digest_mismatch"] == 3  # truncated member + two lying WARC lengths
-    for reason, n in {"binary_payload": 2, "empty_payload": 1, "too_little_text": 1, "http_404": 1, "http_301": 1,
-                      "too_large": 1}.items():
+    for reason, n in {
+        "binary_payload": 2,
+        "empty_payload": 1,
+        "too_little_text": 1,
+        "http_404": 1,
+        "http_301": 1,
+        "too_large": 1,
+    }.items():
         assert dropped[reason] == n, (reason, dropped)
     good = {u for f in EXPECTED_BROKEN["files"].values() for u in f["good_uris"]}
     kept = {u for (u,) in rows(lake, m, ["url"])}
@@ -102,16 +114,28 @@ def test_failure_budget_blocks_the_commit(spark, test_recipe, lake, tmp_path) ->
     good = sorted((SAMPLE / "crawl-data/CC-MAIN-2024-10").rglob("*.warc.gz"))[0]
     (tmp_path / "good.warc.gz").write_bytes(good.read_bytes())
     data = test_recipe.model_dump(mode="json", exclude={"path"})
-    data["sources"] = {"bad": {"kind": "commoncrawl", "base_url": str(tmp_path), "snapshots": [
-        {"id": "CC-MAIN-BAD", "date": "2024-07-01", "paths": "crawl-data/CC-MAIN-BAD/warc.paths.gz"}]}}
+    data["sources"] = {
+        "bad": {
+            "kind": "commoncrawl",
+            "base_url": str(tmp_path),
+            "snapshots": [{"id": "CC-MAIN-BAD", "date": "2024-07-01", "paths": "crawl-data/CC-MAIN-BAD/warc.paths.gz"}],
+        }
+    }
     from phiflow.recipe import parse_recipe
 
     recipe = parse_recipe(data)
     with pytest.raises(commoncrawl_extract.FailureBudgetExceeded, match="2 of 3 WARC files failed"):
         commoncrawl_extract.run(spark, ctx(recipe, lake, source="bad", partition={"snapshot": "CC-MAIN-BAD"}))
     assert lake.manifest("bad.extracted", {"snapshot": "CC-MAIN-BAD"}) is None
-    lenient = parse_recipe({**data, "stages": {**data["stages"], "commoncrawl_extract": {
-        **data["stages"]["commoncrawl_extract"], "failure_budget": 0.7}}})
+    lenient = parse_recipe(
+        {
+            **data,
+            "stages": {
+                **data["stages"],
+                "commoncrawl_extract": {**data["stages"]["commoncrawl_extract"], "failure_budget": 0.7},
+            },
+        }
+    )
     m = commoncrawl_extract.run(spark, ctx(lenient, lake, source="bad", partition={"snapshot": "CC-MAIN-BAD"}))
     assert m.counters["files"]["failed"] == {"open_error:FileNotFoundError": 2} and m.row_count > 0
 

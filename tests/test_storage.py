@@ -22,9 +22,16 @@ def write_attempt(lake: Lake, rows: list[dict], partition: dict = PART) -> Manif
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), f"{path}/part-00000.parquet", filesystem=lake.fs)
     files = lake.attempt_files("t.ds", partition, attempt)
     return Manifest(
-        dataset="t.ds", partition=dict(partition), stage="test", attempt=attempt, files=files,
-        row_count=len(rows), bytes=sum(f.bytes for f in files), schema=describe(SCHEMA),
-        schema_fingerprint=fingerprint(SCHEMA), content_digest=str(sorted(r["doc_id"] for r in rows)),
+        dataset="t.ds",
+        partition=dict(partition),
+        stage="test",
+        attempt=attempt,
+        files=files,
+        row_count=len(rows),
+        bytes=sum(f.bytes for f in files),
+        schema=describe(SCHEMA),
+        schema_fingerprint=fingerprint(SCHEMA),
+        content_digest=str(sorted(r["doc_id"] for r in rows)),
     )
 
 

@@ -9,13 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import BROKEN, SAMPLE
 
 from phiflow.ids import doc_id
 from phiflow.recipe import CommonCrawlExtractParams
 from spark_jobs.html_text import binary_fraction, decode_html, extract
 from spark_jobs.warc_records import FILE_OK, FILE_PREFIX, iter_rows
-
-from conftest import BROKEN, SAMPLE
 
 PARAMS = CommonCrawlExtractParams()
 EXPECTED = json.loads((BROKEN / "EXPECTED.json").read_text())
