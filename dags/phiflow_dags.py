@@ -19,22 +19,38 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from operators.spark_stage import SparkStageOperator, dataset_asset
 from phiflow import settings
-from phiflow.recipe import CommonCrawlSource, load_recipe
+from phiflow.recipe import CommonCrawlSource, WikipediaSource, load_recipe
 
 RECIPE_PATH = str(settings.default_recipe())
 recipe = load_recipe(RECIPE_PATH)
 defaults = {"retries": recipe.airflow.retries, "retry_delay": timedelta(seconds=recipe.airflow.retry_delay_s)}
 
 
-def curation_chain(name: str, src) -> list[tuple[str, str]]:
-    """(stage, output dataset) in order for one source. The quality stage is in the chain when
-    dedup reads its output (`stages.dedup.input: quality`), so the chain follows the recipe."""
-    extract = "commoncrawl_extract" if isinstance(src, CommonCrawlSource) else "wikipedia_extract"
-    stages = [(extract, f"{name}.extracted"), ("langid", f"{name}.langid")]
-    if recipe.stages.dedup.input == "quality":
-        stages.append(("quality", f"{name}.quality"))
-    stages += [("dedup", f"{name}.dedup"), ("decontaminate", f"{name}.clean")]
-    return stages
+def curation_chain(name: str, src: CommonCrawlSource | WikipediaSource) -> list[SparkStageOperator]:
+    """The tasks of one source, in order. Web pages need language identification; a wiki's language
+    is its dump's. The quality classifier is retrained on every run from all annotations committed so
+    far (one `quality.classifier` partition), and quality scores this run's partitions with it."""
+    web = isinstance(src, CommonCrawlSource)
+    steps = [
+        ("commoncrawl_extract" if web else "wikipedia_extract", f"{name}.extracted", None),
+        *([("langid", f"{name}.langid", None)] if web else []),
+    ]
+    if recipe.stages.quality.classifier:
+        steps += [
+            ("quality_annotate", f"{name}.annotations", None),
+            ("quality_train", "quality.classifier", {"model": recipe.stages.quality_train.name}),
+        ]
+    steps += [
+        ("quality", f"{name}.quality", None),
+        ("dedup", f"{name}.dedup", None),
+        ("decontaminate", f"{name}.clean", None),
+    ]
+    return [
+        SparkStageOperator(
+            task_id=stage, stage=stage, source=name, output_dataset=out, fixed_partition=fixed, recipe_path=RECIPE_PATH
+        )
+        for stage, out, fixed in steps
+    ]
 
 
 for name, src in recipe.sources.items():
@@ -61,15 +77,15 @@ for name, src in recipe.sources.items():
         default_args=defaults,
         doc_md=__doc__,
     ) as dag:
-        chain(
-            *[
-                SparkStageOperator(task_id=stage, stage=stage, source=name, output_dataset=out, recipe_path=RECIPE_PATH)
-                for stage, out in curation_chain(name, src)
-            ]
-        )
+        chain(*curation_chain(name, src))
     globals()[dag.dag_id] = dag
 
-clean = {name: f"{name}.{recipe.stages.seed_select.input_suffix}" for name in recipe.sources}
+# Seeds come from web sources (the report seeds from web pages, books and code; wiki text is organic data).
+clean = {
+    name: f"{name}.{recipe.stages.seed_select.input_suffix}"
+    for name, src in recipe.sources.items()
+    if isinstance(src, CommonCrawlSource)
+}
 with DAG(
     dag_id="phiflow_synthesis",
     description=f"{recipe.name}: seed selection and LLM synthesis of newly committed clean partitions",

@@ -69,6 +69,7 @@ class SparkStageOperator(SparkSubmitOperator):
         input_dataset: str | None = None,
         partition_by_source: bool = False,
         partitions_callable: Callable[[str, Any], list[dict[str, str]]] | None = None,
+        fixed_partition: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         recipe = load_recipe(recipe_path)
@@ -97,6 +98,7 @@ class SparkStageOperator(SparkSubmitOperator):
         self.input_dataset = input_dataset
         self.partition_by_source = partition_by_source
         self.partitions_callable = partitions_callable  # (recipe_path, context) -> partitions: overrides the rest
+        self.fixed_partition = fixed_partition  # stages with one partition across intervals (a classifier)
         self._committed: list[Manifest] = []
 
     def partitions(self, context: Any) -> list[dict[str, str]]:
@@ -104,6 +106,8 @@ class SparkStageOperator(SparkSubmitOperator):
         triggered the run, or the snapshots/dumps dated in the run's data interval."""
         if self.partitions_callable is not None:
             return self.partitions_callable(self.recipe_path, context)
+        if self.fixed_partition is not None:
+            return [dict(self.fixed_partition)]
         recipe = load_recipe(self.recipe_path)
         params = context.get("params") or {}
         requested = params.get("snapshot") or params.get("dump")

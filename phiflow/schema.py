@@ -116,8 +116,8 @@ NGRAM_ALLOWLIST = pa.schema(
 # One row per article of a Wikimedia dump. `language` comes from the dump (enwiki -> en), not from
 # a classifier: a wiki's language is known, so these rows skip langid and feed quality directly.
 WIKI_EXTRACTED = pa.schema(
-    DOCUMENT_FIELDS
-    + [
+    [
+        *DOCUMENT_FIELDS,
         pa.field("wiki", pa.string()),
         pa.field("page_id", pa.int64()),
         pa.field("revision_id", pa.int64()),
@@ -128,8 +128,8 @@ WIKI_EXTRACTED = pa.schema(
         pa.field("text", pa.string()),
         pa.field("wikitext_bytes", pa.int64()),
         pa.field("text_chars", pa.int64()),
+        *LANGID_FIELDS,
     ]
-    + LANGID_FIELDS
 )
 
 # Columns quality adds to its input rows (kept rows only are written).
@@ -142,8 +142,8 @@ QUALITY_FIELDS: list[pa.Field] = [
 
 # LLM annotations of sampled documents: the training data of the quality classifiers.
 QUALITY_ANNOTATIONS = pa.schema(
-    DOCUMENT_FIELDS
-    + [
+    [
+        *DOCUMENT_FIELDS,
         pa.field("language", pa.string()),
         pa.field("text", pa.string()),  # the excerpt the LLM saw
         pa.field("grade", pa.int32()),  # educational value 0-5

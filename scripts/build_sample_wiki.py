@@ -60,13 +60,17 @@ PY_DOC_ARTICLES = 110
 PY_DOC_MAX_BYTES = 60_000  # source HTML; keeps the sample ~1-2 MB
 MIN_ARTICLE_CHARS = 400  # source pages whose prose is shorter (tables of contents) become no article
 FORCED_PY_DOCS = ("library/math.html", "library/statistics.html", "library/cmath.html")
+MAIN_PAGES = {"en": "Main_Page", "de": "Wikipedia:Hauptseite", "fr": "Wikipédia:Accueil_principal",
+              "ja": "メインページ"}
 XMLNS = "http://www.mediawiki.org/xml/export-0.11/"
 
 # Formulas the math-heavy Python pages get as <math> (what the docs state in prose).
 FORMULAS = {
     "library/math.html": [r"\operatorname{dist}(p, q) = \sqrt{\sum_i (p_i - q_i)^2}", r"e^{i\pi} + 1 = 0"],
-    "library/statistics.html": [r"\bar{x} = \frac{1}{n}\sum_{i=1}^{n} x_i",
-                                r"s^2 = \frac{1}{n-1}\sum_{i=1}^{n} (x_i - \bar{x})^2"],
+    "library/statistics.html": [
+        r"\bar{x} = \frac{1}{n}\sum_{i=1}^{n} x_i",
+        r"s^2 = \frac{1}{n-1}\sum_{i=1}^{n} (x_i - \bar{x})^2",
+    ],
     "library/cmath.html": [r"z = r(\cos\varphi + i\sin\varphi) = re^{i\varphi}"],
 }
 
@@ -87,33 +91,150 @@ class Wiki:
     category: str  # the guide's category title
 
 
-NS_EN = {-2: "Media", -1: "Special", 1: "Talk", 2: "User", 3: "User talk", 4: "Wikipedia", 5: "Wikipedia talk",
-         6: "File", 7: "File talk", 8: "MediaWiki", 9: "MediaWiki talk", 10: "Template", 11: "Template talk",
-         12: "Help", 13: "Help talk", 14: "Category", 15: "Category talk", 100: "Portal", 828: "Module"}
+NS_EN = {
+    -2: "Media",
+    -1: "Special",
+    1: "Talk",
+    2: "User",
+    3: "User talk",
+    4: "Wikipedia",
+    5: "Wikipedia talk",
+    6: "File",
+    7: "File talk",
+    8: "MediaWiki",
+    9: "MediaWiki talk",
+    10: "Template",
+    11: "Template talk",
+    12: "Help",
+    13: "Help talk",
+    14: "Category",
+    15: "Category talk",
+    100: "Portal",
+    828: "Module",
+}
 WIKIS = [
-    Wiki("enwiki", "en", "en", NS_EN, "#REDIRECT", "Disambiguation", "may refer to", "References",
-         "External links", "Debian installation"),
-    Wiki("dewiki", "de", "de",
-         {-2: "Medium", -1: "Spezial", 1: "Diskussion", 2: "Benutzer", 3: "Benutzer Diskussion", 4: "Wikipedia",
-          5: "Wikipedia Diskussion", 6: "Datei", 7: "Datei Diskussion", 8: "MediaWiki", 9: "MediaWiki Diskussion",
-          10: "Vorlage", 11: "Vorlage Diskussion", 12: "Hilfe", 13: "Hilfe Diskussion", 14: "Kategorie",
-          15: "Kategorie Diskussion", 100: "Portal", 828: "Modul"},
-         "#WEITERLEITUNG", "Begriffsklärung", "steht für", "Einzelnachweise", "Weblinks", "Debian-Installation"),
-    Wiki("frwiki", "fr", "fr",
-         {-2: "Média", -1: "Spécial", 1: "Discussion", 2: "Utilisateur", 3: "Discussion utilisateur",
-          4: "Wikipédia", 5: "Discussion Wikipédia", 6: "Fichier", 7: "Discussion fichier", 8: "MediaWiki",
-          9: "Discussion MediaWiki", 10: "Modèle", 11: "Discussion modèle", 12: "Aide", 13: "Discussion aide",
-          14: "Catégorie", 15: "Discussion catégorie", 100: "Portail", 828: "Module"},
-         "#REDIRECTION", "Homonymie", "peut désigner", "Références", "Liens externes", "Installation de Debian"),
-    Wiki("jawiki", "ja", "ja",
-         {-2: "メディア", -1: "特別", 1: "ノート", 2: "利用者", 3: "利用者‐会話", 4: "Wikipedia",
-          5: "Wikipedia‐ノート", 6: "ファイル", 7: "ファイル‐ノート", 8: "MediaWiki", 9: "MediaWiki‐ノート",
-          10: "Template", 11: "Template‐ノート", 12: "Help", 13: "Help‐ノート", 14: "Category",
-          15: "Category‐ノート", 100: "Portal", 828: "モジュール"},
-         "#転送", "Aimai", "は以下を指す", "脚注", "外部リンク", "Debianのインストール"),
+    Wiki(
+        "enwiki",
+        "en",
+        "en",
+        NS_EN,
+        "#REDIRECT",
+        "Disambiguation",
+        "may refer to",
+        "References",
+        "External links",
+        "Debian installation",
+    ),
+    Wiki(
+        "dewiki",
+        "de",
+        "de",
+        {
+            -2: "Medium",
+            -1: "Spezial",
+            1: "Diskussion",
+            2: "Benutzer",
+            3: "Benutzer Diskussion",
+            4: "Wikipedia",
+            5: "Wikipedia Diskussion",
+            6: "Datei",
+            7: "Datei Diskussion",
+            8: "MediaWiki",
+            9: "MediaWiki Diskussion",
+            10: "Vorlage",
+            11: "Vorlage Diskussion",
+            12: "Hilfe",
+            13: "Hilfe Diskussion",
+            14: "Kategorie",
+            15: "Kategorie Diskussion",
+            100: "Portal",
+            828: "Modul",
+        },
+        "#WEITERLEITUNG",
+        "Begriffsklärung",
+        "steht für",
+        "Einzelnachweise",
+        "Weblinks",
+        "Debian-Installation",
+    ),
+    Wiki(
+        "frwiki",
+        "fr",
+        "fr",
+        {
+            -2: "Média",
+            -1: "Spécial",
+            1: "Discussion",
+            2: "Utilisateur",
+            3: "Discussion utilisateur",
+            4: "Wikipédia",
+            5: "Discussion Wikipédia",
+            6: "Fichier",
+            7: "Discussion fichier",
+            8: "MediaWiki",
+            9: "Discussion MediaWiki",
+            10: "Modèle",
+            11: "Discussion modèle",
+            12: "Aide",
+            13: "Discussion aide",
+            14: "Catégorie",
+            15: "Discussion catégorie",
+            100: "Portail",
+            828: "Module",
+        },
+        "#REDIRECTION",
+        "Homonymie",
+        "peut désigner",
+        "Références",
+        "Liens externes",
+        "Installation de Debian",
+    ),
+    Wiki(
+        "jawiki",
+        "ja",
+        "ja",
+        {
+            -2: "メディア",
+            -1: "特別",
+            1: "ノート",
+            2: "利用者",
+            3: "利用者‐会話",
+            4: "Wikipedia",
+            5: "Wikipedia‐ノート",
+            6: "ファイル",
+            7: "ファイル‐ノート",
+            8: "MediaWiki",
+            9: "MediaWiki‐ノート",
+            10: "Template",
+            11: "Template‐ノート",
+            12: "Help",
+            13: "Help‐ノート",
+            14: "Category",
+            15: "Category‐ノート",
+            100: "Portal",
+            828: "モジュール",
+        },
+        "#転送",
+        "Aimai",
+        "は以下を指す",
+        "脚注",
+        "外部リンク",
+        "Debianのインストール",
+    ),
 ]
-SKIP_CLASSES = {"navheader", "navfooter", "toc", "sphinxsidebar", "related", "footer", "headerlink",
-                "footnotes", "list-of-tables", "list-of-figures", "list-of-examples"}
+SKIP_CLASSES = {
+    "navheader",
+    "navfooter",
+    "toc",
+    "sphinxsidebar",
+    "related",
+    "footer",
+    "headerlink",
+    "footnotes",
+    "list-of-tables",
+    "list-of-figures",
+    "list-of-examples",
+}
 CODE_INLINE = {"code", "tt", "kbd", "samp", "var"}
 BOLD = {"strong", "b"}
 ITALIC = {"em", "i", "cite", "dfn"}
@@ -234,8 +355,10 @@ class WikitextWriter:
     def list_item(self, li: Any, prefix: str) -> None:
         parts, nested = [], []
         for c in li.child_nodes:
-            if c.type == NodeType.ELEMENT and c.tag in ("ul", "ol", "pre", "table", "div") and not (
-                c.tag == "div" and not c.get_elements_by_tag_name("pre")
+            if (
+                c.type == NodeType.ELEMENT
+                and c.tag in ("ul", "ol", "pre", "table", "div")
+                and not (c.tag == "div" and not c.get_elements_by_tag_name("pre"))
             ):
                 nested.append(c)
             elif c.type == NodeType.ELEMENT and c.tag == "p":
@@ -346,26 +469,33 @@ def decorate(article: Article, wiki: Wiki, interlang: dict[str, str], revision_d
     """Wrap an article's body in the templates, references and links a real article has."""
     h = stable_int("decorate", wiki.name, article.title)
     url = article.page.url
+    category = wiki.category if article.page.source != "python-doc" else "Python (programming language)"
     publisher = "Python Software Foundation" if article.page.source == "python-doc" else "Debian"
-    cite = (f"{{{{cite web |url={url} |title={article.title} |publisher={publisher} "
-            f"|access-date={revision_day}}}}}")
+    cite = f"{{{{cite web |url={url} |title={article.title} |publisher={publisher} |access-date={revision_day}}}}}"
     lines = [f"{{{{Short description|{article.title.split(' (')[0][:60]}}}}}"]
     if h % 3 == 0:
         lines.append(f"{{{{Use dmy dates|date={revision_day[:7]}}}}}")
     if article.page.source == "python-doc":
-        lines.append("{{Infobox software\n| name = Python\n| developer = [[Python Software Foundation]]\n"
-                     "| latest release version = 3.11.2\n| programming language = [[C (programming language)|C]], "
-                     "Python\n| license = [[Python Software Foundation License|PSF License]]\n}}")
+        lines.append(
+            "{{Infobox software\n| name = Python\n| developer = [[Python Software Foundation]]\n"
+            "| latest release version = 3.11.2\n| programming language = [[C (programming language)|C]], "
+            "Python\n| license = [[Python Software Foundation License|PSF License]]\n}}"
+        )
     elif h % 2 == 0:
-        lines.append("{{Infobox OS\n| name = Debian\n| developer = The Debian Project\n| family = [[Unix-like]]\n"
-                     "| released = {{Start date and age|1993|09|15}}\n| website = {{URL|https://www.debian.org}}\n}}")
+        lines.append(
+            "{{Infobox OS\n| name = Debian\n| developer = The Debian Project\n| family = [[Unix-like]]\n"
+            "| released = {{Start date and age|1993|09|15}}\n| website = {{URL|https://www.debian.org}}\n}}"
+        )
     body = list(article.body)
     first = next((i for i, b in enumerate(body) if not b.startswith(("<", "{|", "=", "*", "#", ";", ":"))), None)
     if first is not None:
-        body[first] = f"{body[first]}<ref name=\"src\">{cite}</ref>"
-        later = next((i for i, b in enumerate(body) if i > first + 1 and b.endswith(".") and not b.startswith(("*", "#", ":"))), None)
+        body[first] = f'{body[first]}<ref name="src">{cite}</ref>'
+        later = next(
+            (i for i, b in enumerate(body) if i > first + 1 and b.endswith(".") and not b.startswith(("*", "#", ":"))),
+            None,
+        )
         if later is not None:
-            body[later] = f"{body[later]}<ref name=\"src\" />"
+            body[later] = f'{body[later]}<ref name="src" />'
     if h % 4 == 1 and first is not None:
         body.insert(first + 1, f"[[{wiki.namespaces[6]}:Debian-OpenLogo.svg|thumb|upright=0.5|{article.title}]]")
     for k, tex in enumerate(FORMULAS.get(article.page.url.split("/3.11/", 1)[-1], [])):
@@ -374,9 +504,14 @@ def decorate(article: Article, wiki: Wiki, interlang: dict[str, str], revision_d
     if article.page.source == "installation-guide" and h % 5 == 2:
         body.append("{{lang|en|Debian GNU/Linux}} {{nowrap|Debian 12 «bookworm»}}")
     lines += body
-    lines += [f"== {wiki.references} ==", "{{Reflist}}", f"== {wiki.external_links} ==",
-              f"* [{url} {article.title}] ({publisher})", "{{Debian navbox}}" if h % 2 else "{{Authority control}}",
-              f"[[{wiki.namespaces[14]}:{wiki.category if article.page.source != 'python-doc' else 'Python (programming language)'}]]"]
+    lines += [
+        f"== {wiki.references} ==",
+        "{{Reflist}}",
+        f"== {wiki.external_links} ==",
+        f"* [{url} {article.title}] ({publisher})",
+        "{{Debian navbox}}" if h % 2 else "{{Authority control}}",
+        f"[[{wiki.namespaces[14]}:{category}]]",
+    ]
     lines += [f"[[{lang}:{title}]]" for lang, title in sorted(interlang.items()) if lang != wiki.lang]
     return "\n\n".join(lines) + "\n"
 
@@ -392,25 +527,56 @@ def extra_pages(wiki: Wiki, articles: list[Article]) -> list[DumpPage]:
         if alias in taken:
             continue
         taken.add(alias)
-        out.append(DumpPage(alias, 0, f"{wiki.redirect} [[{a.title}]]\n\n{{{{R from other capitalisation}}}}\n",
-                            "redirect", redirect=a.title))
+        out.append(
+            DumpPage(
+                alias,
+                0,
+                f"{wiki.redirect} [[{a.title}]]\n\n{{{{R from other capitalisation}}}}\n",
+                "redirect",
+                redirect=a.title,
+            )
+        )
     dab = sorted(a.title for a in articles)[:6]
-    out.append(DumpPage(f"Debian ({wiki.disambig})", 0,
-                        f"'''Debian''' {wiki.may_refer}:\n\n" + "\n".join(f"* [[{t}]]" for t in dab)
-                        + f"\n\n{{{{{wiki.disambig}}}}}\n", "disambiguation"))
+    out.append(
+        DumpPage(
+            f"Debian ({wiki.disambig})",
+            0,
+            f"'''Debian''' {wiki.may_refer}:\n\n"
+            + "\n".join(f"* [[{t}]]" for t in dab)
+            + f"\n\n{{{{{wiki.disambig}}}}}\n",
+            "disambiguation",
+        )
+    )
     first = articles[0]
     prose = next(b for b in first.body if not b.startswith(("<", "{|", "=", "*", "#", ";", ":")))
     out += [
-        DumpPage(f"{ns[1]}:{first.title}", 1, f"== Merge proposal ==\n{prose[:300]} ~~~~\n:Agreed. ~~~~\n", "other_namespace"),
-        DumpPage(f"{ns[2]}:Example editor", 2, "{{User Debian}}\n{{Babel|" + wiki.lang + "|en-3}}\n", "other_namespace"),
-        DumpPage(f"{ns[10]}:Debian navbox", 10,
-                 "{{Navbox\n| name = Debian navbox\n| title = [[Debian]]\n| list1 = "
-                 + " • ".join(f"[[{a.title}]]" for a in articles[:5]) + "\n}}<noinclude>[[" + ns[14] + ":Navigational boxes]]</noinclude>\n",
-                 "other_namespace"),
+        DumpPage(
+            f"{ns[1]}:{first.title}", 1, f"== Merge proposal ==\n{prose[:300]} ~~~~\n:Agreed. ~~~~\n", "other_namespace"
+        ),
+        DumpPage(
+            f"{ns[2]}:Example editor", 2, "{{User Debian}}\n{{Babel|" + wiki.lang + "|en-3}}\n", "other_namespace"
+        ),
+        DumpPage(
+            f"{ns[10]}:Debian navbox",
+            10,
+            "{{Navbox\n| name = Debian navbox\n| title = [[Debian]]\n| list1 = "
+            + " • ".join(f"[[{a.title}]]" for a in articles[:5])
+            + "\n}}<noinclude>[["
+            + ns[14]
+            + ":Navigational boxes]]</noinclude>\n",
+            "other_namespace",
+        ),
         DumpPage(f"{ns[14]}:{wiki.category}", 14, f"{prose[:200]}\n\n[[{ns[14]}:Debian]]\n", "other_namespace"),
-        DumpPage(f"{ns[6]}:Debian-OpenLogo.svg", 6, "== Summary ==\n{{Information\n| description = Debian logo\n"
-                 "| source = https://www.debian.org/logos/\n| author = Raphaël Hertzog\n}}\n", "other_namespace"),
-        DumpPage(f"{ns[4]}:WikiProject Debian", 4, f"{prose[:250]}\n\n{{{{WikiProject banner shell}}}}\n", "other_namespace"),
+        DumpPage(
+            f"{ns[6]}:Debian-OpenLogo.svg",
+            6,
+            "== Summary ==\n{{Information\n| description = Debian logo\n"
+            "| source = https://www.debian.org/logos/\n| author = Raphaël Hertzog\n}}\n",
+            "other_namespace",
+        ),
+        DumpPage(
+            f"{ns[4]}:WikiProject Debian", 4, f"{prose[:250]}\n\n{{{{WikiProject banner shell}}}}\n", "other_namespace"
+        ),
     ]
     return out
 
@@ -423,13 +589,16 @@ def broken_pages(wiki: Wiki, articles: list[Article], kinds: list[str]) -> list[
         prose = [b for b in victim.body if not b.startswith(("<", "{|", "=", "*", "#", ";", ":"))][:3]
         if kind == "unterminated_template":
             # A vandalised/half-saved edit: the infobox never closes, the parser sees raw braces.
-            text = "{{Infobox software\n| name = Debian\n| developer = The Debian Project\n\n" + "\n\n".join(prose) + "\n"
+            text = (
+                "{{Infobox software\n| name = Debian\n| developer = The Debian Project\n\n" + "\n\n".join(prose) + "\n"
+            )
             out.append(DumpPage(f"{victim.title} (draft)", 0, text, "unterminated_template"))
         elif kind == "invalid_xml":
             # An HTML entity written into the XML unescaped: XML only defines five named entities.
             body = "\n\n".join(prose).translate({ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;"})
-            out.append(DumpPage(f"{victim.title} (copy)", 0, "", "invalid_xml",
-                                raw_xml_text=body.replace(" ", "&nbsp;", 3)))
+            out.append(
+                DumpPage(f"{victim.title} (copy)", 0, "", "invalid_xml", raw_xml_text=body.replace(" ", "&nbsp;", 3))
+            )
     return out
 
 
@@ -451,16 +620,25 @@ def sha1_base36(data: bytes) -> str:
 
 
 def siteinfo_xml(wiki: Wiki) -> str:
-    lines = [f'<mediawiki xmlns="{XMLNS}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-             f'xsi:schemaLocation="{XMLNS} http://www.mediawiki.org/xml/export-0.11.xsd" version="0.11" '
-             f'xml:lang="{wiki.lang}">',
-             "  <siteinfo>", "    <sitename>Wikipedia</sitename>", f"    <dbname>{wiki.name}</dbname>",
-             f"    <base>https://{wiki.lang}.wikipedia.org/wiki/{'Main_Page' if wiki.lang == 'en' else 'Wikipedia:Hauptseite'}</base>",
-             "    <generator>MediaWiki 1.43.0-wmf.8</generator>", "    <case>first-letter</case>", "    <namespaces>"]
+    lines = [
+        f'<mediawiki xmlns="{XMLNS}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+        f'xsi:schemaLocation="{XMLNS} http://www.mediawiki.org/xml/export-0.11.xsd" version="0.11" '
+        f'xml:lang="{wiki.lang}">',
+        "  <siteinfo>",
+        "    <sitename>Wikipedia</sitename>",
+        f"    <dbname>{wiki.name}</dbname>",
+        f"    <base>https://{wiki.lang}.wikipedia.org/wiki/{MAIN_PAGES[wiki.lang]}</base>",
+        "    <generator>MediaWiki 1.43.0-wmf.8</generator>",
+        "    <case>first-letter</case>",
+        "    <namespaces>",
+    ]
     for key in sorted([*wiki.namespaces, 0]):
         name = wiki.namespaces.get(key)
-        lines.append(f'      <namespace key="{key}" case="first-letter" />' if name is None
-                     else f'      <namespace key="{key}" case="first-letter">{xml_escape(name)}</namespace>')
+        lines.append(
+            f'      <namespace key="{key}" case="first-letter" />'
+            if name is None
+            else f'      <namespace key="{key}" case="first-letter">{xml_escape(name)}</namespace>'
+        )
     lines += ["    </namespaces>", "  </siteinfo>", ""]
     return "\n".join(lines)
 
@@ -469,17 +647,36 @@ def page_xml(page: DumpPage, page_id: int, rev_id: int, timestamp: str) -> str:
     text = page.raw_xml_text if page.raw_xml_text is not None else xml_escape(page.wikitext)
     raw = page.wikitext.encode() if page.raw_xml_text is None else page.raw_xml_text.encode()
     user = ["Debian-doc-bot", "Example editor", "Importer"][page_id % 3]
-    lines = ["  <page>", f"    <title>{xml_escape(page.title)}</title>", f"    <ns>{page.ns}</ns>", f"    <id>{page_id}</id>"]
+    lines = [
+        "  <page>",
+        f"    <title>{xml_escape(page.title)}</title>",
+        f"    <ns>{page.ns}</ns>",
+        f"    <id>{page_id}</id>",
+    ]
     if page.redirect:
         lines.append(f'    <redirect title="{xml_escape(page.redirect)}" />')
-    lines += ["    <revision>", f"      <id>{rev_id}</id>", f"      <parentid>{rev_id - 1 - page_id % 7}</parentid>",
-              f"      <timestamp>{timestamp}</timestamp>", "      <contributor>", f"        <username>{user}</username>",
-              f"        <id>{1000 + page_id % 3}</id>", "      </contributor>"]
+    lines += [
+        "    <revision>",
+        f"      <id>{rev_id}</id>",
+        f"      <parentid>{rev_id - 1 - page_id % 7}</parentid>",
+        f"      <timestamp>{timestamp}</timestamp>",
+        "      <contributor>",
+        f"        <username>{user}</username>",
+        f"        <id>{1000 + page_id % 3}</id>",
+        "      </contributor>",
+    ]
     if page_id % 4 == 0:
         lines.append("      <comment>copyedit</comment>")
-    lines += [f"      <origin>{rev_id}</origin>", "      <model>wikitext</model>", "      <format>text/x-wiki</format>",
-              f'      <text bytes="{len(raw)}" sha1="{sha1_base36(raw)}" xml:space="preserve">{text}</text>',
-              f"      <sha1>{sha1_base36(raw)}</sha1>", "    </revision>", "  </page>", ""]
+    lines += [
+        f"      <origin>{rev_id}</origin>",
+        "      <model>wikitext</model>",
+        "      <format>text/x-wiki</format>",
+        f'      <text bytes="{len(raw)}" sha1="{sha1_base36(raw)}" xml:space="preserve">{text}</text>',
+        f"      <sha1>{sha1_base36(raw)}</sha1>",
+        "    </revision>",
+        "  </page>",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -494,14 +691,16 @@ def write_dump(out: Path, wiki: Wiki, pages: list[DumpPage], truncate_stream: in
     expect: Counter[str] = Counter()
     offset = len(streams[0])
     page_id, rev_id = 10, 1_200_000 + stable_int(wiki.name) % 100_000
-    groups = [pages[i:i + PAGES_PER_STREAM] for i in range(0, len(pages), PAGES_PER_STREAM)]
+    groups = [pages[i : i + PAGES_PER_STREAM] for i in range(0, len(pages), PAGES_PER_STREAM)]
     lost: list[str] = []
     for s, group in enumerate(groups):
         chunks = []
         for page in group:
             page_id += 1 + stable_int("gap", wiki.name, page.title) % 3
             rev_id += 1 + stable_int("rev", wiki.name, page.title) % 50
-            stamp = (base_time + timedelta(minutes=stable_int("ts", page.title) % 40_000)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            stamp = (base_time + timedelta(minutes=stable_int("ts", page.title) % 40_000)).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            )
             chunks.append(page_xml(page, page_id, rev_id, stamp))
             index_lines.append(f"{offset}:{page_id}:{page.title}")
             page.origin.update(page_id=str(page_id), rev_id=str(rev_id))
@@ -520,9 +719,15 @@ def write_dump(out: Path, wiki: Wiki, pages: list[DumpPage], truncate_stream: in
     index = folder / f"{stem}-index.txt.bz2"
     index.write_bytes(bz2.compress(("\n".join(index_lines) + "\n").encode(), 9))
     return {
-        "dump": dump.relative_to(out).as_posix(), "index": index.relative_to(out).as_posix(),
-        "language": wiki.lang, "pages": len(pages), "page_streams": len(groups), "bytes": dump.stat().st_size,
-        "articles": expect.pop("article", 0), "dropped": dict(sorted(expect.items())), "lost_in_truncated_stream": lost,
+        "dump": dump.relative_to(out).as_posix(),
+        "index": index.relative_to(out).as_posix(),
+        "language": wiki.lang,
+        "pages": len(pages),
+        "page_streams": len(groups),
+        "bytes": dump.stat().st_size,
+        "articles": expect.pop("article", 0),
+        "dropped": dict(sorted(expect.items())),
+        "lost_in_truncated_stream": lost,
     }
 
 
@@ -565,28 +770,59 @@ def build(out: Path, cache: Path) -> dict[str, Any]:
         for a in per_wiki[w.name]:
             if a.page.source == "installation-guide":
                 by_file.setdefault(a.page.path.name, {})[w.lang] = a.title
-    broken = {"enwiki": ["unterminated_template"], "dewiki": ["unterminated_template"],
-              "frwiki": ["invalid_xml"], "jawiki": ["invalid_xml"]}
+    broken = {
+        "enwiki": ["unterminated_template"],
+        "dewiki": ["unterminated_template"],
+        "frwiki": ["invalid_xml"],
+        "jawiki": ["invalid_xml"],
+    }
     dumps, labels = {}, []
     for w in WIKIS:
         articles = per_wiki[w.name]
-        pages = [DumpPage(a.title, 0, decorate(a, w, by_file.get(a.page.path.name, {}) if a.page.source != "python-doc" else {},
-                                               "2024-05-20"), "article",
-                          origin={"url": a.page.url, "source": a.page.source}) for a in articles]
+        pages = [
+            DumpPage(
+                a.title,
+                0,
+                decorate(
+                    a, w, by_file.get(a.page.path.name, {}) if a.page.source != "python-doc" else {}, "2024-05-20"
+                ),
+                "article",
+                origin={"url": a.page.url, "source": a.page.source},
+            )
+            for a in articles
+        ]
         pages += extra_pages(w, articles) + broken_pages(w, articles, broken[w.name])
         pages.sort(key=lambda p: stable_int("order", w.name, p.title))
         if w.name == "enwiki":  # talk pages of a bulk import, in a stream that the dump lost the end of
-            talk = [DumpPage(f"{w.namespaces[1]}:{a.title}", 1, f"== Sources ==\nImported from {a.page.url}. ~~~~\n",
-                             "other_namespace") for a in articles[:PAGES_PER_STREAM]]
+            talk = [
+                DumpPage(
+                    f"{w.namespaces[1]}:{a.title}",
+                    1,
+                    f"== Sources ==\nImported from {a.page.url}. ~~~~\n",
+                    "other_namespace",
+                )
+                for a in articles[:PAGES_PER_STREAM]
+            ]
             cut = (len(pages) // PAGES_PER_STREAM) * PAGES_PER_STREAM  # a stream boundary
             pages = pages[:cut] + talk + pages[cut:]
             dumps[w.name] = write_dump(out, w, pages, truncate_stream=cut // PAGES_PER_STREAM)
         else:
             dumps[w.name] = write_dump(out, w, pages, truncate_stream=None)
-        labels += [{"wiki": w.name, "page_id": int(p.origin["page_id"]), "rev_id": int(p.origin["rev_id"]),
-                    "title": p.title, "source": p.origin["source"], "origin_url": p.origin["url"]}
-                   for p in pages if p.expect == "article" and "url" in p.origin]
-    (out / "labels.jsonl").write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in labels), encoding="utf-8")
+        labels += [
+            {
+                "wiki": w.name,
+                "page_id": int(p.origin["page_id"]),
+                "rev_id": int(p.origin["rev_id"]),
+                "title": p.title,
+                "source": p.origin["source"],
+                "origin_url": p.origin["url"],
+            }
+            for p in pages
+            if p.expect == "article" and "url" in p.origin
+        ]
+    (out / "labels.jsonl").write_text(
+        "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in labels), encoding="utf-8"
+    )
     versions = {pkg: deb_version(deb) for pkg, deb in debs.items()}
     expected = {"date": DUMP_DATE, "pages_per_stream": PAGES_PER_STREAM, "packages": versions, "dumps": dumps}
     (out / "EXPECTED.json").write_text(json.dumps(expected, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -608,8 +844,8 @@ Layout as on dumps.wikimedia.org: `<wiki>/<date>/<wiki>-<date>-pages-articles-mu
 (MediaWiki export schema 0.11; stream 0 holds `<mediawiki>` + `<siteinfo>`, then {PAGES_PER_STREAM} pages per bz2
 stream, then a stream with `</mediawiki>`) and `…-multistream-index.txt.bz2` (`offset:page_id:title`).
 
-Text: real pages of the Debian installation guide {expected['packages'][GUIDE_PKG]} (GPL-2) in the wiki's
-language and, in enwiki, of the Python 3.11 documentation {expected['packages'][PY_DOC_PKG]} (PSF licence),
+Text: real pages of the Debian installation guide {expected["packages"][GUIDE_PKG]} (GPL-2) in the wiki's
+language and, in enwiki, of the Python 3.11 documentation {expected["packages"][PY_DOC_PKG]} (PSF licence),
 rewritten as wikitext (templates, refs, wikitables, links, categories, files, `<math>`, `<syntaxhighlight>`),
 plus redirects, a disambiguation page and pages of other namespaces. Licences: see `../licenses/`.
 
@@ -633,8 +869,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     expected = build(args.out.resolve(), args.cache.resolve())
     for name, d in expected["dumps"].items():
-        print(f"{name}: {d['pages']} pages in {d['page_streams']} streams, {d['articles']} articles, "
-              f"dropped {d['dropped']}, {d['bytes']} bytes")
+        print(
+            f"{name}: {d['pages']} pages in {d['page_streams']} streams, {d['articles']} articles, "
+            f"dropped {d['dropped']}, {d['bytes']} bytes"
+        )
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"total on disk: {total} bytes")
     return 0

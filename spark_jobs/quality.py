@@ -16,7 +16,15 @@ from pyspark.sql import functions as F
 
 from phiflow.manifest import Manifest
 from phiflow.recipe import QualityParams, WikipediaSource
-from phiflow.schema import QUALITY_FIELDS, QUALITY_MODELS, WEB_EXTRACTED, WIKI_EXTRACTED, LANGID_FIELDS, with_drop_reason, with_fields
+from phiflow.schema import (
+    LANGID_FIELDS,
+    QUALITY_FIELDS,
+    QUALITY_MODELS,
+    WEB_EXTRACTED,
+    WIKI_EXTRACTED,
+    with_drop_reason,
+    with_fields,
+)
 from spark_jobs.quality_classifier import label_probs, load_bytes
 from spark_jobs.quality_rules import drop_reason
 from spark_jobs.stage_io import (
@@ -45,20 +53,30 @@ def score_batches(params: QualityParams, out: pa.Schema, models: dict[str, bytes
         for batch in batches:
             texts = batch.column("text").to_pylist()
             langs = batch.column("language").to_pylist()
-            reasons = [drop_reason(t, lang, params.outliers, params.rules) for t, lang in zip(texts, langs, strict=True)]
+            reasons = [
+                drop_reason(t, lang, params.outliers, params.rules) for t, lang in zip(texts, langs, strict=True)
+            ]
             ok = [i for i, r in enumerate(reasons) if r is None]
             score = [None] * len(texts)
             topic, topic_score = [None] * len(texts), [None] * len(texts)
             if ok and "educational" in loaded:
-                for i, probs in zip(ok, label_probs(loaded["educational"], [texts[i] for i in ok], params.max_chars), strict=True):
+                for i, probs in zip(
+                    ok, label_probs(loaded["educational"], [texts[i] for i in ok], params.max_chars), strict=True
+                ):
                     score[i] = probs.get("high", 0.0)
             if ok and "topic" in loaded:
-                for i, probs in zip(ok, label_probs(loaded["topic"], [texts[i] for i in ok], params.max_chars), strict=True):
+                for i, probs in zip(
+                    ok, label_probs(loaded["topic"], [texts[i] for i in ok], params.max_chars), strict=True
+                ):
                     topic[i], topic_score[i] = max(probs.items(), key=lambda kv: (kv[1], kv[0]))
             cols = {f.name: batch.column(f.name) for f in batch.schema if f.name in out.names}
-            cols.update(quality_score=pa.array(score, pa.float32()), topic=pa.array(topic, pa.string()),
-                        topic_score=pa.array(topic_score, pa.float32()), selected_by=pa.nulls(len(texts), pa.string()),
-                        drop_reason=pa.array(reasons, pa.string()))
+            cols.update(
+                quality_score=pa.array(score, pa.float32()),
+                topic=pa.array(topic, pa.string()),
+                topic_score=pa.array(topic_score, pa.float32()),
+                selected_by=pa.nulls(len(texts), pa.string()),
+                drop_reason=pa.array(reasons, pa.string()),
+            )
             yield pa.RecordBatch.from_arrays([cols[n] for n in out.names], schema=out)
 
     return run
@@ -77,8 +95,13 @@ def boundary(df, n: int):
     """(score, doc_id) of the n-th best row by score desc, doc_id asc: a total, layout-free order."""
     if n <= 0:
         return None
-    rows = df.orderBy(F.col("quality_score").desc(), F.col("doc_id")).limit(n).orderBy(
-        F.col("quality_score"), F.col("doc_id").desc()).select("quality_score", "doc_id").first()
+    rows = (
+        df.orderBy(F.col("quality_score").desc(), F.col("doc_id"))
+        .limit(n)
+        .orderBy(F.col("quality_score"), F.col("doc_id").desc())
+        .select("quality_score", "doc_id")
+        .first()
+    )
     return rows
 
 
@@ -95,20 +118,27 @@ def select(rows, params: QualityParams):
     n = survivors.count()
     if not n or survivors.filter(F.col("quality_score").isNotNull()).count() == 0:
         return rows.withColumn("selected_by", F.when(F.col("drop_reason").isNull(), F.lit("rules_only")))
-    top = at_or_above(boundary(survivors, int(round(params.keep_fraction * n))))
+    top = at_or_above(boundary(survivors, round(params.keep_fraction * n)))
     non_stem = ~F.col("topic").isin(params.stem_topics) & (F.col("quality_score") >= params.non_stem_min_score)
     candidates = survivors.filter(~top & non_stem)
-    quota = at_or_above(boundary(candidates, int(round(params.non_stem_quota * n))))
+    quota = at_or_above(boundary(candidates, round(params.non_stem_quota * n)))
     alive = F.col("drop_reason").isNull()
     return rows.withColumn(
-        "selected_by", F.when(alive & top, "top_fraction").when(alive & non_stem & quota, "non_stem_quota"),
-    ).withColumn("drop_reason", F.when(alive & F.col("selected_by").isNull(), "below_quality_threshold")
-                 .otherwise(F.col("drop_reason")))
+        "selected_by",
+        F.when(alive & top, "top_fraction").when(alive & non_stem & quota, "non_stem_quota"),
+    ).withColumn(
+        "drop_reason",
+        F.when(alive & F.col("selected_by").isNull(), "below_quality_threshold").otherwise(F.col("drop_reason")),
+    )
 
 
 def topic_mix(df) -> dict[str, int]:
-    return dict(sorted(((r["topic"] or "none", int(r["count"])) for r in df.groupBy("topic").count().collect()),
-                       key=lambda kv: -kv[1]))
+    return dict(
+        sorted(
+            ((r["topic"] or "none", int(r["count"])) for r in df.groupBy("topic").count().collect()),
+            key=lambda kv: -kv[1],
+        )
+    )
 
 
 def run(spark, ctx: StageContext) -> Manifest:
@@ -118,18 +148,36 @@ def run(spark, ctx: StageContext) -> Manifest:
     out = with_fields(schema, QUALITY_FIELDS)
     models, model_manifest = load_models(spark, ctx, params)
     docs = spark.read.schema(spark_schema(schema)).parquet(*ctx.lake.data_files(source))
-    print(f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents, models {sorted(models)}", flush=True)
+    print(
+        f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents, models {sorted(models)}",
+        flush=True,
+    )
     scored = docs.mapInArrow(score_batches(params, with_drop_reason(out), models), spark_schema(with_drop_reason(out)))
     rows = select(scored.persist(), params).persist()
     try:
-        before = topic_mix(rows.filter(F.col("drop_reason").isNull() | (F.col("drop_reason") == "below_quality_threshold")))
+        before = topic_mix(
+            rows.filter(F.col("drop_reason").isNull() | (F.col("drop_reason") == "below_quality_threshold"))
+        )
         after = topic_mix(rows.filter(F.col("drop_reason").isNull()))
-        selected = {r["selected_by"]: int(r["count"]) for r in rows.groupBy("selected_by").count().collect() if r["selected_by"]}
+        selected = {
+            r["selected_by"]: int(r["count"]) for r in rows.groupBy("selected_by").count().collect() if r["selected_by"]
+        }
         inputs = [source.input_ref()] + ([model_manifest.input_ref()] if model_manifest else [])
         manifest = commit_partition(
-            spark, ctx, stage=STAGE, dataset=f"{ctx.source}.quality", rows=rows, schema=out, inputs=inputs,
+            spark,
+            ctx,
+            stage=STAGE,
+            dataset=f"{ctx.source}.quality",
+            rows=rows,
+            schema=out,
+            inputs=inputs,
             reasons=count_reasons(rows),
-            counters={"read": source.row_count, "topics_before": before, "topics_after": after, "selected_by": selected},
+            counters={
+                "read": source.row_count,
+                "topics_before": before,
+                "topics_after": after,
+                "selected_by": selected,
+            },
         )
     finally:
         rows.unpersist()

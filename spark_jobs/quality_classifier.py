@@ -45,8 +45,17 @@ def train(texts: Sequence[str], labels: Sequence[str], p: QualityTrainParams, ma
         for attempt in range(3):
             try:
                 return fasttext.train_supervised(
-                    input=path, epoch=p.epoch, lr=p.lr / 2**attempt, wordNgrams=p.word_ngrams, dim=p.dim,
-                    minn=p.minn, maxn=p.maxn, bucket=p.bucket, thread=1, seed=p.seed, verbose=0,
+                    input=path,
+                    epoch=p.epoch,
+                    lr=p.lr / 2**attempt,
+                    wordNgrams=p.word_ngrams,
+                    dim=p.dim,
+                    minn=p.minn,
+                    maxn=p.maxn,
+                    bucket=p.bucket,
+                    thread=1,
+                    seed=p.seed,
+                    verbose=0,
                 )
             except RuntimeError as err:
                 if "NaN" not in str(err) or attempt == 2:
@@ -73,8 +82,10 @@ def load_bytes(data: bytes) -> Any:
 def label_probs(model: Any, texts: Sequence[str], max_chars: int) -> list[dict[str, float]]:
     """Probability of every label for each text (fastText's batched predict)."""
     labels, probs = model.predict([prepare(t, max_chars) for t in texts], k=-1)
-    return [{lab.removeprefix("__label__"): float(p) for lab, p in zip(ls, ps, strict=True)}
-            for ls, ps in zip(labels, probs, strict=True)]
+    return [
+        {lab.removeprefix("__label__"): float(p) for lab, p in zip(ls, ps, strict=True)}
+        for ls, ps in zip(labels, probs, strict=True)
+    ]
 
 
 def roc_auc(y: Sequence[bool], scores: Sequence[float]) -> float:
@@ -103,7 +114,8 @@ def binary_metrics(y: Sequence[bool], scores: Sequence[float], threshold: float 
     fp = sum(p and not t for p, t in zip(pred, y, strict=True))
     fn = sum(t and not p for p, t in zip(pred, y, strict=True))
     return {
-        "n": len(y), "positives": int(sum(y)),
+        "n": len(y),
+        "positives": int(sum(y)),
         "precision": round(tp / (tp + fp), 4) if tp + fp else 0.0,
         "recall": round(tp / (tp + fn), 4) if tp + fn else 0.0,
         "auc": round(roc_auc(y, scores), 4),

@@ -19,7 +19,9 @@ from functools import cached_property
 
 from phiflow.recipe import C4Rules, GopherQuality, GopherRepetition, HeuristicRules, OutlierParams
 
-MOJIBAKE_RE = re.compile(r"[ÃÂÐÑØÙâÅÄ][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013-\u203a\u20ac\u2122]")
+MOJIBAKE_RE = re.compile(
+    r"[ÃÂÐÑØÙâÅÄ][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013-\u203a\u20ac\u2122]"
+)
 BULLETS = ("-", "*", "•", "‣", "◦", "·", "–")
 
 
@@ -43,8 +45,11 @@ class Doc:
 
 # -- outliers (corruption and binary text) ------------------------------------------------
 def binary_fraction(text: str) -> float:
-    bad = sum(1 for c in text if (unicodedata.category(c) in ("Cc", "Co", "Cs", "Cn") and c not in "\n\t\r\f")
-              or c == "\ufffd")
+    bad = sum(
+        1
+        for c in text
+        if (unicodedata.category(c) in ("Cc", "Co", "Cs", "Cn") and c not in "\n\t\r\f") or c == "\ufffd"
+    )
     return bad / max(len(text), 1)
 
 
@@ -61,7 +66,7 @@ def compression_ratio(text: str) -> float:
 def singleton_bigram_fraction(text: str) -> float:
     """Share of character-bigram occurrences whose bigram occurs once: high for random noise."""
     chars = "".join(text.split())
-    counts = Counter(chars[i:i + 2] for i in range(len(chars) - 1))
+    counts = Counter(chars[i : i + 2] for i in range(len(chars) - 1))
     total = sum(counts.values())
     return sum(1 for n in counts.values() if n == 1) / max(total, 1)
 
@@ -78,7 +83,10 @@ def outlier_reason(doc: Doc, p: OutlierParams) -> str | None:
         return "outlier:compression_low"
     if ratio > p.max_compression_ratio:
         return "outlier:compression_high"
-    if not doc.spaceless(p.ngram_skip_languages) and singleton_bigram_fraction(doc.text) > p.max_singleton_bigram_fraction:
+    if (
+        not doc.spaceless(p.ngram_skip_languages)
+        and singleton_bigram_fraction(doc.text) > p.max_singleton_bigram_fraction
+    ):
         return "outlier:char_ngram_noise"
     return None
 
@@ -97,7 +105,7 @@ def _dup_fraction(items: list[str]) -> tuple[float, float]:
 
 
 def top_ngram_char_fraction(words: list[str], n: int) -> float:
-    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
     if not grams:
         return 0.0
     gram, count = grams.most_common(1)[0]
@@ -110,7 +118,7 @@ def dup_ngram_char_fraction(words: list[str], n: int) -> float:
     """Share of word characters inside n-grams that occur more than once (each word counted once)."""
     if len(words) < n:
         return 0.0
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     counts = Counter(grams)
     covered = [False] * len(words)
     for i, g in enumerate(grams):

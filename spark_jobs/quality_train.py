@@ -47,10 +47,19 @@ def fit(rows: list[dict], p: QualityTrainParams, stem_topics: list[str]) -> list
         else:  # topic: P(STEM) against STEM-or-not, the split the quota acts on
             y = [r["topic"] in stem_topics for r in held]
             scores = [sum(v for k, v in pr.items() if k in stem_topics) for pr in probs]
-        metrics = {**binary_metrics(y, scores), "train": len(train_rows), "labels": dict(sorted(
-            {lab: labels.count(lab) for lab in set(labels)}.items()))}
-        out.append({"name": name, "labels": sorted(set(labels)), "model": model_bytes(model),
-                    "metrics": json.dumps(metrics, sort_keys=True)})
+        metrics = {
+            **binary_metrics(y, scores),
+            "train": len(train_rows),
+            "labels": dict(sorted({lab: labels.count(lab) for lab in set(labels)}.items())),
+        }
+        out.append(
+            {
+                "name": name,
+                "labels": sorted(set(labels)),
+                "model": model_bytes(model),
+                "metrics": json.dumps(metrics, sort_keys=True),
+            }
+        )
     return out
 
 
@@ -60,22 +69,36 @@ def run(spark, ctx: StageContext) -> Manifest:
     manifests = [m for s in sources for m in ctx.lake.partitions(f"{s}.annotations")]
     if not manifests:
         raise NotEnoughAnnotations(f"no committed annotations of {sources}: run quality_annotate first")
-    table = spark.read.schema(spark_schema(QUALITY_ANNOTATIONS)).parquet(
-        *[f for m in manifests for f in ctx.lake.data_files(m)]).select("doc_id", "text", "grade", "topic")
+    table = (
+        spark.read.schema(spark_schema(QUALITY_ANNOTATIONS))
+        .parquet(*[f for m in manifests for f in ctx.lake.data_files(m)])
+        .select("doc_id", "text", "grade", "topic")
+    )
     rows = sorted((r.asDict() for r in table.collect()), key=lambda r: r["doc_id"])
     fitted = fit(rows, p, ctx.recipe.stages.quality.stem_topics)
-    df = spark.createDataFrame(pa.Table.from_pylist([{**r, "drop_reason": None} for r in fitted],
-                                                    schema=with_drop_reason(QUALITY_MODELS)).to_pandas(),
-                               schema=spark_schema(with_drop_reason(QUALITY_MODELS)))
+    df = spark.createDataFrame(
+        pa.Table.from_pylist(
+            [{**r, "drop_reason": None} for r in fitted], schema=with_drop_reason(QUALITY_MODELS)
+        ).to_pandas(),
+        schema=spark_schema(with_drop_reason(QUALITY_MODELS)),
+    )
     metrics = {r["name"]: json.loads(r["metrics"]) for r in fitted}
     manifest = commit_partition(
-        spark, ctx, stage=STAGE, dataset=DATASET, rows=df, schema=QUALITY_MODELS,
-        inputs=[m.input_ref() for m in manifests], reasons={None: len(fitted)},
+        spark,
+        ctx,
+        stage=STAGE,
+        dataset=DATASET,
+        rows=df,
+        schema=QUALITY_MODELS,
+        inputs=[m.input_ref() for m in manifests],
+        reasons={None: len(fitted)},
         counters={"read": len(rows), "metrics": metrics},
     )
     print_summary(manifest)
     for name, m in metrics.items():
-        print(f"[phiflow]   {name}: held-out precision {m['precision']} recall {m['recall']} AUC {m['auc']} (n={m['n']})")
+        print(
+            f"[phiflow]   {name}: held-out precision {m['precision']} recall {m['recall']} AUC {m['auc']} (n={m['n']})"
+        )
     return manifest
 
 

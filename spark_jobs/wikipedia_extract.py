@@ -55,17 +55,29 @@ class FailureBudgetExceeded(RuntimeError):
 
 
 def clean_config(params: WikipediaExtractParams) -> CleanConfig:
-    return CleanConfig(frozenset(s.lower() for s in params.drop_sections),
-                       frozenset(t.lower() for t in params.disambiguation_templates))
+    return CleanConfig(
+        frozenset(s.lower() for s in params.drop_sections),
+        frozenset(t.lower() for t in params.disambiguation_templates),
+    )
 
 
-def page_rows(source: str, site: SiteInfo, offset: int, xml_text: str, params: WikipediaExtractParams) -> Iterator[dict[str, Any]]:
+def page_rows(
+    source: str, site: SiteInfo, offset: int, xml_text: str, params: WikipediaExtractParams
+) -> Iterator[dict[str, Any]]:
     """Rows (kept and dropped) of one decompressed stream."""
     cfg = clean_config(params)
     for page in iter_pages(site, xml_text):
         if isinstance(page, BrokenPage):
-            yield {"doc_id": "", "source": source, "source_uri": "", "parent_ids": [], "title": page.title,
-                   "wiki": site.dbname, "stream_offset": offset, "drop_reason": page.reason}
+            yield {
+                "doc_id": "",
+                "source": source,
+                "source_uri": "",
+                "parent_ids": [],
+                "title": page.title,
+                "wiki": site.dbname,
+                "stream_offset": offset,
+                "drop_reason": page.reason,
+            }
             continue
         text, reason = clean_page(page, site, cfg)
         if reason is None and len(text) < params.min_text_chars:
@@ -75,10 +87,19 @@ def page_rows(source: str, site: SiteInfo, offset: int, xml_text: str, params: W
             "source": source,
             "source_uri": f"{site.server}/w/index.php?curid={page.page_id}&oldid={page.revision_id}",
             "parent_ids": [],
-            "wiki": site.dbname, "page_id": page.page_id, "revision_id": page.revision_id, "title": page.title,
-            "namespace": page.namespace, "timestamp": page.timestamp, "stream_offset": offset,
-            "text": text if reason is None else None, "wikitext_bytes": len(page.wikitext.encode()),
-            "text_chars": len(text), "language": site.language, "language_score": 1.0, "drop_reason": reason,
+            "wiki": site.dbname,
+            "page_id": page.page_id,
+            "revision_id": page.revision_id,
+            "title": page.title,
+            "namespace": page.namespace,
+            "timestamp": page.timestamp,
+            "stream_offset": offset,
+            "text": text if reason is None else None,
+            "wikitext_bytes": len(page.wikitext.encode()),
+            "text_chars": len(text),
+            "language": site.language,
+            "language_score": 1.0,
+            "drop_reason": reason,
         }
 
 
@@ -87,23 +108,41 @@ def extract_streams(source: str, site: SiteInfo, params: WikipediaExtractParams)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            for url, start, end, pages in zip(*(batch.column(c).to_pylist() for c in ("url", "start", "end", "pages")), strict=True):
+            for url, start, end, pages in zip(
+                *(batch.column(c).to_pylist() for c in ("url", "start", "end", "pages")), strict=True
+            ):
                 t0 = time.time()
                 fs, path = fsspec.core.url_to_fs(url)
                 try:
-                    rows = list(page_rows(source, site, start, decompress_streams(fs.cat_file(path, start, end)), params))
+                    rows = list(
+                        page_rows(source, site, start, decompress_streams(fs.cat_file(path, start, end)), params)
+                    )
                 except StreamError as err:
-                    rows = [{"doc_id": "", "source": source, "source_uri": url, "parent_ids": [], "wiki": site.dbname,
-                             "stream_offset": start, "drop_reason": err.reason}] * pages
+                    rows = [
+                        {
+                            "doc_id": "",
+                            "source": source,
+                            "source_uri": url,
+                            "parent_ids": [],
+                            "wiki": site.dbname,
+                            "stream_offset": start,
+                            "drop_reason": err.reason,
+                        }
+                    ] * pages
                 if rows:
                     yield pa.RecordBatch.from_pylist(rows, schema=ROWS)
-                print(f"[phiflow] {STAGE} {site.dbname} stream @{start}: {len(rows)} pages in {time.time() - t0:.2f} s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[phiflow] {STAGE} {site.dbname} stream @{start}: {len(rows)} pages in {time.time() - t0:.2f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     return run
 
 
-def dump_plan(src: WikipediaSource, base_url: str, dump: WikiDump) -> tuple[str, SiteInfo, list[tuple[int, int, int]], str]:
+def dump_plan(
+    src: WikipediaSource, base_url: str, dump: WikiDump
+) -> tuple[str, SiteInfo, list[tuple[int, int, int]], str]:
     """(dump URL, site info, stream ranges, index digest), reading only the index and stream 0."""
     base = base_url.rstrip("/")
     url, index_url = f"{base}/{dump.dump_path}", f"{base}/{dump.index_path}"
@@ -123,8 +162,11 @@ def run(spark, ctx: StageContext) -> Manifest:
     params = ctx.recipe.stages.wikipedia_extract
     dump = src.dump_by_id(ctx.partition["dump"])
     url, site, ranges, index_digest = dump_plan(src, ctx.recipe.resolve(src.base_url), dump)
-    print(f"[phiflow] {STAGE} {ctx.source} dump {dump.id} ({site.language}): {len(ranges)} streams, "
-          f"{sum(n for _, _, n in ranges)} pages in the index", flush=True)
+    print(
+        f"[phiflow] {STAGE} {ctx.source} dump {dump.id} ({site.language}): {len(ranges)} streams, "
+        f"{sum(n for _, _, n in ranges)} pages in the index",
+        flush=True,
+    )
     plan = [(url, s, e, n) for s, e, n in ranges]
     tasks = max(1, -(-len(plan) // params.streams_per_task))
     listing = spark.createDataFrame(plan, "url string, start long, end long, pages long").repartition(tasks, "start")
@@ -136,12 +178,24 @@ def run(spark, ctx: StageContext) -> Manifest:
         if pages and sum(lost.values()) / pages > params.failure_budget:
             raise FailureBudgetExceeded(
                 f"{sum(lost.values())} of {pages} pages of {dump.id} were unreadable ({lost}); budget is "
-                f"{params.failure_budget:.0%} (stages.wikipedia_extract.failure_budget): not committing")
+                f"{params.failure_budget:.0%} (stages.wikipedia_extract.failure_budget): not committing"
+            )
         manifest = commit_partition(
-            spark, ctx, stage=STAGE, dataset=f"{ctx.source}.extracted", rows=rows, schema=WIKI_EXTRACTED,
+            spark,
+            ctx,
+            stage=STAGE,
+            dataset=f"{ctx.source}.extracted",
+            rows=rows,
+            schema=WIKI_EXTRACTED,
             inputs=[InputRef(dataset=f"external:{src.kind}", partition={"dump": dump.id}, digest=index_digest)],
-            counters={"read": sum(reasons.values()), "index_pages": pages, "wiki": site.dbname,
-                      "language": site.language, "streams": len(ranges), "tasks": tasks},
+            counters={
+                "read": sum(reasons.values()),
+                "index_pages": pages,
+                "wiki": site.dbname,
+                "language": site.language,
+                "streams": len(ranges),
+                "tasks": tasks,
+            },
             reasons=reasons,
         )
     finally:

@@ -104,7 +104,7 @@ def parse_index(lines: Iterator[str]) -> list[tuple[int, int]]:
 def stream_ranges(offsets: list[tuple[int, int]], file_size: int) -> list[tuple[int, int, int]]:
     """(start, end, pages) byte ranges; the last one runs to the end (it holds `</mediawiki>` too)."""
     starts = [o for o, _ in offsets]
-    ends = starts[1:] + [file_size]
+    ends = [*starts[1:], file_size]
     return [(s, e, n) for (s, n), e in zip(offsets, ends, strict=True)]
 
 
@@ -134,7 +134,7 @@ def read_header(first_stream: bytes) -> SiteInfo:
     ns = {"mw": root.tag[1:].split("}")[0]} if root.tag.startswith("{") else {"mw": ""}
 
     def find(path: str) -> str:
-        el = root.find(path.replace("mw:", "{%s}" % ns["mw"] if ns["mw"] else ""))
+        el = root.find(path.replace("mw:", "{{{}}}".format(ns["mw"]) if ns["mw"] else ""))
         return (el.text or "") if el is not None else ""
 
     names = {}
@@ -162,7 +162,7 @@ def _parse(site: SiteInfo, pages_xml: str) -> list[PageData]:
 def split_pages(xml_text: str) -> list[str]:
     """`<page>...</page>` chunks of a stream (a chunk without an end is kept: it fails alone)."""
     starts = [m.start() for m in re.finditer(r"<page>", xml_text)]
-    return [xml_text[s:e] for s, e in zip(starts, starts[1:] + [len(xml_text)], strict=True)]
+    return [xml_text[s:e] for s, e in zip(starts, [*starts[1:], len(xml_text)], strict=True)]
 
 
 def _xml_reason(err: Exception) -> str:
@@ -280,8 +280,13 @@ class _Renderer:
         rows: list[list[str]] = [[]]
         for n in t.contents.nodes:
             if isinstance(n, Tag) and str(n.tag) == "tr":
-                rows.append([self.code(c.contents).strip() for c in n.contents.nodes
-                             if isinstance(c, Tag) and str(c.tag) in ("td", "th")])
+                rows.append(
+                    [
+                        self.code(c.contents).strip()
+                        for c in n.contents.nodes
+                        if isinstance(c, Tag) and str(c.tag) in ("td", "th")
+                    ]
+                )
             elif isinstance(n, Tag) and str(n.tag) in ("td", "th"):
                 rows[0].append(self.code(n.contents).strip())
             elif isinstance(n, Tag) and str(n.tag) == "caption":

@@ -54,7 +54,8 @@ def write_test_recipe(path: Path, **stage_overrides: dict) -> Path:
     recipe = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
     recipe["name"] = "test"
     recipe["airflow"] = {"retries": 0, "retry_delay_s": 0}
-    recipe["sources"]["web"]["base_url"] = str(SAMPLE)
+    for src in recipe["sources"].values():  # the copy lives in a temp dir: make relative paths absolute
+        src["base_url"] = str((ROOT / "recipes" / src["base_url"]).resolve())
     recipe["sources"]["broken"] = {
         "kind": "commoncrawl",
         "base_url": str(BROKEN),
@@ -62,6 +63,9 @@ def write_test_recipe(path: Path, **stage_overrides: dict) -> Path:
             {"id": "CC-MAIN-BROKEN", "date": "2024-06-12", "paths": "crawl-data/CC-MAIN-BROKEN/warc.paths.gz"}
         ],
     }
+    # The DAG tests run quality on its rules (no LLM annotation: the offline model is too slow for them;
+    # tests/test_quality_annotate.py covers annotate -> train -> quality through a scripted LLM server).
+    recipe["stages"]["quality"]["classifier"] = None
     # Training tests read web.langid, so they need only the first two ingest stages.
     recipe["mixture"]["sources"] = [{"name": "web", "datasets": ["web.langid"], "share": 1.0, "max_epochs": 4}]
     for bench in recipe["stages"].get("decontaminate", {}).get("benchmarks", []):

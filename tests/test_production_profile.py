@@ -202,8 +202,8 @@ def postgres():
 def test_scheduler_backfill_with_postgres_metadata(postgres: Postgres, tmp_path) -> None:
     af = Airflow(tmp_path)
     af.env.update({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"})
-    af.services("start")
     try:
+        af.services("start")  # `airflow db migrate` on PostgreSQL first
         af.login()
         af.wait(lambda: _dag_known(af), "the dag-processor to parse the DAGs", timeout=180)
         af.cli("dags", "unpause", DAG)

@@ -9,14 +9,23 @@ import json
 import random
 
 import pytest
+from wiki_fixtures import EXPECTED, WIKI
 
 from phiflow.recipe import HeuristicRules, QualityParams, QualityTrainParams, WikipediaExtractParams
 from spark_jobs.quality_classifier import binary_metrics, in_holdout, label_probs, roc_auc, train
 from spark_jobs.quality_rules import drop_reason
 from spark_jobs.wikipedia_extract import clean_config
-from spark_jobs.wikitext import BrokenPage, StreamError, clean_page, decompress_streams, index_path, iter_pages
-from spark_jobs.wikitext import parse_index, read_header, stream_ranges
-from wiki_fixtures import EXPECTED, WIKI
+from spark_jobs.wikitext import (
+    BrokenPage,
+    StreamError,
+    clean_page,
+    decompress_streams,
+    index_path,
+    iter_pages,
+    parse_index,
+    read_header,
+    stream_ranges,
+)
 
 P = QualityParams()
 
@@ -24,7 +33,10 @@ P = QualityParams()
 def wiki_docs() -> list[dict]:
     """Clean article texts of the four sample dumps, through the extractor's pure functions."""
     cfg, docs = clean_config(WikipediaExtractParams()), []
-    labels = {(x["wiki"], x["page_id"]): x["source"] for x in map(json.loads, (WIKI / "labels.jsonl").read_text().splitlines())}
+    labels = {
+        (x["wiki"], x["page_id"]): x["source"]
+        for x in map(json.loads, (WIKI / "labels.jsonl").read_text().splitlines())
+    }
     for name, d in EXPECTED["dumps"].items():
         data = (WIKI / d["dump"]).read_bytes()
         offsets = parse_index(bz2.decompress((WIKI / index_path(d["dump"])).read_bytes()).decode().splitlines())
@@ -38,8 +50,14 @@ def wiki_docs() -> list[dict]:
                 if not isinstance(page, BrokenPage):
                     text, reason = clean_page(page, site, cfg)
                     if reason is None:
-                        docs.append({"id": f"{name}:{page.page_id}", "text": text, "language": site.language,
-                                     "source": labels.get((name, page.page_id))})
+                        docs.append(
+                            {
+                                "id": f"{name}:{page.page_id}",
+                                "text": text,
+                                "language": site.language,
+                                "source": labels.get((name, page.page_id)),
+                            }
+                        )
     return docs
 
 
@@ -54,16 +72,29 @@ def planted(clean: list[dict]) -> dict[str, str]:
     en = next(d["text"] for d in clean if d["language"] == "en" and len(d["text"]) > 2000)[:3000]
     return {
         "binary": bytes(rng.randrange(256) for _ in range(4000)).decode("latin-1"),
-        "binary_in_text": en[:1500] + "".join(chr(rng.choice([0, 1, 2, 3, 0xFFFD, 0xE000])) for _ in range(80)) + en[1500:],
+        "binary_in_text": en[:1500]
+        + "".join(chr(rng.choice([0, 1, 2, 3, 0xFFFD, 0xE000])) for _ in range(80))
+        + en[1500:],
         "mojibake_fr": fr.encode("utf-8").decode("cp1252", errors="replace"),
-        "mojibake_ru": "Установка Debian с компакт-диска выполняется так. " * 3 + en[:1000].encode().decode("latin-1")
-        .replace("e", "Ã©"),
-        "noise": "".join(rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/ ") for _ in range(3000)),
-        "boilerplate": "\n".join(["Home | About | Contact", "Subscribe to our newsletter for the latest deals!",
-                                  "Click here to read more."] * 60),
+        "mojibake_ru": "Установка Debian с компакт-диска выполняется так. " * 3
+        + en[:1000].encode().decode("latin-1").replace("e", "Ã©"),
+        "noise": "".join(
+            rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/ ") for _ in range(3000)
+        ),
+        "boilerplate": "\n".join(
+            ["Home | About | Contact", "Subscribe to our newsletter for the latest deals!", "Click here to read more."]
+            * 60
+        ),
         "lorem": en[:800] + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit.\n" + en[800:1600],
-        "cookie_wall": "\n".join(["We use cookies to improve your experience.", "Please enable JavaScript to continue.",
-                                  "Read our privacy policy and terms of use."] * 5 + [en[:400]]),
+        "cookie_wall": "\n".join(
+            [
+                "We use cookies to improve your experience.",
+                "Please enable JavaScript to continue.",
+                "Read our privacy policy and terms of use.",
+            ]
+            * 5
+            + [en[:400]]
+        ),
     }
 
 
@@ -83,13 +114,23 @@ def test_reasons_name_the_rule_and_rules_switch_off(docs) -> None:
     plant = planted(docs)
     assert drop_reason(plant["binary"], "en", P.outliers, P.rules) == "outlier:binary"
     assert drop_reason(plant["mojibake_fr"], "fr", P.outliers, P.rules) == "outlier:mojibake"
-    assert drop_reason(plant["boilerplate"], "en", P.outliers, P.rules).startswith(("outlier:compression_low", "gopher"))
+    assert drop_reason(plant["boilerplate"], "en", P.outliers, P.rules).startswith(
+        ("outlier:compression_low", "gopher")
+    )
     assert drop_reason(plant["lorem"], "en", P.outliers, P.rules) == "c4:lorem_ipsum"
     off = HeuristicRules(c4={"enabled": False})
     assert drop_reason(plant["lorem"], "en", P.outliers, off) is None
     short = "A short line.\nA second one.\nAnother short line that says little."
     assert drop_reason(short, "en", P.outliers, P.rules) == "gopher_quality:too_few_words"
-    assert drop_reason(short, "en", P.outliers, HeuristicRules(gopher_quality={"enabled": False}, gopher_repetition={"enabled": False})) is None
+    assert (
+        drop_reason(
+            short,
+            "en",
+            P.outliers,
+            HeuristicRules(gopher_quality={"enabled": False}, gopher_repetition={"enabled": False}),
+        )
+        is None
+    )
 
 
 def test_auc_is_rank_based() -> None:

@@ -8,12 +8,12 @@ import json
 
 import pyarrow as pa
 import pytest
+from wiki_fixtures import WIKI, wiki_recipe
 
 from phiflow.schema import QUALITY_ANNOTATIONS, with_drop_reason
 from phiflow.storage import Lake
 from spark_jobs import quality, quality_train, wikipedia_extract
 from spark_jobs.stage_io import StageContext, commit_partition, spark_schema
-from wiki_fixtures import WIKI, wiki_recipe
 
 pytestmark = pytest.mark.spark
 DUMP = {"dump": "enwiki-20240601"}
@@ -22,22 +22,51 @@ DUMP = {"dump": "enwiki-20240601"}
 @pytest.fixture(scope="module")
 def trained(spark, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("quality")
-    recipe = wiki_recipe(tmp / "r.yaml", {"wikipedia_extract": {"failure_budget": 0.5},
-                                          "quality": {"keep_fraction": 0.3, "non_stem_quota": 0.2,
-                                                      "non_stem_min_score": 0.0}})
+    recipe = wiki_recipe(
+        tmp / "r.yaml",
+        {
+            "wikipedia_extract": {"failure_budget": 0.5},
+            "quality": {"keep_fraction": 0.3, "non_stem_quota": 0.2, "non_stem_min_score": 0.0},
+        },
+    )
     lake = Lake(str(tmp / "lake"))
     ex = wikipedia_extract.run(spark, StageContext(recipe, "wiki", dict(DUMP), lake))
-    labels = {x["page_id"]: x["source"] for x in map(json.loads, (WIKI / "labels.jsonl").read_text().splitlines())
-              if x["wiki"] == "enwiki"}
-    rows = [{"doc_id": r["doc_id"], "source": "wiki", "source_uri": r["source_uri"], "parent_ids": [],
-             "language": "en", "text": r["text"][:1500], "grade": 4 if labels[r["page_id"]] == "python-doc" else 1,
-             "topic": "stem" if labels[r["page_id"]] == "python-doc" else "culture", "answer": "", "model": "labels",
-             "drop_reason": None} for r in lake.read_table(ex).to_pylist()]
-    df = spark.createDataFrame(pa.Table.from_pylist(rows, schema=with_drop_reason(QUALITY_ANNOTATIONS)).to_pandas(),
-                               schema=spark_schema(with_drop_reason(QUALITY_ANNOTATIONS)))
-    commit_partition(spark, StageContext(recipe, "wiki", dict(DUMP), lake), stage="quality_annotate",
-                     dataset="wiki.annotations", rows=df, schema=QUALITY_ANNOTATIONS, inputs=[ex.input_ref()],
-                     counters={"read": len(rows)}, reasons={None: len(rows)})
+    labels = {
+        x["page_id"]: x["source"]
+        for x in map(json.loads, (WIKI / "labels.jsonl").read_text().splitlines())
+        if x["wiki"] == "enwiki"
+    }
+    rows = [
+        {
+            "doc_id": r["doc_id"],
+            "source": "wiki",
+            "source_uri": r["source_uri"],
+            "parent_ids": [],
+            "language": "en",
+            "text": r["text"][:1500],
+            "grade": 4 if labels[r["page_id"]] == "python-doc" else 1,
+            "topic": "stem" if labels[r["page_id"]] == "python-doc" else "culture",
+            "answer": "",
+            "model": "labels",
+            "drop_reason": None,
+        }
+        for r in lake.read_table(ex).to_pylist()
+    ]
+    df = spark.createDataFrame(
+        pa.Table.from_pylist(rows, schema=with_drop_reason(QUALITY_ANNOTATIONS)).to_pandas(),
+        schema=spark_schema(with_drop_reason(QUALITY_ANNOTATIONS)),
+    )
+    commit_partition(
+        spark,
+        StageContext(recipe, "wiki", dict(DUMP), lake),
+        stage="quality_annotate",
+        dataset="wiki.annotations",
+        rows=df,
+        schema=QUALITY_ANNOTATIONS,
+        inputs=[ex.input_ref()],
+        counters={"read": len(rows)},
+        reasons={None: len(rows)},
+    )
     tr = quality_train.run(spark, StageContext(recipe, "wiki", {"model": "edu-v1"}, lake))
     return recipe, lake, ex, tr, labels
 
@@ -69,7 +98,7 @@ def test_quality_keeps_top_fraction_plus_non_stem_quota(spark, trained) -> None:
 
 
 def test_without_quota_the_kept_set_is_mostly_stem(spark, trained, tmp_path) -> None:
-    recipe, lake, *_ = trained
+    _recipe, lake, *_ = trained
     no_quota = wiki_recipe(tmp_path / "r.yaml", {"quality": {"keep_fraction": 0.3, "non_stem_quota": 0.0}})
     q = quality.run(spark, StageContext(no_quota, "wiki", dict(DUMP), lake))
     after = q.counters["topics_after"]

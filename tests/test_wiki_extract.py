@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from wiki_fixtures import EXPECTED, WIKI, wiki_recipe
 
 from phiflow.intervals import source_partitions
 from phiflow.storage import Lake
 from spark_jobs import wikipedia_extract
 from spark_jobs.stage_io import StageContext
-from wiki_fixtures import EXPECTED, WIKI, wiki_recipe
 
 pytestmark = pytest.mark.spark
 
@@ -33,8 +33,11 @@ def extracted(spark, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wiki")
     recipe = wiki_recipe(tmp / "recipe.yaml", {"wikipedia_extract": {"min_text_chars": 0, "failure_budget": 0.5}})
     lake = Lake(str(tmp / "lake"))
-    return recipe, lake, {d: wikipedia_extract.run(spark, ctx(recipe, lake, f"{d}-20240601", run_id="a"))
-                          for d in EXPECTED["dumps"]}
+    return (
+        recipe,
+        lake,
+        {d: wikipedia_extract.run(spark, ctx(recipe, lake, f"{d}-20240601", run_id="a")) for d in EXPECTED["dumps"]},
+    )
 
 
 def test_every_page_is_kept_or_counted_by_reason(extracted) -> None:
@@ -85,9 +88,10 @@ def test_ids_trace_to_the_revision(extracted) -> None:
 
 
 def test_rows_do_not_depend_on_how_streams_are_split(spark, extracted, tmp_path) -> None:
-    recipe, lake, manifests = extracted
-    other = wiki_recipe(tmp_path / "r.yaml", {"wikipedia_extract": {"min_text_chars": 0, "failure_budget": 0.5,
-                                                                     "streams_per_task": 3}})
+    _recipe, lake, manifests = extracted
+    other = wiki_recipe(
+        tmp_path / "r.yaml", {"wikipedia_extract": {"min_text_chars": 0, "failure_budget": 0.5, "streams_per_task": 3}}
+    )
     m = wikipedia_extract.run(spark, ctx(other, lake, "enwiki-20240601", run_id="b"))
     assert m.counters["tasks"] == 1 and manifests["enwiki"].counters["tasks"] == 3
     assert m.content_digest == manifests["enwiki"].content_digest and m.attempt != manifests["enwiki"].attempt

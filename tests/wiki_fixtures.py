@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import yaml
-
 from conftest import ROOT, SAMPLE
+
 from phiflow.recipe import Recipe, load_recipe
 
 WIKI = SAMPLE / "wiki"
