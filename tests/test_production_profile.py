@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 from airflow_services import Airflow
-from conftest import ROOT
+from conftest import ROOT, write_test_recipe
 from prod_services import SPARK_HOME, MotoS3, Postgres, SparkCluster
 from test_storage import PART, rows, write_attempt
 
@@ -201,7 +201,10 @@ def postgres():
 @pytest.mark.airflow
 def test_scheduler_backfill_with_postgres_metadata(postgres: Postgres, tmp_path) -> None:
     af = Airflow(tmp_path)
-    af.env.update({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"})
+    # Rules-only quality: the run is about the metadata DB, not the LLM-graded classifier's stages.
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", quality={"classifier": None})
+    af.env.update({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                   "PHIFLOW_RECIPE": str(recipe)})
     try:
         af.services("start")  # `airflow db migrate` on PostgreSQL first
         af.login()
@@ -214,13 +217,13 @@ def test_scheduler_backfill_with_postgres_metadata(postgres: Postgres, tmp_path)
         tis = af.api(f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances")["task_instances"]
         states = {t["task_id"]: t["state"] for t in tis}
         assert state == "success" and set(states.values()) == {"success"}, states
-        assert {"commoncrawl_extract", "langid", "dedup", "decontaminate"} <= set(states)
+        assert {"commoncrawl_extract", "langid", "quality", "dedup", "decontaminate"} <= set(states)
     finally:
         af.services("stop")
     clean, li = af.lake.require("web.clean", SNAP), af.lake.require("web.langid", SNAP)
     assert clean.airflow["run_id"] == li.airflow["run_id"] == run_id and 0 < clean.row_count <= li.row_count
     # the runs and task states live in PostgreSQL, not in a SQLite file
-    assert postgres.query(f"SELECT state FROM dag_run WHERE dag_id = '{DAG}'") == [("success",)]
+    assert postgres.query(f"SELECT state FROM dag_run WHERE run_id = '{run_id}'") == [("success",)]
     assert not list(Path(af.env["AIRFLOW_HOME"]).glob("*.db"))
 
 

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def demo_data() -> dict:
     data = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
-    data["sources"]["web"]["base_url"] = str(ROOT / "data" / "sample")
+    for src in data["sources"].values():  # parsed without a file: make the recipe's relative paths absolute
+        src["base_url"] = str((ROOT / "recipes" / src["base_url"]).resolve())
     return data
 
 
