@@ -24,12 +24,17 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def spark_one_core():
     """One executor core, so stage throughput compares with a single-process loop per core."""
+    return spark_local(1)
+
+
+def spark_local(cores: int):
+    """A local session with `cores` executor cores (stop the previous one first to change it)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
     return (
-        SparkSession.builder.master("local[1]")
+        SparkSession.builder.master(f"local[{cores}]")
         .appName("phiflow-bench")
         .config("spark.driver.memory", "3g")
         .config("spark.ui.enabled", "false")

@@ -25,8 +25,8 @@ from spark_jobs.annotation_prompts import (
 from spark_jobs.stage_io import StageContext
 
 SNAP = {"snapshot": "CC-MAIN-2024-10"}
-SAMPLE = 150
-MAX_CHARS = 600
+SAMPLE = 200
+MAX_CHARS = 1000
 
 
 @pytest.mark.parametrize(
@@ -61,11 +61,11 @@ def test_prompt_and_excerpt() -> None:
 
 
 def variant(doc_id: str) -> int:
-    return int(doc_id[-2:], 16) % 6
+    return int(doc_id[-2:], 16) % 10
 
 
 def scripted(origin: dict[str, str]):
-    """Answers by origin; variant 3/4/5 documents get an answer that must be dropped."""
+    """Answers by origin in three shapes; variant 7/8/9 documents get an answer that must be dropped."""
 
     def answer(body: dict, i: int) -> str:
         doc = origin[body["messages"][-1]["content"]]
@@ -78,7 +78,7 @@ def scripted(origin: dict[str, str]):
             "I am not sure.",
             "Grade: 9",
             "Grade: 2\nTopic: cooking",
-        ][v]
+        ][v % 3 if v < 7 else v - 4]
 
     return answer
 
@@ -100,9 +100,9 @@ def test_annotate_train_and_score_with_cached_rerun(spark, test_recipe, tmp_path
     }
     want_drops = {
         reason: sum(variant(d["doc_id"]) == v for d in expected)
-        for v, reason in ((3, UNPARSEABLE), (4, GRADE_OUT_OF_RANGE), (5, UNKNOWN_TOPIC))
+        for v, reason in ((7, UNPARSEABLE), (8, GRADE_OUT_OF_RANGE), (9, UNKNOWN_TOPIC))
     }
-    kept = [d for d in expected if variant(d["doc_id"]) < 3]
+    kept = [d for d in expected if variant(d["doc_id"]) < 7]
     with LLMTestServer(answer=scripted(origin)) as srv:
         data = test_recipe.model_dump(mode="json")
         data["llm"]["backoff_s"] = 0.01  # the recipe's llm section still supplies cache and retries
@@ -110,8 +110,8 @@ def test_annotate_train_and_score_with_cached_rerun(spark, test_recipe, tmp_path
             "backend": "openai", "model": "scripted", "base_url": srv.base_url, "max_concurrency": 4,
             "sample_size": SAMPLE, "max_chars": MAX_CHARS, "max_tokens": 8, "seed": 7,
         }  # fmt: skip
-        data["stages"]["quality_train"] = {"name": "edu-v1", "holdout_fraction": 0.3, "epoch": 25}
-        data["stages"]["quality"].update(classifier="edu-v1", keep_fraction=0.1, non_stem_quota=0.0)
+        data["stages"]["quality_train"] = {"name": "edu-v1", "holdout_fraction": 0.3}
+        data["stages"]["quality"].update(classifier="edu-v1", keep_fraction=0.1, non_stem_quota=0.0, max_chars=MAX_CHARS)
         recipe = parse_recipe(data, test_recipe.path)
         ctx = StageContext(recipe=recipe, source="web", partition=dict(SNAP), lake=lake)
 
