@@ -33,7 +33,7 @@ from spark_jobs.wikitext import (
 )
 
 ROUNDS = 2
-REPEAT = 8
+REPEAT = 20
 WIKIS = ("enwiki", "dewiki", "frwiki", "jawiki")
 DATE = "20240601"
 
@@ -114,7 +114,7 @@ def main() -> None:
                 if cores == 1:
                     t, n_bare = timed(lambda: bare(d / "wiki", recipe))
                     best_bare = min(best_bare, t)
-                t, n_stage = timed(lambda: stage(spark, recipe, lake))
+                t, n_stage = timed(lambda s=spark: stage(s, recipe, lake))
                 best_stage = min(best_stage, t)
             times[cores] = best_stage
             if cores == 1:

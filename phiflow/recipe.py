@@ -554,6 +554,43 @@ class TrainingSpec(Strict):
     cluster: ClusterSpec = ClusterSpec()
 
 
+# -- ablation sweeps (issue 8) ---------------------------------------------------------------
+class EpochsAxis(Strict):
+    """Epochs of one source at a fixed unique-token subsample: its share = epochs x unique / total."""
+
+    source: str
+    unique_tokens: Annotated[int, Field(gt=0)]
+    values: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]
+
+
+class SweepAxes(Strict):
+    """What a sweep varies; the points are the cartesian product of the axes given."""
+
+    mixture: Annotated[list[dict[str, float]], Field(min_length=1)] | None = None  # shares per source
+    epochs: EpochsAxis | None = None
+    lr: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] | None = None
+    global_batch_size: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] | None = None
+    model: Annotated[list[dict[str, int]], Field(min_length=1)] | None = None  # e.g. {num_layers, hidden_size}
+
+    @model_validator(mode="after")
+    def _some(self) -> SweepAxes:
+        if all(getattr(self, a) is None for a in type(self).model_fields):
+            raise ValueError("a sweep needs at least one axis")
+        if self.mixture is not None and self.epochs is not None:
+            raise ValueError("mixture and epochs both set the shares: sweep one of them")
+        return self
+
+
+class SweepSpec(Strict):
+    """One ablation: the base run (training.pretrain, with `pretrain` changes) trained at every point."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    description: str = ""
+    pretrain: dict[str, Any] = Field(default_factory=dict)  # merged into training.pretrain (steps, parallel...)
+    axes: SweepAxes
+    max_active: Annotated[int, Field(gt=0)] = 1  # points training at once (max_active_tis_per_dag)
+
+
 class Stages(Strict):
     commoncrawl_extract: CommonCrawlExtractParams = CommonCrawlExtractParams()
     langid: LangidParams = LangidParams()
@@ -579,6 +616,7 @@ class Recipe(Strict):
     tokenizer: TokenizerSpec = TokenizerSpec()
     mixture: MixtureSpec | None = None
     training: TrainingSpec | None = None
+    sweeps: list[SweepSpec] = Field(default_factory=list)
     path: Path | None = Field(default=None, exclude=True)  # where it was loaded from
 
     @field_validator("sources")
@@ -612,6 +650,22 @@ class Recipe(Strict):
             problems = recipe_problems(self)
             if problems:
                 raise ValueError("; ".join(f"{f}: {r}" for f, r in problems))
+        return self
+
+    @model_validator(mode="after")
+    def _sweep_points(self) -> Recipe:
+        """Every point of every sweep must be a valid recipe (shares, epochs, parallelism)."""
+        if self.sweeps:
+            from phiflow.sweeps import SweepError, expand
+
+            names = [s.name for s in self.sweeps]
+            if len(set(names)) != len(names):
+                raise ValueError(f"sweeps: names must be unique: {names}")
+            try:
+                for s in self.sweeps:
+                    expand(self, s.name)
+            except SweepError as e:
+                raise ValueError(str(e)) from None
         return self
 
     @property
@@ -660,6 +714,15 @@ def parse_recipe(data: dict[str, Any], path: Path | None = None) -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
+    """The recipe at `path`; `<path>#sweep=<name>&point=<id>` is one point of a sweep (phiflow.sweeps)."""
+    if "#" in str(path):
+        from phiflow.sweeps import SweepError, parse_ref, point_recipe
+
+        base, ref = parse_ref(str(path))
+        try:
+            return point_recipe(load_recipe(base), ref["sweep"], ref["point"])
+        except (SweepError, KeyError) as e:
+            raise RecipeError(f"invalid sweep point {path}: {e}") from None
     path = Path(path).resolve()
     try:
         data = yaml.safe_load(path.read_text())

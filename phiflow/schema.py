@@ -223,3 +223,18 @@ TRAIN_STEPS = pa.schema([
     pa.field("grad_norm", pa.float64()),
     pa.field("tokens_per_s", pa.float64()),
 ])
+
+# -- ablations (issue 8) -----------------------------------------------------------------------
+# ablations.<sweep>: one row per sweep point of report.csv (the swept axes are extra `axis_*` columns).
+ABLATION_POINTS = pa.schema([
+    pa.field("point", pa.string()),
+    pa.field("label", pa.string()),
+    pa.field("recipe", pa.string()),
+    pa.field("status", pa.string()),  # ok | missing (no current checkpoint manifest)
+    pa.field("steps", pa.int64()),
+    pa.field("valid_loss", pa.float64()),
+    pa.field("valid_perplexity", pa.float64()),
+    pa.field("final_loss", pa.float64()),
+    pa.field("loss_end_mean", pa.float64()),
+    pa.field("manifest", pa.string()),  # digest of the point's checkpoints.pretrain manifest
+])

@@ -1,0 +1,68 @@
+"""Operators of the ablation DAGs: the training DAG's mix and train operators, one per sweep point.
+
+A mapped task group hands each point's recipe reference (`<recipe>#sweep=..&point=..`, see
+phiflow.sweeps) to the operators inside it as a MappedArgument, which Airflow resolves only in
+templated fields; MixOperator and MegatronTrainOperator keep `recipe_path` plain, so these subclasses
+only make it templated. Everything else (blend, checkpoint folder, manifest, resume) is theirs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException
+
+from operators.training import MegatronTrainOperator, MixOperator, airflow_run
+from phiflow import sweeps
+from phiflow.recipe import load_recipe
+from phiflow.storage import Lake
+
+
+class PointMixOperator(MixOperator):
+    """The blend of one sweep point (`blend/recipe=<recipe>_<sweep>_<point>`), from the shared tokens."""
+
+    template_fields = ("recipe_path",)
+
+
+class PointTrainOperator(MegatronTrainOperator):
+    """The pretraining run of one sweep point (its own checkpoint folder and `checkpoints.pretrain` partition)."""
+
+    template_fields = ("recipe_path",)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(run="pretrain", **kwargs)
+
+
+class PointEvalOperator(BaseOperator):
+    """A point's held-out metrics, from its committed checkpoint manifest (training.launch's validation pass)."""
+
+    template_fields = ("recipe_path",)
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, recipe_path: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.recipe_path = recipe_path
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        recipe = load_recipe(self.recipe_path)
+        m = Lake().manifest("checkpoints.pretrain", {"recipe": recipe.name})
+        if m is None or m.recipe_digest != sweeps.training_digest(recipe):
+            raise AirflowException(f"{recipe.name}: no current checkpoints.pretrain partition")
+        out = {k: m.counters.get(k) for k in (*sweeps.METRICS, "steps")}
+        self.log.info("%s: %s", recipe.name, out)
+        return {"recipe": recipe.name, "manifest": m.digest, **out}
+
+
+class AblationReportOperator(BaseOperator):
+    """Join the points into the committed `ablations.<sweep>` dataset (table, markdown, plot, best points)."""
+
+    ui_color = "#eef7e8"
+
+    def __init__(self, *, recipe_path: str, sweep: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.recipe_path, self.sweep = recipe_path, sweep
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        m = sweeps.commit_report(load_recipe(self.recipe_path), self.sweep, Lake(), airflow_run(context))
+        return {"dataset": m.dataset, "partition": m.partition, "digest": m.digest, **m.counters}

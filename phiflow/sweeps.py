@@ -1,0 +1,313 @@
+"""Ablation sweeps: a recipe's `sweeps:` entry -> validated points; point manifests -> a report.
+
+A point is the recipe with its `training.pretrain` (the base run) and `mixture` changed along the
+sweep's axes, under its own recipe name `<recipe>_<sweep>_p<i>`: its blend, checkpoint folder and
+manifests are then the ones the training operators already write for a recipe, and the committed
+tokens are shared (tokens partitions do not depend on the recipe name). Every point is parsed as a
+full recipe, so a bad point fails at recipe load with the field named. Pure: no Airflow, no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode
+
+from phiflow.manifest import sha256_json
+
+if TYPE_CHECKING:
+    from phiflow.manifest import Manifest
+    from phiflow.recipe import Recipe, SweepSpec
+
+AXES = ("mixture", "epochs", "lr", "global_batch_size", "model")
+METRICS = ("valid_loss", "valid_perplexity", "final_loss", "loss_end_mean")  # lower is better, all of them
+
+
+class SweepError(ValueError):
+    """A sweep point that cannot run; the message starts with the recipe field (`sweeps.<name>...`)."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of a sweep: its id, the axis values that define it, and its recipe name."""
+
+    sweep: str
+    id: str
+    values: dict[str, Any]
+    recipe_name: str
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in self.values.items())
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, dict):
+        return "/".join(f"{k}:{_fmt(x)}" for k, x in v.items())
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def sweep_spec(recipe: Recipe, name: str) -> SweepSpec:
+    for s in recipe.sweeps:
+        if s.name == name:
+            return s
+    raise SweepError(f"sweeps: no sweep named {name!r}; known: {[s.name for s in recipe.sweeps]}")
+
+
+def grid(sweep: SweepSpec) -> list[dict[str, Any]]:
+    """The cartesian product of the sweep's axes, in the order the recipe lists them."""
+    axes = [(a, getattr(sweep.axes, a)) for a in AXES if getattr(sweep.axes, a) is not None]
+    values = [ax.values if a == "epochs" else ax for a, ax in axes]  # type: ignore[union-attr]
+    return [dict(zip([a for a, _ in axes], combo, strict=True)) for combo in itertools.product(*values)]
+
+
+def _shares(recipe_data: dict[str, Any], field: str, shares: dict[str, float]) -> list[dict[str, Any]]:
+    """The mixture's sources with the point's shares (sources the point leaves out get 0)."""
+    sources = recipe_data["mixture"]["sources"]
+    known = [s["name"] for s in sources]
+    for name, share in shares.items():
+        if name not in known:
+            raise SweepError(f"{field}.{name}: no such mixture source; known: {known}")
+        if not 0 <= share <= 1:
+            raise SweepError(f"{field}.{name}: share {share} is not in [0, 1]")
+    total = sum(shares.values())
+    if abs(total - 1) > 1e-6:
+        raise SweepError(f"{field}: shares sum to {total:.6g}, not 1")
+    return [{**s, "share": float(shares.get(s["name"], 0.0))} for s in sources]
+
+
+def _epochs_shares(recipe_data: dict[str, Any], field: str, ax: Any, epochs: float,
+                   total_tokens: int) -> list[dict[str, Any]]:
+    """Shares that repeat `ax.source` `epochs` times over `ax.unique_tokens`; the others keep their ratios."""
+    sources = recipe_data["mixture"]["sources"]
+    (src,) = [s for s in sources if s["name"] == ax.source] or [None]
+    if src is None:
+        raise SweepError(f"{field}.source: no such mixture source {ax.source!r}")
+    if src.get("max_epochs") is not None and epochs > src["max_epochs"]:
+        raise SweepError(f"{field}.values: {epochs:g} epochs of {ax.source!r} exceeds its max_epochs="
+                         f"{src['max_epochs']:g}")
+    share = epochs * ax.unique_tokens / total_tokens
+    rest = sum(s["share"] for s in sources if s is not src)
+    if share > 1 or (share < 1 and rest <= 0):
+        raise SweepError(f"{field}.values: {epochs:g} epochs x {ax.unique_tokens} unique tokens = share "
+                         f"{share:.4g} of the {total_tokens} training tokens, which the other sources cannot fill")
+    return [{**s, "share": share if s is src else (1 - share) * s["share"] / rest} for s in sources]
+
+
+def point_recipe(recipe: Recipe, sweep_name: str, point_id: str) -> Recipe:
+    """The recipe of one point (validated as a whole recipe; SweepError names the sweep field)."""
+    for p, r in expand(recipe, sweep_name):
+        if p.id == point_id:
+            return r
+    raise SweepError(f"sweeps.{sweep_name}: no point {point_id!r}")
+
+
+def expand(recipe: Recipe, sweep_name: str) -> list[tuple[Point, Recipe]]:
+    """Every point of a sweep with its recipe; the first invalid point raises SweepError."""
+    from phiflow.recipe import RecipeError, parse_recipe
+
+    sweep = sweep_spec(recipe, sweep_name)
+    base = recipe.model_dump(mode="json")
+    base["sweeps"] = []  # a point does not sweep again
+    if base.get("training") is None or base.get("mixture") is None:
+        raise SweepError(f"sweeps.{sweep.name}: the recipe needs mixture and training sections to sweep")
+    base["training"]["pretrain"] = _deep_merge(base["training"]["pretrain"], sweep.pretrain)
+    base["mixture"]["total_tokens"] = None  # a point's budget is its own run: steps x batch x seq_length
+    out = []
+    for i, values in enumerate(grid(sweep)):
+        pid = f"p{i}"
+        field = f"sweeps.{sweep.name}.points[{pid}]"
+        data = _deep_merge(base, {"name": f"{recipe.name}_{sweep.name}_{pid}"})
+        pre = data["training"]["pretrain"]
+        if "lr" in values:
+            pre["optimizer"] = {**pre["optimizer"], "lr": values["lr"],
+                                "min_lr": min(pre["optimizer"]["min_lr"], values["lr"])}
+        if "global_batch_size" in values:
+            pre["global_batch_size"] = values["global_batch_size"]
+        if "model" in values:
+            pre["model"] = {**pre["model"], **values["model"]}
+        if "mixture" in values:
+            data["mixture"]["sources"] = _shares(data, f"{field}.mixture", values["mixture"])
+        if "epochs" in values:
+            t = pre["steps"] * pre["global_batch_size"] * pre["model"]["seq_length"]
+            total = data["mixture"].get("total_tokens") or t
+            data["mixture"]["sources"] = _epochs_shares(data, f"{field}.epochs", sweep.axes.epochs,
+                                                        values["epochs"], total)
+        try:
+            point_r = parse_recipe(data, recipe.path)
+        except RecipeError as e:
+            reasons = str(e).split("\n", 1)[-1].replace("\n", "; ")
+            raise SweepError(f"{field} ({Point(sweep.name, pid, values, '').label}): {reasons}") from None
+        out.append((Point(sweep.name, pid, values, point_r.name), point_r))
+    return out
+
+
+# -- references the operators load -----------------------------------------------------------------
+def point_ref(recipe_path: str, sweep_name: str, point_id: str) -> str:
+    """`<recipe.yaml>#sweep=<name>&point=<id>`: what load_recipe turns into the point's recipe."""
+    return f"{recipe_path}#{urlencode({'sweep': sweep_name, 'point': point_id})}"
+
+
+def parse_ref(ref: str) -> tuple[str, dict[str, str]]:
+    path, _, fragment = ref.partition("#")
+    return path, dict(parse_qsl(fragment))
+
+
+def training_digest(recipe: Recipe) -> str:
+    """The recipe digest MegatronTrainOperator gives a pretraining run (to tell a current point manifest)."""
+    assert recipe.training is not None
+    return sha256_json({"run": "pretrain",
+                        "training": recipe.training.model_dump(mode="json", exclude={"cluster"})})
+
+
+# -- the report ---------------------------------------------------------------------------------------
+def point_row(point: Point, manifest: Manifest | None) -> dict[str, Any]:
+    """One row of the report: the point's axis values and the metrics its checkpoint manifest holds."""
+    row: dict[str, Any] = {"point": point.id, "label": point.label, "recipe": point.recipe_name,
+                           **{f"axis_{k}": _fmt(v) for k, v in point.values.items()}}
+    if manifest is None:
+        return {**row, "status": "missing", **dict.fromkeys(METRICS), "steps": None, "manifest": None}
+    c = manifest.counters
+    return {**row, "status": "ok", **{k: c.get(k) for k in METRICS}, "steps": c.get("steps"),
+            "mean_tokens_per_s": c.get("mean_tokens_per_s"), "manifest": manifest.digest}
+
+
+def best_points(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """The point with the lowest value of each metric (finite values only)."""
+    out = {}
+    for m in METRICS:
+        have = [r for r in rows if isinstance(r.get(m), int | float) and math.isfinite(r[m])]
+        if have:
+            out[m] = min(have, key=lambda r: r[m])["point"]
+    return out
+
+
+def table_csv(rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def table_markdown(sweep: str, rows: Sequence[dict[str, Any]], best: dict[str, str]) -> str:
+    cols = ["point", "label", "status", "steps", *METRICS]
+    lines = [f"# Ablation `{sweep}`", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Best point per metric (lower is better): "
+              + ", ".join(f"{m}: {p}" for m, p in best.items()), ""]
+    return "\n".join(lines)
+
+
+def plot_png(sweep: str, rows: Sequence[dict[str, Any]], curves: dict[str, list[float]]) -> bytes | None:
+    """Loss curves overlaid, and each metric per point (the swept axis); None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    for r in rows:
+        if r["point"] in curves:
+            left.plot(range(1, len(curves[r["point"]]) + 1), curves[r["point"]], label=f"{r['point']}: {r['label']}")
+    left.set_xlabel("step")
+    left.set_ylabel("training loss")
+    left.legend(fontsize=7)
+    left.set_title(f"{sweep}: loss curves", fontsize=9)
+    ok = [r for r in rows if r["status"] == "ok"]
+    for m in ("valid_loss", "final_loss"):
+        right.plot([r["label"] for r in ok], [r[m] for r in ok], marker="o", label=m)
+    right.set_title(f"{sweep}: metric vs swept axis", fontsize=9)
+    right.tick_params(axis="x", labelsize=7, rotation=20)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# -- learning rate across model sizes -------------------------------------------------------------
+def model_params(num_layers: int, hidden_size: int, vocab_size: int, ffn_hidden_size: int | None = None) -> int:
+    """Parameters of a GPT block stack (attention 4h^2, MLP 2 h ffn) plus the embedding, for LR fits."""
+    ffn = ffn_hidden_size or 4 * hidden_size
+    return num_layers * (4 * hidden_size * hidden_size + 2 * hidden_size * ffn) + vocab_size * hidden_size
+
+
+def fit_lr(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares fit log(best lr) = a + b log(params) over (params, best lr) pairs: (a, b)."""
+    if len({p for p, _ in points}) < 2:
+        raise SweepError("an lr fit needs the best lr of at least two model sizes")
+    xs = [math.log(p) for p, _ in points]
+    ys = [math.log(lr) for _, lr in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    return my - b * mx, b
+
+
+def predict_lr(fit: tuple[float, float], params: int) -> float:
+    a, b = fit
+    return math.exp(a + b * math.log(params))
+
+
+def commit_report(recipe: Recipe, sweep_name: str, lake: Any, airflow: dict[str, Any] | None = None) -> Manifest:
+    """Join the points' current checkpoint manifests into `ablations.<sweep>/recipe=<name>`.
+
+    A point is `ok` when its committed `checkpoints.pretrain` partition was trained with the point's
+    recipe (same training digest); otherwise `missing` (failed, or not run yet): rerun it and report again.
+    """
+    import json
+    import posixpath
+    import time
+
+    from phiflow.commit import commit_files
+    from phiflow.schema import ABLATION_POINTS
+
+    started = time.time()
+    dataset, part = f"ablations.{sweep_name}", {"recipe": recipe.name}
+    rows, curves, inputs = [], {}, []
+    for point, pr in expand(recipe, sweep_name):
+        m = lake.manifest("checkpoints.pretrain", {"recipe": point.recipe_name})
+        if m is not None and m.recipe_digest != training_digest(pr):
+            m = None
+        rows.append(point_row(point, m))
+        if m is not None:
+            curves[point.id] = m.counters["losses"]
+            inputs.append(m.input_ref())
+    best = best_points(rows)
+    attempt = lake.new_attempt(dataset, part)
+    folder = lake.attempt_path(dataset, part, attempt)
+    body = {"sweep": sweep_name, "recipe": recipe.name, "points": rows, "best": best}
+    report = table_markdown(sweep_name, rows, best)
+    lake.fs.pipe_file(posixpath.join(folder, "report.json"), json.dumps(body, indent=2).encode())
+    lake.fs.pipe_file(posixpath.join(folder, "report.csv"), table_csv(rows).encode())
+    lake.fs.pipe_file(posixpath.join(folder, "report.md"), report.encode())
+    png = plot_png(sweep_name, rows, curves)
+    if png is not None:
+        lake.fs.pipe_file(posixpath.join(folder, "report.png"), png)
+    print(report)
+    return commit_files(
+        lake, dataset=dataset, partition=part, attempt=attempt, stage="ablation_report", schema=ABLATION_POINTS,
+        row_count=len(rows), content=body, inputs=inputs,
+        recipe_digest=sha256_json(sweep_spec(recipe, sweep_name).model_dump(mode="json")),
+        params={"sweep": sweep_spec(recipe, sweep_name).model_dump(mode="json")}, airflow=airflow, started=started,
+        counters={"points": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
+                  "missing": [r["point"] for r in rows if r["status"] != "ok"], "best": best, "plot": png is not None},
+    )

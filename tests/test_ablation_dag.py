@@ -1,0 +1,113 @@
+"""An ablation DAG end to end: a 3-point lr sweep on the tiny model (TP=1, 5 steps a point) over tokens
+committed once in process. Point p1's lr (1e6) makes the loss non-finite: training stops, that point
+fails, the others train and the report commits them with p1 `missing`. The recipe is fixed, p1 alone
+is cleared (its map index, and the report) and run again; the report's numbers are the manifests'."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from datetime import UTC, datetime
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from phiflow import sweeps
+from phiflow.recipe import load_recipe
+from phiflow.storage import Lake
+
+pytestmark = [pytest.mark.airflow, pytest.mark.spark]
+SNAP = {"snapshot": "CC-MAIN-2024-10"}
+WHEN = datetime(2024, 3, 1, tzinfo=UTC)
+BAD_LR = 1.0e6
+
+
+def write_sweep(path, bad_lr: float) -> None:
+    data = yaml.safe_load(open(os.environ["PHIFLOW_RECIPE"]).read())
+    data["sweeps"] = [{"name": "lr", "description": "lr on the tiny model",
+                       "pretrain": {"steps": 5, "parallel": {"tp": 1}, "checkpoint_interval": 0,
+                                    "optimizer": {"warmup_steps": 1}},
+                       "axes": {"lr": [3.0e-3, bad_lr, 1.0e-3]}, "max_active": 1}]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def swept(spark, tmp_path_factory):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils import db
+
+    from spark_jobs import commoncrawl_extract, langid, tokenization
+    from spark_jobs.stage_io import StageContext
+
+    path = tmp_path_factory.mktemp("ablation") / "recipe.yaml"
+    write_sweep(path, BAD_LR)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PHIFLOW_RECIPE", str(path))
+        recipe, lake = load_recipe(path), Lake()
+        for stage, source in ((commoncrawl_extract, "web"), (langid, "web"), (tokenization, "web.langid")):
+            stage.run(spark, StageContext(recipe=recipe, source=source, partition=dict(SNAP), lake=lake))
+        db.resetdb()
+        bag = DagBag(dag_folder=str(ROOT / "dags" / "phiflow_ablations.py"), include_examples=False)
+        assert bag.import_errors == {}
+        dag = bag.get_dag("phiflow_ablation_lr")
+        first = dag.test(logical_date=WHEN)
+        states = {(ti.task_id, ti.map_index): ti.state for ti in first.get_task_instances()}
+        report_first = lake.require("ablations.lr", {"recipe": "test"})
+        write_sweep(path, 2.0e-3)  # fix the bad point, then rerun it alone
+        rerun = rerun_point(dag, first.run_id, 1)
+        yield {"lake": lake, "recipe": load_recipe(path), "first": states, "report_first": report_first,
+               "rerun": rerun, "tokens": lake.require("tokens.web.langid", SNAP)}
+
+
+def rerun_point(dag, run_id: str, index: int):
+    """Clear one point's mapped task instances (and the report) as the UI does, and let dag.test run them."""
+    from airflow.models.taskinstance import TaskInstance, clear_task_instances
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+
+    with create_session() as session:
+        tis = [ti for ti in session.query(TaskInstance).filter_by(dag_id=dag.dag_id, run_id=run_id)
+               if ti.task_id == "report" or (ti.task_id.startswith("point.") and ti.map_index == index)]
+        clear_task_instances(tis, session, dag_run_state=DagRunState.RUNNING)
+    return dag.test(logical_date=WHEN)
+
+
+def test_bad_point_fails_alone_and_the_report_marks_it(swept) -> None:
+    s = swept["first"]
+    assert s[("point.train", 1)] == "failed" and s[("point.evaluate", 1)] == "upstream_failed", s
+    assert all(s[(t, i)] == "success" for t in ("point.mix", "point.train", "point.evaluate") for i in (0, 2)), s
+    assert s[("report", -1)] == "success"
+    rep = swept["report_first"]
+    assert rep.counters["ok"] == 2 and rep.counters["missing"] == ["p1"]
+
+
+def test_rerun_of_the_point_and_report_match_the_manifests(swept) -> None:
+    run, lake, recipe = swept["rerun"], swept["lake"], swept["recipe"]
+    states = {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
+    assert run.state == "success" and set(states.values()) == {"success"}, states
+    tries = {(ti.task_id, ti.map_index): ti.try_number for ti in run.get_task_instances()}
+    assert tries[("point.train", 0)] == tries[("point.train", 2)] == 1 and tries[("point.train", 1)] == 2
+    rep = lake.require("ablations.lr", {"recipe": "test"})
+    files = {p.rsplit("/", 1)[-1]: p for p in lake.data_files(rep)}
+    assert set(files) == {"report.json", "report.csv", "report.md", "report.png"}
+    body = json.loads(lake.fs.cat_file(files["report.json"]))
+    rows = list(csv.DictReader(io.StringIO(lake.fs.cat_file(files["report.csv"]).decode())))
+    points = sweeps.expand(recipe, "lr")
+    assert [r["point"] for r in rows] == [p.id for p, _ in points] == ["p0", "p1", "p2"]
+    for (p, pr), row, csv_row in zip(points, body["points"], rows, strict=True):
+        m = lake.require("checkpoints.pretrain", {"recipe": p.recipe_name})
+        assert m.recipe_digest == sweeps.training_digest(pr) and row["manifest"] == m.digest
+        assert m.params["run"]["optimizer"]["lr"] == p.values["lr"] and m.counters["steps"] == 5
+        assert m.counters["tp"] == 1 and math.isfinite(m.counters["valid_loss"])
+        for k in sweeps.METRICS:
+            assert row[k] == m.counters[k] and float(csv_row[k]) == pytest.approx(m.counters[k])
+        blend = lake.require("blend", {"recipe": p.recipe_name})
+        assert [i.digest for i in blend.inputs] == [swept["tokens"].digest]  # shared tokens, one tokenization
+    assert rep.counters["ok"] == 3 and rep.counters["missing"] == []
+    best = min(body["points"], key=lambda r: r["valid_loss"])["point"]
+    assert body["best"]["valid_loss"] == best and rep.inputs and len(rep.inputs) == 3
+    assert lake.fs.cat_file(files["report.png"])[:4] == b"\x89PNG"
