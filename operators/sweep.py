@@ -46,8 +46,8 @@ class PointEvalOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         recipe = load_recipe(self.recipe_path)
-        m = Lake().manifest("checkpoints.pretrain", {"recipe": recipe.name})
-        if m is None or m.recipe_digest != sweeps.training_digest(recipe):
+        m = sweeps.current_checkpoint(Lake(), recipe)
+        if m is None:
             raise AirflowException(f"{recipe.name}: no current checkpoints.pretrain partition")
         out = {k: m.counters.get(k) for k in (*sweeps.METRICS, "steps")}
         self.log.info("%s: %s", recipe.name, out)

@@ -148,7 +148,8 @@ def expand(recipe: Recipe, sweep_name: str) -> list[tuple[Point, Recipe]]:
         try:
             point_r = parse_recipe(data, recipe.path)
         except RecipeError as e:
-            reasons = str(e).split("\n", 1)[-1].replace("\n", "; ")
+            reasons = "; ".join(line.replace("<recipe>: ", "").replace("Value error, ", "")
+                                for line in str(e).splitlines()[1:])
             raise SweepError(f"{field} ({Point(sweep.name, pid, values, '').label}): {reasons}") from None
         out.append((Point(sweep.name, pid, values, point_r.name), point_r))
     return out
@@ -170,6 +171,18 @@ def training_digest(recipe: Recipe) -> str:
     assert recipe.training is not None
     return sha256_json({"run": "pretrain",
                         "training": recipe.training.model_dump(mode="json", exclude={"cluster"})})
+
+
+def current_checkpoint(lake: Any, recipe: Recipe) -> Manifest | None:
+    """The point's committed `checkpoints.pretrain` partition if it was trained from the point's current
+    blend (mixed with the point's mixture) and training section; None: failed, stale or not run yet."""
+    from phiflow.mix_stage import DATASET, blend_partition, mix_params
+
+    part = blend_partition(recipe)
+    blend, m = lake.manifest(DATASET, part), lake.manifest("checkpoints.pretrain", part)
+    if blend is None or m is None or blend.recipe_digest != sha256_json(mix_params(recipe)):
+        return None
+    return m if m.recipe_digest == training_digest(recipe) and m.inputs == [blend.input_ref()] else None
 
 
 # -- the report ---------------------------------------------------------------------------------------
@@ -284,9 +297,7 @@ def commit_report(recipe: Recipe, sweep_name: str, lake: Any, airflow: dict[str,
     dataset, part = f"ablations.{sweep_name}", {"recipe": recipe.name}
     rows, curves, inputs = [], {}, []
     for point, pr in expand(recipe, sweep_name):
-        m = lake.manifest("checkpoints.pretrain", {"recipe": point.recipe_name})
-        if m is not None and m.recipe_digest != training_digest(pr):
-            m = None
+        m = current_checkpoint(lake, pr)
         rows.append(point_row(point, m))
         if m is not None:
             curves[point.id] = m.counters["losses"]

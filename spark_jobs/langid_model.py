@@ -11,6 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from phiflow.recipe import LangidParams
 
@@ -53,9 +54,16 @@ def drop_reason(lang: str, score: float, params: LangidParams) -> str | None:
     return None
 
 
+def heads(texts: pa.Array, max_chars: int) -> list[str]:
+    """`prepare` for a whole Arrow column, in C: only the first max_chars characters become Python
+    strings (whole pages would be copied into Python just to be cut)."""
+    head = pc.utf8_slice_codeunits(pc.fill_null(texts, ""), 0, max_chars)
+    return pc.replace_substring_regex(head, "[\r\n]", " ").to_pylist()
+
+
 def langid_batch(batch: pa.RecordBatch, params: LangidParams, model_path: str) -> pa.RecordBatch:
     """Add `language`, `language_score` and `drop_reason` columns to a batch of documents."""
-    langs, scores = predict(batch.column("text").to_pylist(), model_path, params.max_chars)
+    langs, scores = predict(heads(batch.column("text"), params.max_chars), model_path, params.max_chars)
     reasons = [drop_reason(lang, s, params) for lang, s in zip(langs, scores, strict=True)]
     return (
         batch.append_column("language", pa.array(langs, pa.string()))

@@ -51,7 +51,7 @@ def swept(spark, tmp_path_factory):
         for stage, source in ((commoncrawl_extract, "web"), (langid, "web"), (tokenization, "web.langid")):
             stage.run(spark, StageContext(recipe=recipe, source=source, partition=dict(SNAP), lake=lake))
         db.resetdb()
-        bag = DagBag(dag_folder=str(ROOT / "dags" / "phiflow_ablations.py"), include_examples=False)
+        bag = DagBag(dag_folder=str(ROOT / "dags" / "phiflow_ablations.py"))
         assert bag.import_errors == {}
         dag = bag.get_dag("phiflow_ablation_lr")
         first = dag.test(logical_date=WHEN)

@@ -1,0 +1,129 @@
+"""Sweep expansion and validation (bad points rejected with the field named), report joining on real
+manifests in a lake, and the lr fit across model sizes. No Spark, no Airflow, no training."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from phiflow import sweeps
+from phiflow.recipe import RecipeError, load_recipe, parse_recipe
+from phiflow.schema import TRAIN_STEPS
+
+DEMO = "recipes/demo.yaml"
+
+
+def with_sweep(**sweep):
+    data = load_recipe(DEMO).model_dump(mode="json")
+    data["sweeps"] = [{"name": "s", **sweep}]
+    return parse_recipe(data, load_recipe(DEMO).path)
+
+
+def test_demo_sweep_expands_into_point_recipes() -> None:
+    recipe = load_recipe(DEMO)
+    points = sweeps.expand(recipe, "mix")
+    assert [p.id for p, _ in points] == ["p0", "p1", "p2"]
+    for p, r in points:
+        assert r.name == p.recipe_name == f"demo_mix_{p.id}" and r.sweeps == []
+        assert {s.name: s.share for s in r.mixture.sources} == p.values["mixture"]
+        assert r.training.pretrain.steps == 5 and r.training.pretrain.parallel.tp == 1
+        assert r.training.pretrain.model == recipe.training.pretrain.model  # the base run otherwise
+    ref = sweeps.point_ref(str(recipe.path), "mix", "p2")
+    assert load_recipe(ref).model_dump() == points[2][1].model_dump()
+
+
+def test_grid_is_the_product_of_the_axes() -> None:
+    r = with_sweep(pretrain={"parallel": {"tp": 1}}, axes={"lr": [1e-3, 3e-3], "global_batch_size": [8, 16],
+                                                           "model": [{"num_layers": 2}]})
+    pts = sweeps.expand(r, "s")
+    assert [p.values for p, _ in pts] == [{"lr": lr, "global_batch_size": b, "model": {"num_layers": 2}}
+                                          for lr in (1e-3, 3e-3) for b in (8, 16)]
+    assert [(x.training.pretrain.optimizer.lr, x.training.pretrain.global_batch_size,
+             x.training.pretrain.model.num_layers) for _, x in pts][-1] == (3e-3, 16, 2)
+
+
+def test_epochs_axis_sets_the_share_of_the_source() -> None:
+    r = with_sweep(axes={"epochs": {"source": "synthetic", "unique_tokens": 480, "values": [2, 4]}})
+    total = 30 * 8 * 64
+    for p, x in sweeps.expand(r, "s"):
+        shares = {s.name: s.share for s in x.mixture.sources}
+        assert shares["synthetic"] == pytest.approx(p.values["epochs"] * 480 / total)
+        assert sum(shares.values()) == pytest.approx(1)
+
+
+@pytest.mark.parametrize(("axes", "pretrain", "field"), [
+    ({"mixture": [{"web": 0.5, "synthetic": 0.4}]}, {}, "sweeps.s.points[p0].mixture: shares sum to 0.9"),
+    ({"mixture": [{"web": 0.5, "books": 0.5}]}, {}, "sweeps.s.points[p0].mixture.books: no such mixture source"),
+    ({"epochs": {"source": "web", "unique_tokens": 100, "values": [5]}}, {},
+     "sweeps.s.points[p0].epochs.values: 5 epochs of 'web' exceeds its max_epochs=4"),
+    ({"global_batch_size": [8, 7]}, {},
+     "sweeps.s.points[p1] (global_batch_size=7): training.pretrain.global_batch_size: 7 is not micro_batch_size"),
+    ({"lr": [1e-3]}, {"parallel": {"tp": 3}},
+     "sweeps.s.points[p0] (lr=0.001): training.pretrain.model.num_attention_heads: 4 not divisible by parallel.tp=3"),
+    ({"model": [{"hidden_size": 130}]}, {}, "sweeps.s.points[p0]"),
+])
+def test_bad_points_are_rejected_at_load_with_the_field(axes, pretrain, field) -> None:
+    with pytest.raises(RecipeError) as e:
+        with_sweep(axes=axes, pretrain=pretrain)
+    assert field in str(e.value)
+
+
+def test_sweep_needs_an_axis() -> None:
+    with pytest.raises(RecipeError, match="sweeps.0.axes: Value error, a sweep needs at least one axis"):
+        with_sweep(axes={})
+
+
+def commit_point(lake, point, recipe, losses, valid_loss, blend_recipe=None) -> None:
+    """A blend and a checkpoint manifest as the operators commit them (blend of `blend_recipe`'s mixture)."""
+    from phiflow import mix_stage
+    from phiflow.commit import commit_files
+    from phiflow.manifest import sha256_json
+    from phiflow.schema import BLEND_SOURCES
+
+    part = {"recipe": point.recipe_name}
+    attempt = lake.new_attempt("blend", part)
+    lake.fs.pipe_file(lake.attempt_path("blend", part, attempt) + "/blend.json", b"{}")
+    blend = commit_files(lake, dataset="blend", partition=part, attempt=attempt, stage="mix", schema=BLEND_SOURCES,
+                         row_count=0, content=point.id, inputs=[],
+                         recipe_digest=sha256_json(mix_stage.mix_params(blend_recipe or recipe)), params={},
+                         counters={})
+    attempt = lake.new_attempt("checkpoints.pretrain", part)
+    lake.fs.pipe_file(lake.attempt_path("checkpoints.pretrain", part, attempt) + "/metrics.json", b"{}")
+    counters = {"steps": len(losses), "losses": losses, "final_loss": losses[-1], "loss_end_mean": losses[-1],
+                "valid_loss": valid_loss, "valid_perplexity": math.exp(valid_loss)}
+    commit_files(lake, dataset="checkpoints.pretrain", partition=part, attempt=attempt, stage="pretrain",
+                 schema=TRAIN_STEPS, row_count=len(losses), content=losses,
+                 inputs=[blend.input_ref()], recipe_digest=sweeps.training_digest(recipe),
+                 params={}, counters=counters)
+
+
+def test_report_joins_current_point_manifests(lake) -> None:
+    recipe = load_recipe(DEMO)
+    (p0, r0), (p1, r1), (p2, r2) = sweeps.expand(recipe, "mix")
+    commit_point(lake, p0, r0, [6.2, 5.9], 5.8)
+    commit_point(lake, p2, r2, [6.2, 5.1], 5.3)
+    commit_point(lake, p1, r1, [6.2, 4.0], 4.0, blend_recipe=r0)  # blend of another mixture: not current
+    m = sweeps.commit_report(recipe, "mix", lake)
+    assert m.dataset == "ablations.mix" and m.row_count == 3
+    assert m.counters["ok"] == 2 and m.counters["missing"] == ["p1"]
+    assert m.counters["best"] == {"valid_loss": "p2", "valid_perplexity": "p2", "final_loss": "p2",
+                                  "loss_end_mean": "p2"}
+    (path,) = [p for p in lake.data_files(m) if p.endswith("report.json")]
+    rows = json.loads(lake.fs.cat_file(path))["points"]
+    assert [r["status"] for r in rows] == ["ok", "missing", "ok"]
+    assert rows[2]["valid_loss"] == 5.3 and rows[2]["axis_mixture"] == "web:0.4/synthetic:0.6"
+    md = [p for p in lake.data_files(m) if p.endswith("report.md")]
+    assert "| p2 | mixture=web:0.4/synthetic:0.6 | ok | 2 | 5.3000 |" in lake.fs.cat_file(md[0]).decode()
+
+
+def test_lr_fit_recovers_a_power_law() -> None:
+    sizes = [sweeps.model_params(layers, hidden, 512) for layers, hidden in ((2, 64), (4, 128), (8, 256))]
+    best = [0.02 * (n / 1e5) ** -0.5 for n in sizes]
+    a, b = sweeps.fit_lr(list(zip(sizes, best, strict=True)))
+    assert b == pytest.approx(-0.5)
+    assert sweeps.predict_lr((a, b), 4 * 10**6) == pytest.approx(0.02 * 40**-0.5)
+    assert sweeps.model_params(2, 64, 512) == 2 * (4 * 64 * 64 + 2 * 64 * 256) + 512 * 64
+    with pytest.raises(sweeps.SweepError, match="at least two model sizes"):
+        sweeps.fit_lr([(1000, 1e-3), (1000, 2e-3)])
