@@ -11,6 +11,7 @@ import json
 import math
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import yaml
@@ -27,7 +28,7 @@ BAD_LR = 1.0e6
 
 
 def write_sweep(path, bad_lr: float) -> None:
-    data = yaml.safe_load(open(os.environ["PHIFLOW_RECIPE"]).read())
+    data = yaml.safe_load(Path(os.environ["PHIFLOW_RECIPE"]).read_text())
     data["sweeps"] = [{"name": "lr", "description": "lr on the tiny model",
                        "pretrain": {"steps": 5, "parallel": {"tp": 1}, "checkpoint_interval": 0,
                                     "optimizer": {"warmup_steps": 1}},
@@ -56,10 +57,14 @@ def swept(spark, tmp_path_factory):
         dag = bag.get_dag("phiflow_ablation_lr")
         first = dag.test(logical_date=WHEN)
         states = {(ti.task_id, ti.map_index): ti.state for ti in first.get_task_instances()}
+        started = {(ti.task_id, ti.map_index): ti.start_date for ti in first.get_task_instances()}
+        failed_metrics = [json.loads(p.read_text()) for p in Path(lake.partition_path(
+            "checkpoints.pretrain", {"recipe": "test_lr_p1"})).glob("_attempts/*/metrics.json")]
         report_first = lake.require("ablations.lr", {"recipe": "test"})
         write_sweep(path, 2.0e-3)  # fix the bad point, then rerun it alone
         rerun = rerun_point(dag, first.run_id, 1)
-        yield {"lake": lake, "recipe": load_recipe(path), "first": states, "report_first": report_first,
+        yield {"lake": lake, "recipe": load_recipe(path), "first": states, "started": started,
+               "failed_metrics": failed_metrics, "report_first": report_first,
                "rerun": rerun, "tokens": lake.require("tokens.web.langid", SNAP)}
 
 
@@ -83,14 +88,17 @@ def test_bad_point_fails_alone_and_the_report_marks_it(swept) -> None:
     assert s[("report", -1)] == "success"
     rep = swept["report_first"]
     assert rep.counters["ok"] == 2 and rep.counters["missing"] == ["p1"]
+    (metrics,) = swept["failed_metrics"]  # training stopped on the non-finite loss
+    assert metrics["status"] != "ok" and "non-finite" in metrics["error"].lower(), metrics.get("error")
 
 
 def test_rerun_of_the_point_and_report_match_the_manifests(swept) -> None:
     run, lake, recipe = swept["rerun"], swept["lake"], swept["recipe"]
     states = {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
     assert run.state == "success" and set(states.values()) == {"success"}, states
-    tries = {(ti.task_id, ti.map_index): ti.try_number for ti in run.get_task_instances()}
-    assert tries[("point.train", 0)] == tries[("point.train", 2)] == 1 and tries[("point.train", 1)] == 2
+    started = {(ti.task_id, ti.map_index): ti.start_date for ti in run.get_task_instances()}
+    for key, when in swept["started"].items():  # only p1's tasks and the report ran again
+        assert (when == started[key]) == (key[1] in (0, 2)), key
     rep = lake.require("ablations.lr", {"recipe": "test"})
     files = {p.rsplit("/", 1)[-1]: p for p in lake.data_files(rep)}
     assert set(files) == {"report.json", "report.csv", "report.md", "report.png"}

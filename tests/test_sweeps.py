@@ -71,7 +71,7 @@ def test_bad_points_are_rejected_at_load_with_the_field(axes, pretrain, field) -
 
 
 def test_sweep_needs_an_axis() -> None:
-    with pytest.raises(RecipeError, match="sweeps.0.axes: Value error, a sweep needs at least one axis"):
+    with pytest.raises(RecipeError, match=r"sweeps\.0\.axes: Value error, a sweep needs at least one axis"):
         with_sweep(axes={})
 
 
