@@ -30,7 +30,7 @@ from spark_jobs.quality_rules import drop_reason
 from spark_jobs.stage_io import StageContext, commit_partition, spark_schema
 
 ROUNDS = 2
-REPEAT = 60  # ~170 articles x 60: enough documents that Spark's job overhead is amortized
+REPEAT = 30  # ~170 articles x 30: enough documents that Spark's job overhead is amortized
 DUMP = {"dump": "enwiki-20240601"}
 BENCH = {"dump": "BENCH"}
 

@@ -18,8 +18,8 @@ DOCUMENT_FIELDS: list[pa.Field] = [
 ]
 
 WEB_EXTRACTED = pa.schema(
-    DOCUMENT_FIELDS
-    + [
+    [
+        *DOCUMENT_FIELDS,
         pa.field("url", pa.string()),
         pa.field("warc_record_id", pa.string()),
         pa.field("warc_offset", pa.int64()),

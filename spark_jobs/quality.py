@@ -31,7 +31,6 @@ from spark_jobs.stage_io import (
     StageContext,
     commit_partition,
     count_reasons,
-    print_summary,
     spark_schema,
     stage_main,
 )
@@ -182,7 +181,6 @@ def run(spark, ctx: StageContext) -> Manifest:
     finally:
         rows.unpersist()
         scored.unpersist()
-    print_summary(manifest)
     return manifest
 
 

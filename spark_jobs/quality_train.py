@@ -16,7 +16,7 @@ from phiflow.manifest import Manifest
 from phiflow.recipe import QualityTrainParams
 from phiflow.schema import QUALITY_ANNOTATIONS, QUALITY_MODELS, with_drop_reason
 from spark_jobs.quality_classifier import binary_metrics, in_holdout, label_probs, model_bytes, train
-from spark_jobs.stage_io import StageContext, commit_partition, print_summary, spark_schema, stage_main
+from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, stage_main
 
 STAGE = "quality_train"
 DATASET = "quality.classifier"
@@ -94,7 +94,6 @@ def run(spark, ctx: StageContext) -> Manifest:
         reasons={None: len(fitted)},
         counters={"read": len(rows), "metrics": metrics},
     )
-    print_summary(manifest)
     for name, m in metrics.items():
         print(
             f"[phiflow]   {name}: held-out precision {m['precision']} recall {m['recall']} AUC {m['auc']} (n={m['n']})"

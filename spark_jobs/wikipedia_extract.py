@@ -28,7 +28,6 @@ from spark_jobs.stage_io import (
     StageContext,
     commit_partition,
     count_reasons,
-    print_summary,
     spark_schema,
     stage_main,
 )
@@ -200,7 +199,6 @@ def run(spark, ctx: StageContext) -> Manifest:
         )
     finally:
         rows.unpersist()
-    print_summary(manifest)
     return manifest
 
 

@@ -111,7 +111,9 @@ def test_annotate_train_and_score_with_cached_rerun(spark, test_recipe, tmp_path
             "sample_size": SAMPLE, "max_chars": MAX_CHARS, "max_tokens": 8, "seed": 7,
         }  # fmt: skip
         data["stages"]["quality_train"] = {"name": "edu-v1", "holdout_fraction": 0.3}
-        data["stages"]["quality"].update(classifier="edu-v1", keep_fraction=0.1, non_stem_quota=0.0, max_chars=MAX_CHARS)
+        data["stages"]["quality"].update(
+            classifier="edu-v1", keep_fraction=0.1, non_stem_quota=0.0, max_chars=MAX_CHARS
+        )
         recipe = parse_recipe(data, test_recipe.path)
         ctx = StageContext(recipe=recipe, source="web", partition=dict(SNAP), lake=lake)
 
