@@ -30,7 +30,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import ArrayType, IntegerType, LongType, StringType, StructField, StructType
 
 from phiflow.manifest import Manifest, partition_key
-from phiflow.recipe import CommonCrawlSource, DedupParams
+from phiflow.recipe import CommonCrawlSource, DedupParams, WikipediaSource
 from phiflow.schema import DUP_CLUSTERS, MINHASH
 from phiflow.storage import Lake
 from spark_jobs.minhash import MinHasher
@@ -61,15 +61,18 @@ def signature_batches(mh: MinHasher, keep: list[str]):  # -> mapInArrow function
 
 
 # -- partitions and ordering -------------------------------------------------------------------
-def snapshot_order(src: CommonCrawlSource, partition: dict[str, str]) -> int | None:
-    """Position of a partition's snapshot in the source's date order (None: not a snapshot of it)."""
-    ids = [s.id for s in src.snapshots]  # sorted by date by the recipe
-    snap = partition.get("snapshot")
-    return ids.index(snap) if snap in ids else None
+def snapshot_order(src: CommonCrawlSource | WikipediaSource, partition: dict[str, str]) -> int | None:
+    """Position of a partition's snapshot (or dump) in the source's date order (None: not one of its own)."""
+    if isinstance(src, WikipediaSource):
+        ids, key = [d.id for d in src.dumps], "dump"  # sorted by (date, wiki) by the recipe
+    else:
+        ids, key = [s.id for s in src.snapshots], "snapshot"  # sorted by date by the recipe
+    part = partition.get(key)
+    return ids.index(part) if part in ids else None
 
 
 def partitions_before(
-    lake: Lake, dataset: str, src: CommonCrawlSource, partition: dict[str, str], inclusive: bool
+    lake: Lake, dataset: str, src: CommonCrawlSource | WikipediaSource, partition: dict[str, str], inclusive: bool
 ) -> list[Manifest]:
     """Committed partitions of `dataset` dated before (or at) `partition`'s snapshot.
 
@@ -111,7 +114,7 @@ def earlier_signatures(
         frames.append(
             spark.read.schema(spark_schema(MINHASH))
             .parquet(*ctx.lake.data_files(m))
-            .withColumn("origin", F.lit(-1 if pos is None or here is None else pos - len(src.snapshots)))
+            .withColumn("origin", F.lit(-1 if pos is None or here is None else pos - 10**6))
             .withColumn("origin_partition", F.lit(m.key))
         )
     if not frames:
