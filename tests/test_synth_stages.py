@@ -29,6 +29,7 @@ def recipe_with(test_recipe, base_url: str):
     data = test_recipe.model_dump(mode="json")
     data["llm"] = {"backend": "openai", "model": "scripted", "base_url": base_url, "max_concurrency": 4,
                    "backoff_s": 0.01}
+    data["stages"]["seed_select"]["input_suffix"] = "langid"  # seeds straight from langid: no curation needed here
     data["stages"]["synthesize"] = {"workflows": [
         {"name": "exercises", "kind": "rewrite", "max_seeds": 5, "samples_per_seed": 2,
          "prompts": {"rewrite": "Turn into an exercise: {seed}"}},
