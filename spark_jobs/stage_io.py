@@ -9,6 +9,7 @@ engine code around their pure per-record functions.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -177,7 +179,13 @@ def print_summary(m: Manifest) -> None:
 def stage_main(
     stage: str, run: Callable[[SparkSession, StageContext], Manifest], argv: list[str] | None = None
 ) -> None:
-    """The body of every `spark_jobs/<stage>.py` under spark-submit."""
+    """The body of every `spark_jobs/<stage>.py` under spark-submit.
+
+    spark-submit runs the job file as `__main__`; functions the stage ships to executors would then be
+    pickled as `__main__.<name>`, which Python workers cannot import. Running `run` from the file's
+    importable module (`spark_jobs.<stage>`) makes every reference resolvable on the workers."""
+    if run.__module__ == "__main__":
+        run = importlib.import_module(f"spark_jobs.{Path(sys.argv[0]).stem}").run
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = parse_args(argv)
     spark = spark_session(ctx.recipe, f"phiflow-{stage}-{ctx.source}")
