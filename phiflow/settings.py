@@ -32,3 +32,9 @@ def airflow_home() -> Path:
 
 def default_recipe() -> Path:
     return Path(os.environ.get("PHIFLOW_RECIPE", PROJECT_ROOT / "recipes" / "demo.yaml"))
+
+
+# sqlite3 waits this long for a lock before "database is locked" (its own default is 5 s): on the
+# embedded default the scheduler, the dag-processor and a CLI `backfill create` write to one file.
+# scripts/env.sh points Airflow's [database] sql_alchemy_connect_args here when the DB is SQLite.
+SQLITE_CONNECT_ARGS = {"timeout": 60}

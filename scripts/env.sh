@@ -22,6 +22,13 @@ fi
 if [[ -z "${AIRFLOW_CONN_PHIFLOW_SPARK:-}" ]]; then
   export AIRFLOW_CONN_PHIFLOW_SPARK='{"conn_type": "spark", "host": "local[2]"}'
 fi
+# SQLite only: wait for the write lock instead of failing (phiflow/settings.py says why).
+ARGS=phiflow.settings.SQLITE_CONNECT_ARGS
+if [[ "${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite}" == sqlite* ]]; then
+  export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS:-$ARGS}"
+elif [[ "${AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS:-}" == "$ARGS" ]]; then
+  unset AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS
+fi
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export PYSPARK_PYTHON="$ROOT/.venv/bin/python"
 mkdir -p "$PHIFLOW_HOME/lineage" "$AIRFLOW_HOME"

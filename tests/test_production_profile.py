@@ -205,6 +205,7 @@ def test_scheduler_backfill_with_postgres_metadata(postgres: Postgres, tmp_path)
     recipe = write_test_recipe(tmp_path / "recipe.yaml", quality={"classifier": None})
     af.env.update({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                    "PHIFLOW_RECIPE": str(recipe)})
+    af.env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", None)  # SQLite's lock timeout, not psycopg2's
     try:
         af.services("start")  # `airflow db migrate` on PostgreSQL first
         af.login()

@@ -26,7 +26,7 @@ def trained(spark, tmp_path_factory):
         tmp / "r.yaml",
         {
             "wikipedia_extract": {"failure_budget": 0.5},
-            "quality": {"keep_fraction": 0.3, "non_stem_quota": 0.2, "non_stem_min_score": 0.0},
+            "quality": {"classifier": "edu-v1", "keep_fraction": 0.3, "non_stem_quota": 0.2, "non_stem_min_score": 0.0},
         },
     )
     lake = Lake(str(tmp / "lake"))
@@ -99,7 +99,8 @@ def test_quality_keeps_top_fraction_plus_non_stem_quota(spark, trained) -> None:
 
 def test_without_quota_the_kept_set_is_mostly_stem(spark, trained, tmp_path) -> None:
     _recipe, lake, *_ = trained
-    no_quota = wiki_recipe(tmp_path / "r.yaml", {"quality": {"keep_fraction": 0.3, "non_stem_quota": 0.0}})
+    params = {"classifier": "edu-v1", "keep_fraction": 0.3, "non_stem_quota": 0.0}
+    no_quota = wiki_recipe(tmp_path / "r.yaml", {"quality": params})
     q = quality.run(spark, StageContext(no_quota, "wiki", dict(DUMP), lake))
     after = q.counters["topics_after"]
     assert after.get("stem", 0) / q.row_count >= 0.9 and "non_stem_quota" not in q.counters["selected_by"]
