@@ -9,10 +9,9 @@ then the report again. No stage logic here: phiflow/sweeps.py and operators/swee
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import DAG, task, task_group
 
+from operators.dag_args import dag_args
 from operators.spark_stage import dataset_asset
 from operators.sweep import AblationReportOperator, PointEvalOperator, PointMixOperator, PointTrainOperator
 from phiflow import settings, sweeps
@@ -24,13 +23,8 @@ recipe = load_recipe(RECIPE_PATH)
 for sweep in recipe.sweeps:
     with DAG(
         dag_id=f"phiflow_ablation_{sweep.name}",
-        description=f"{recipe.name}: ablation {sweep.name}: {sweep.description}",
         schedule=None,
-        catchup=False,
-        max_active_runs=1,
-        tags=["phiflow", recipe.name, "ablation"],
-        default_args={"retries": recipe.airflow.retries,
-                      "retry_delay": timedelta(seconds=recipe.airflow.retry_delay_s)},
+        **dag_args(recipe, "ablation", f"ablation {sweep.name}: {sweep.description}"),
         doc_md=__doc__,
     ) as dag:
 
@@ -42,11 +36,17 @@ for sweep in recipe.sweeps:
 
         @task_group(group_id="point")
         def point(recipe_path: str, max_active: int = sweep.max_active) -> None:
-            (PointMixOperator(task_id="mix", recipe_path=recipe_path)
-             >> PointTrainOperator(task_id="train", recipe_path=recipe_path, max_active_tis_per_dag=max_active)
-             >> PointEvalOperator(task_id="evaluate", recipe_path=recipe_path))
+            (
+                PointMixOperator(task_id="mix", recipe_path=recipe_path)
+                >> PointTrainOperator(task_id="train", recipe_path=recipe_path, max_active_tis_per_dag=max_active)
+                >> PointEvalOperator(task_id="evaluate", recipe_path=recipe_path)
+            )
 
         point.expand(recipe_path=points()) >> AblationReportOperator(
-            task_id="report", recipe_path=RECIPE_PATH, sweep=sweep.name, trigger_rule="all_done",
-            outlets=[dataset_asset(f"ablations.{sweep.name}")])
+            task_id="report",
+            recipe_path=RECIPE_PATH,
+            sweep=sweep.name,
+            trigger_rule="all_done",
+            outlets=[dataset_asset(f"ablations.{sweep.name}")],
+        )
     globals()[dag.dag_id] = dag

@@ -12,18 +12,16 @@ No stage logic here: every task is a SparkStageOperator running `spark_jobs/<sta
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import DAG, Param, chain
 from airflow.timetables.interval import CronDataIntervalTimetable
 
+from operators.dag_args import dag_args
 from operators.spark_stage import SparkStageOperator, dataset_asset
 from phiflow import settings
 from phiflow.recipe import CommonCrawlSource, WikipediaSource, load_recipe
 
 RECIPE_PATH = str(settings.default_recipe())
 recipe = load_recipe(RECIPE_PATH)
-defaults = {"retries": recipe.airflow.retries, "retry_delay": timedelta(seconds=recipe.airflow.retry_delay_s)}
 
 
 def curation_chain(name: str, src: CommonCrawlSource | WikipediaSource) -> list[SparkStageOperator]:
@@ -58,14 +56,12 @@ for name, src in recipe.sources.items():
     key = "snapshot" if isinstance(src, CommonCrawlSource) else "dump"
     with DAG(
         dag_id=f"phiflow_ingest_{name}",
-        description=f"{recipe.name}: {name} -> extracted -> langid -> ... -> {name}.clean",
         # Data-interval semantics (Airflow 3 defaults cron schedules to trigger semantics, where a
         # run has no interval): a run owns [start, end), so a snapshot belongs to exactly one run.
         schedule=CronDataIntervalTimetable(src.schedule, timezone="UTC"),
         start_date=src.start_date,
-        catchup=False,
-        max_active_runs=1,  # snapshots in date order: dedup compares against earlier ones
-        tags=["phiflow", recipe.name, "ingest"],
+        # one run at a time (dag_args): snapshots in date order, as dedup compares against earlier ones
+        **dag_args(recipe, "ingest", f"{name} -> extracted -> langid -> ... -> {name}.clean"),
         params={
             key: Param(
                 None,
@@ -74,7 +70,6 @@ for name, src in recipe.sources.items():
                 description=f"process this {key} (manual runs); empty: the run's interval",
             )
         },
-        default_args=defaults,
         doc_md=__doc__,
     ) as dag:
         chain(*curation_chain(name, src))
@@ -88,14 +83,10 @@ clean = {
 }
 with DAG(
     dag_id="phiflow_synthesis",
-    description=f"{recipe.name}: seed selection and LLM synthesis of newly committed clean partitions",
     schedule=[dataset_asset(d) for d in clean.values()],
     start_date=min(src.start_date for src in recipe.sources.values()),
-    catchup=False,
-    max_active_runs=1,
-    tags=["phiflow", recipe.name, "synthesis"],
+    **dag_args(recipe, "synthesis", "seed selection and LLM synthesis of newly committed clean partitions"),
     params={"snapshot": Param(None, type=["null", "string"], description="rerun this partition (manual runs)")},
-    default_args=defaults,
     doc_md=__doc__,
 ) as synthesis:
     for name, input_dataset in clean.items():

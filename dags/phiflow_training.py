@@ -8,10 +8,9 @@ stage logic here.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import DAG
 
+from operators.dag_args import dag_args
 from operators.spark_stage import SparkStageOperator, dataset_asset
 from operators.training import MegatronTrainOperator, MixOperator, TokenizerOperator, pending_tokenize
 from phiflow import settings
@@ -23,23 +22,25 @@ recipe = load_recipe(RECIPE_PATH)
 if recipe.mixture is not None and recipe.training is not None:
     with DAG(
         dag_id="phiflow_training",
-        description=f"{recipe.name}: tokenize {', '.join(recipe.mixture.datasets)} -> mix -> pretrain -> midtrain",
         schedule=[dataset_asset(d) for d in recipe.mixture.datasets],
-        catchup=False,
-        max_active_runs=1,
-        tags=["phiflow", recipe.name, "training"],
-        default_args={"retries": recipe.airflow.retries,
-                      "retry_delay": timedelta(seconds=recipe.airflow.retry_delay_s)},
+        **dag_args(recipe, "training", f"tokenize {', '.join(recipe.mixture.datasets)} -> mix -> pretrain -> midtrain"),
         doc_md=__doc__,
     ) as dag:
         tokenizer = TokenizerOperator(task_id="tokenizer", recipe_path=RECIPE_PATH)
         mix = MixOperator(task_id="mix", recipe_path=RECIPE_PATH, trigger_rule="none_failed")
         for dataset in recipe.mixture.datasets:
-            tokenizer >> SparkStageOperator(
-                task_id=f"tokenize_{dataset.replace('.', '_')}", stage="tokenization", source=dataset,
-                output_dataset=f"tokens.{dataset}", recipe_path=RECIPE_PATH,
-                partitions_callable=pending_tokenize(dataset),
-            ) >> mix
+            (
+                tokenizer
+                >> SparkStageOperator(
+                    task_id=f"tokenize_{dataset.replace('.', '_')}",
+                    stage="tokenization",
+                    source=dataset,
+                    output_dataset=f"tokens.{dataset}",
+                    recipe_path=RECIPE_PATH,
+                    partitions_callable=pending_tokenize(dataset),
+                )
+                >> mix
+            )
         pretrain = MegatronTrainOperator(task_id="pretrain", run="pretrain", recipe_path=RECIPE_PATH)
         midtrain = MegatronTrainOperator(task_id="midtrain", run="midtrain", recipe_path=RECIPE_PATH)
         mix >> pretrain >> midtrain

@@ -46,6 +46,46 @@ def commit_files(
     started: float | None = None,
 ) -> Manifest:
     """Commit every file the attempt folder holds, with the caller's row count and counters."""
+    return commit_attempt(
+        lake,
+        dataset=dataset,
+        partition=partition,
+        attempt=attempt,
+        stage=stage,
+        schema=schema,
+        row_count=row_count,
+        content_digest=f"sha256:{sha256_json(content)}",
+        inputs=inputs,
+        recipe_digest=recipe_digest,
+        params=params,
+        counters=counters,
+        dropped={},
+        airflow=airflow,
+        started=started,
+    )
+
+
+def commit_attempt(
+    lake: Lake,
+    *,
+    dataset: str,
+    partition: dict[str, str],
+    attempt: str,
+    stage: str,
+    schema: Any,
+    row_count: int,
+    content_digest: str,
+    inputs: list[InputRef],
+    recipe_digest: str,
+    params: dict[str, Any],
+    counters: dict[str, Any],
+    dropped: dict[str, int],
+    airflow: dict[str, Any] | None = None,
+    started: float | None = None,
+) -> Manifest:
+    """The one manifest builder: every file of the attempt folder, committed with its facts.
+
+    Spark stages (spark_jobs.stage_io.commit_partition) and file-writing stages both end here."""
     files = lake.attempt_files(dataset, partition, attempt)
     if not files:
         raise FileNotFoundError(f"{dataset}: attempt {attempt} wrote no files")
@@ -61,7 +101,7 @@ def commit_files(
         bytes=sum(f.bytes for f in files),
         schema=describe(schema),
         schema_fingerprint=fingerprint(schema),
-        content_digest=f"sha256:{sha256_json(content)}",
+        content_digest=content_digest,
         inputs=inputs,
         recipe_digest=recipe_digest,
         params=params,
@@ -72,13 +112,14 @@ def commit_files(
             "finished": datetime.fromtimestamp(finished, UTC).isoformat(),
             "seconds": round(finished - started, 2),
         },
-        counters={"dropped": {}, **counters, "kept": row_count},
+        counters={**counters, "kept": row_count, "dropped": dropped},
     )
     return lake.commit(manifest)
 
 
-def up_to_date(lake: Lake, dataset: str, partition: dict[str, str], inputs: list[InputRef],
-               recipe_digest: str) -> Manifest | None:
+def up_to_date(
+    lake: Lake, dataset: str, partition: dict[str, str], inputs: list[InputRef], recipe_digest: str
+) -> Manifest | None:
     """The committed partition when it was built from exactly these inputs and recipe digest.
 
     What makes a consumer that sees the same input digests again do nothing.

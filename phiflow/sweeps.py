@@ -280,6 +280,33 @@ def predict_lr(fit: tuple[float, float], params: int) -> float:
     return math.exp(a + b * math.log(params))
 
 
+def lr_interpolation(recipe: Recipe, points: Sequence[tuple[Point, Recipe, dict[str, Any]]]) -> dict[str, Any] | None:
+    """For a sweep over `lr` and `model`, as the report set its learning rate: the best lr of each model
+    size (lowest valid_loss, else final_loss), the power-law fit across sizes, and the lr it predicts
+    for the recipe's own pretraining model. None when fewer than two sizes have a finished point."""
+    best: dict[int, tuple[float, float, str]] = {}  # params -> (metric, lr, point)
+    for point, pr, row in points:
+        metric = row.get("valid_loss") if row.get("valid_loss") is not None else row.get("final_loss")
+        if not {"lr", "model"} <= point.values.keys() or row["status"] != "ok" or metric is None:
+            continue
+        assert pr.training is not None
+        m, lr = pr.training.pretrain.model, pr.training.pretrain.optimizer.lr
+        n = model_params(m.num_layers, m.hidden_size, pr.tokenizer.vocab_size, m.ffn_hidden_size)
+        if math.isfinite(metric) and (n not in best or metric < best[n][0]):
+            best[n] = (metric, lr, point.id)
+    if len(best) < 2:
+        return None
+    fit = fit_lr([(n, lr) for n, (_, lr, _) in best.items()])
+    assert recipe.training is not None
+    t = recipe.training.pretrain.model
+    target = model_params(t.num_layers, t.hidden_size, recipe.tokenizer.vocab_size, t.ffn_hidden_size)
+    return {
+        "best_per_size": [{"params": n, "lr": lr, "point": pid, "metric": metric}
+                          for n, (metric, lr, pid) in sorted(best.items())],
+        "a": fit[0], "b": fit[1], "target_params": target, "predicted_lr": predict_lr(fit, target),
+    }
+
+
 def commit_report(recipe: Recipe, sweep_name: str, lake: Any, airflow: dict[str, Any] | None = None) -> Manifest:
     """Join the points' current checkpoint manifests into `ablations.<sweep>/recipe=<name>`.
 
@@ -295,18 +322,23 @@ def commit_report(recipe: Recipe, sweep_name: str, lake: Any, airflow: dict[str,
 
     started = time.time()
     dataset, part = f"ablations.{sweep_name}", {"recipe": recipe.name}
-    rows, curves, inputs = [], {}, []
+    rows, curves, inputs, joined = [], {}, [], []
     for point, pr in expand(recipe, sweep_name):
         m = current_checkpoint(lake, pr)
         rows.append(point_row(point, m))
+        joined.append((point, pr, rows[-1]))
         if m is not None:
             curves[point.id] = m.counters["losses"]
             inputs.append(m.input_ref())
     best = best_points(rows)
+    lr_fit = lr_interpolation(recipe, joined)
     attempt = lake.new_attempt(dataset, part)
     folder = lake.attempt_path(dataset, part, attempt)
-    body = {"sweep": sweep_name, "recipe": recipe.name, "points": rows, "best": best}
+    body = {"sweep": sweep_name, "recipe": recipe.name, "points": rows, "best": best, "lr_fit": lr_fit}
     report = table_markdown(sweep_name, rows, best)
+    if lr_fit is not None:
+        report += (f"\nLearning rate across model sizes: best lr ~ params^{lr_fit['b']:.3f}; for this recipe's model "
+                   f"({lr_fit['target_params']:,} parameters) the fit predicts lr = {lr_fit['predicted_lr']:.3g}\n")
     lake.fs.pipe_file(posixpath.join(folder, "report.json"), json.dumps(body, indent=2).encode())
     lake.fs.pipe_file(posixpath.join(folder, "report.csv"), table_csv(rows).encode())
     lake.fs.pipe_file(posixpath.join(folder, "report.md"), report.encode())
@@ -320,5 +352,6 @@ def commit_report(recipe: Recipe, sweep_name: str, lake: Any, airflow: dict[str,
         recipe_digest=sha256_json(sweep_spec(recipe, sweep_name).model_dump(mode="json")),
         params={"sweep": sweep_spec(recipe, sweep_name).model_dump(mode="json")}, airflow=airflow, started=started,
         counters={"points": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
-                  "missing": [r["point"] for r in rows if r["status"] != "ok"], "best": best, "plot": png is not None},
+                  "missing": [r["point"] for r in rows if r["status"] != "ok"], "best": best, "plot": png is not None,
+                  "lr_fit": lr_fit},
     )

@@ -9,7 +9,6 @@ commits the same content. Prompt and answer parsing: `spark_jobs.annotation_prom
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 
@@ -21,9 +20,9 @@ from phiflow.manifest import Manifest
 from phiflow.recipe import QualityAnnotateParams
 from phiflow.schema import QUALITY_ANNOTATIONS, with_drop_reason
 from spark_jobs.annotation_prompts import excerpt, messages, parse_answer, sample_rank
+from spark_jobs.llm_stage import STATS, call_stats, llm_config, llm_counters, worker_client
 from spark_jobs.quality import input_of
 from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, persisted, spark_schema, stage_main
-from spark_jobs.synthesize import STATS, llm_config, worker_client
 
 STAGE = "quality_annotate"
 CHUNK = 32  # documents per LLM call: one progress line each, and a failure loses at most this much
@@ -87,8 +86,7 @@ def annotate_batches(params: QualityAnnotateParams, config_json: str):  # -> map
                             "_llm_cache_hits": 0,
                         }
                     )
-                req = client.stats["requests"] - before.get("requests", 0)
-                hits = client.stats["cache_hits"] - before.get("cache_hits", 0)
+                req, hits = call_stats(client, before)
                 rows[0]["_llm_requests"], rows[0]["_llm_cache_hits"] = req, hits
                 kept = sum(r["drop_reason"] is None for r in rows)
                 print(
@@ -124,11 +122,6 @@ def run(spark, ctx: StageContext) -> Manifest:
     )
     rows = sample.mapInArrow(annotate_batches(params, cfg.model_dump_json()), spark_schema(OUT))
     with persisted(rows):
-        stats = rows.agg(
-            F.count(F.lit(1)).alias("sampled"),
-            F.sum("_llm_requests").alias("requests"),
-            F.sum("_llm_cache_hits").alias("hits"),
-        ).first()
         kept = rows.filter(F.col("drop_reason").isNull())
         topics = {r["topic"]: int(r["count"]) for r in kept.groupBy("topic").count().collect()}
         grades = {str(r["grade"]): int(r["count"]) for r in kept.groupBy("grade").count().collect()}
@@ -143,13 +136,11 @@ def run(spark, ctx: StageContext) -> Manifest:
             reasons=count_reasons(rows),
             counters={
                 "read": source.row_count,
-                "sampled": int(stats["sampled"]),
+                "sampled": rows.count(),
                 "annotated": sum(topics.values()),
                 "topics": dict(sorted(topics.items(), key=lambda kv: (-kv[1], kv[0]))),
                 "grades": dict(sorted(grades.items())),
-                "llm_requests": int(stats["requests"] or 0),
-                "llm_cache_hits": int(stats["hits"] or 0),
-                "llm": json.loads(cfg.model_dump_json(include={"backend", "model", "base_url"})),
+                **llm_counters(rows, cfg),
             },
         )
 

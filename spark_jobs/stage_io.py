@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
+from phiflow.commit import commit_attempt
 from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import Recipe, load_recipe
-from phiflow.schema import describe, fingerprint
 from phiflow.storage import Lake
-from phiflow.version import code_version
 
 log = logging.getLogger("phiflow.stage")
 
@@ -135,32 +133,23 @@ def commit_partition(
     kept.write.mode("overwrite").parquet(target)
     row_count, digest = content_digest(kept)  # `rows` is persisted by the stage: no second pass over the input
     dropped = {k: v for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]) if k is not None}
-    files = lake.attempt_files(dataset, ctx.partition, attempt)
-    finished = time.time()
-    manifest = Manifest(
+    manifest = commit_attempt(
+        lake,
         dataset=dataset,
-        partition=dict(ctx.partition),
-        stage=stage,
+        partition=ctx.partition,
         attempt=attempt,
-        files=files,
+        stage=stage,
+        schema=schema,
         row_count=row_count,
-        bytes=sum(f.bytes for f in files),
-        schema=describe(schema),
-        schema_fingerprint=fingerprint(schema),
         content_digest=digest,
         inputs=inputs,
         recipe_digest=ctx.recipe.stage_digest(stage),
         params=getattr(ctx.recipe.stages, stage).model_dump(mode="json"),
-        code_version=code_version(),
+        counters=counters,
+        dropped=dropped,
         airflow=ctx.airflow,
-        timings={
-            "started": datetime.fromtimestamp(ctx.started, UTC).isoformat(),
-            "finished": datetime.fromtimestamp(finished, UTC).isoformat(),
-            "seconds": round(finished - ctx.started, 2),
-        },
-        counters={**counters, "kept": row_count, "dropped": dropped},
+        started=ctx.started,
     )
-    lake.commit(manifest)
     print_summary(manifest)
     return manifest
 

@@ -9,37 +9,21 @@ the lake. Counters: generated samples, rejections by reason (manifest), LLM requ
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Iterator
-from functools import lru_cache
 
 import pyarrow as pa
 from pyspark.sql import functions as F
 
-from phiflow.llm import LLMClient, LLMConfig, make_client
 from phiflow.manifest import Manifest
 from phiflow.recipe import SynthesizeParams
 from phiflow.schema import SEEDS, SYNTHETIC, with_drop_reason
+from spark_jobs.llm_stage import STATS, call_stats, llm_config, llm_counters, worker_client
 from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, persisted, spark_schema, stage_main
 from spark_jobs.synth_workflows import synthesize_seeds
 
 STAGE = "synthesize"
 DATASET = "synthetic.generated"
-STATS = [pa.field("_llm_requests", pa.int64()), pa.field("_llm_cache_hits", pa.int64())]  # not committed
-
-
-@lru_cache(maxsize=4)
-def worker_client(config_json: str) -> LLMClient:
-    """One client per worker process and config (the offline model then loads once per worker)."""
-    return make_client(LLMConfig.model_validate_json(config_json))
-
-
-def llm_config(ctx: StageContext) -> LLMConfig:
-    cfg = ctx.recipe.llm
-    if cfg.cache_dir is None:
-        cfg = cfg.model_copy(update={"cache_dir": f"{ctx.lake.url}/_cache/llm"})
-    return cfg
 
 
 def synth_partitions(params: SynthesizeParams, config_json: str):  # -> mapInArrow function
@@ -59,8 +43,7 @@ def synth_partitions(params: SynthesizeParams, config_json: str):  # -> mapInArr
                     before = dict(client.stats)
                     t0 = time.time()
                     rows = synthesize_seeds(chunk, workflows[name], client, params.seed, params.sandbox)
-                    req = client.stats["requests"] - before.get("requests", 0)
-                    hits = client.stats["cache_hits"] - before.get("cache_hits", 0)
+                    req, hits = call_stats(client, before)
                     for i, r in enumerate(rows):
                         r["_llm_requests"], r["_llm_cache_hits"] = (req, hits) if i == 0 else (0, 0)
                     kept = sum(r["drop_reason"] is None for r in rows)
@@ -102,12 +85,7 @@ def run(spark, ctx: StageContext) -> Manifest:
         out = out.append(f)
     rows = picked.mapInArrow(synth_partitions(params, cfg.model_dump_json()), spark_schema(out))
     with persisted(rows):
-        stats = rows.agg(
-            F.count(F.lit(1)).alias("generated"),
-            F.sum("_llm_requests").alias("requests"),
-            F.sum("_llm_cache_hits").alias("hits"),
-            F.sum("completion_tokens").alias("tokens"),
-        ).first()
+        stats = rows.agg(F.count(F.lit(1)).alias("generated"), F.sum("completion_tokens").alias("tokens")).first()
         per_wf = {
             r["workflow"]: int(r["count"])
             for r in rows.filter("drop_reason is null").groupBy("workflow").count().collect()
@@ -125,10 +103,8 @@ def run(spark, ctx: StageContext) -> Manifest:
                 "read": seeds_m.row_count,
                 "generated": int(stats["generated"]),
                 "kept_by_workflow": per_wf,
-                "llm_requests": int(stats["requests"] or 0),
-                "llm_cache_hits": int(stats["hits"] or 0),
                 "completion_tokens": int(stats["tokens"] or 0),
-                "llm": json.loads(cfg.model_dump_json(include={"backend", "model", "base_url"})),
+                **llm_counters(rows, cfg),
             },
         )
 

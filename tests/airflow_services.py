@@ -9,6 +9,8 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from conftest import ROOT
@@ -74,6 +76,27 @@ class Airflow:
                 return value
             time.sleep(3)
         raise AssertionError(f"timed out waiting for {what}")
+
+    def knows(self, *dag_ids: str) -> bool:
+        """Whether the dag-processor has parsed these DAGs (the API answers for them)."""
+        try:
+            return all(self.api(f"/api/v2/dags/{d}")["dag_id"] == d for d in dag_ids)
+        except OSError:
+            return False
+
+    @contextmanager
+    def running(self, *dag_ids: str, unpause: tuple[str, ...] = ()) -> Iterator[str]:
+        """The services up, logged in, these DAGs parsed (and unpaused); stopped at the end.
+        Yields what `start` printed."""
+        printed = self.services("start")
+        try:
+            self.login()
+            self.wait(lambda: self.knows(*dag_ids), "the dag-processor to parse the DAGs", timeout=180)
+            for dag_id in unpause:
+                self.cli("dags", "unpause", dag_id)
+            yield printed
+        finally:
+            self.services("stop")
 
     def runs(self, dag_id: str) -> dict[str, str]:
         body = self.api(f"/api/v2/dags/{dag_id}/dagRuns?limit=100")

@@ -7,8 +7,9 @@ injected faults: the test double for every remote LLM endpoint.
 
 `answer(body, i)` returns the i-th sample's text for a request body (default: a deterministic
 echo). Faults are queued per prompt (matched by substring of the last message), so they hit the
-same prompts whatever the client's concurrency. The server records what it saw: bodies, the
-Authorization headers, and how many good completions each prompt was served.
+same prompts whatever the client's concurrency. `delay_s` slows every good answer (a stage then
+stays mid-run long enough to be broken on purpose); `stop()` makes it vanish. The server records
+what it saw: bodies, the Authorization headers, and how many good completions each prompt was served.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def last_message(body: dict[str, Any]) -> str:
 
 class LLMTestServer:
     def __init__(self, answer: Answer = echo_answer, api_key: str | None = None, retry_after: str = "1",
-                 hang_s: float = 1.0, max_choices: int | None = None) -> None:
+                 hang_s: float = 1.0, max_choices: int | None = None, delay_s: float = 0.0, port: int = 0) -> None:
         self.answer, self.api_key, self.retry_after, self.hang_s = answer, api_key, retry_after, hang_s
+        self.delay_s = delay_s  # per good completion: makes a stage slow enough to be hit mid-run
         self.max_choices = max_choices  # simulate servers that ignore n
         self.bodies: list[dict[str, Any]] = []
         self.auth_headers: list[str | None] = []
@@ -44,8 +46,9 @@ class LLMTestServer:
         self.served: Counter[str] = Counter()  # good completions per prompt
         self.faults_sent: Counter[str] = Counter()
         self._faults: dict[str, list[str]] = {}
+        self._down = False
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -76,6 +79,11 @@ class LLMTestServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Go away like a crashed server: no new connections, open keep-alive ones cut."""
+        self._down = True
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -100,6 +108,9 @@ class LLMTestServer:
                 self.wfile.flush()
 
             def do_POST(self) -> None:
+                if server._down:
+                    self.close_connection = True
+                    return
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 auth = self.headers.get("Authorization")
                 prompt = last_message(body)
@@ -117,6 +128,7 @@ class LLMTestServer:
                     with server._lock:
                         server.faults_sent[fault] += 1
                     return self._fault(fault)
+                time.sleep(server.delay_s)
                 n = int(body.get("n") or 1)
                 n_out = min(n, server.max_choices or n)
                 texts = [server.answer(body, i) for i in range(n_out)]

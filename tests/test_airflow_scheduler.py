@@ -1,14 +1,18 @@
 """A real scheduler run (not dags test): `make airflow`'s services start, `airflow backfill create`
 over three months commits exactly the snapshots of those intervals, `airflow tasks clear -t langid`
-over one interval rewrites only that partition of that stage, and `make airflow-stop` ends them."""
+over one interval rewrites only that partition of that stage, `phiflow backfill` (REST API) creates
+runs for intervals without one and clears one stage where a run exists, and `make airflow-stop` ends
+them. The tests share one start of the services and run in file order."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 from airflow_services import Airflow
+from conftest import ROOT
 
 pytestmark = pytest.mark.airflow
 DAG = "phiflow_ingest_web"
@@ -18,21 +22,9 @@ FEB, APR = {"snapshot": "CC-MAIN-2024-10"}, {"snapshot": "CC-MAIN-2024-18"}
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory):
     af = Airflow(tmp_path_factory.mktemp("sched"))
-    printed = af.services("start")
-    assert f"http://127.0.0.1:{af.port}" in printed and "password:" in printed
-    try:
-        af.login()
-        af.wait(lambda: _dag_known(af), "the dag-processor to parse the DAGs", timeout=180)
+    with af.running(DAG) as printed:
+        assert f"http://127.0.0.1:{af.port}" in printed and "password:" in printed
         yield af
-    finally:
-        af.services("stop")
-
-
-def _dag_known(af: Airflow) -> bool:
-    try:
-        return af.api(f"/api/v2/dags/{DAG}")["dag_id"] == DAG
-    except Exception:
-        return False
 
 
 def test_backfill_then_clear_one_stage(airflow: Airflow) -> None:
@@ -67,3 +59,43 @@ def test_backfill_then_clear_one_stage(airflow: Airflow) -> None:
     assert lake.require("web.langid", FEB).attempt == feb.attempt  # other interval untouched
     events = [json.loads(line) for line in (Path(airflow.env["PHIFLOW_HOME"]) / "lineage" / "events.jsonl").open()]
     assert any(e["eventType"] == "COMPLETE" and e["job"]["name"] == f"{DAG}.langid" and e["outputs"] for e in events)
+
+
+def phiflow(af: Airflow, *args: str, rc: int = 0) -> str:
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "phiflow"), *args], env=af.env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == rc, out.stdout + out.stderr
+    password = (Path(af.env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated").read_text()
+    assert af._token not in out.stdout + out.stderr
+    assert all(p not in out.stdout + out.stderr for p in password.split('"') if len(p) > 8)
+    return out.stdout + out.stderr
+
+
+def test_phiflow_backfill_creates_missing_runs_and_clears_one_stage(airflow: Airflow) -> None:
+    airflow.env["PHIFLOW_AIRFLOW_URL"] = f"http://127.0.0.1:{airflow.port}"
+    feb = ("--from", "2024-02-01", "--to", "2024-02-01")
+    ambiguous = phiflow(airflow, "backfill", "--stage", "langid", *feb, rc=1)  # the test recipe has two sources
+    assert "phiflow_ingest_web" in ambiguous and "--dag" in ambiguous and "Traceback" not in ambiguous
+
+    # June has no run yet (and no snapshot): backfilled whole, as a backfill Airflow lists
+    june = ("--from", "2024-06-01", "--to", "2024-06-01")
+    printed = phiflow(airflow, "backfill", "--stage", "langid", "--dag", DAG, *june)
+    assert "created for 1 interval(s) without a run: 2024-06-01" in printed
+    run_id = "backfill__2024-07-01T00:00:00+00:00"
+    airflow.wait(lambda: airflow.runs(DAG).get(run_id) in ("success", "failed"), "the backfilled run")
+    assert airflow.runs(DAG)[run_id] == "success"
+    assert [b["dag_id"] for b in airflow.api(f"/api/v2/backfills?dag_id={DAG}")["backfills"]] == [DAG, DAG]
+
+    # February has its run: only langid is cleared there and rewritten, extraction is not
+    extracted, langid = airflow.lake.require("web.extracted", FEB), airflow.lake.require("web.langid", FEB)
+    printed = phiflow(airflow, "backfill", "--stage", "langid", "--dag", DAG, *feb)
+    feb_run = "backfill__2024-03-01T00:00:00+00:00"
+    assert f"cleared {DAG}.langid in run {feb_run}" in printed and "without a run" not in printed
+
+    def rewritten():
+        m = airflow.lake.manifest("web.langid", FEB)
+        return m if m is not None and m.attempt != langid.attempt else None
+
+    again = airflow.wait(rewritten, "langid of February to be rewritten")
+    assert again.digest == langid.digest and again.airflow["try_number"] == langid.airflow["try_number"] + 1
+    assert airflow.lake.require("web.extracted", FEB).attempt == extracted.attempt  # only the stage reran

@@ -25,11 +25,8 @@ def airflow(tmp_path_factory):
         pytest.skip("no /usr/bin/chromium: install Debian's `chromium` (.ci/run does: apt-get install -y chromium)")
     pytest.importorskip("playwright", reason="playwright (pip) drives the browser")
     af = Airflow(tmp_path_factory.mktemp("browser"))
-    af.services("start")
-    try:
+    with af.running():
         yield af
-    finally:
-        af.services("stop")
 
 
 def status_of(url: str, token: str | None = None) -> int:

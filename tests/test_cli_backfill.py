@@ -1,18 +1,14 @@
-"""`phiflow backfill` against a real Airflow (REST API: backfill for missing runs, clear for existing ones),
-and the stage operator's skip of asset-triggered runs that see the same committed inputs again."""
+"""The stage operator's skip of asset-triggered runs that see the same committed inputs again (`phiflow
+backfill` against running services is in tests/test_airflow_scheduler.py, which shares their start-up)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowSkipException
-from airflow_services import Airflow
-from conftest import ROOT
 from dashboard_fixtures import commit_all, manifest
 
 DAG = "phiflow_ingest_web"
@@ -62,60 +58,3 @@ def test_changed_input_or_recipe_reruns(langid_op, monkeypatch) -> None:
     out.recipe_digest = "another recipe"
     commit_all(lake, [out])
     assert not op.unchanged_output(context("asset_triggered"), FEB)
-
-
-# -- the CLI through the REST API of running services ----------------------------------------------------
-@pytest.fixture(scope="module")
-def airflow(tmp_path_factory):
-    af = Airflow(tmp_path_factory.mktemp("backfill"))
-    af.services("start")
-    try:
-        af.login()
-        af.wait(lambda: _known(af), "the dag-processor to parse the DAGs", timeout=180)
-        af.cli("dags", "unpause", DAG)
-        yield af
-    finally:
-        af.services("stop")
-
-
-def _known(af: Airflow) -> bool:
-    try:
-        return af.api(f"/api/v2/dags/{DAG}")["dag_id"] == DAG
-    except Exception:
-        return False
-
-
-def phiflow(af: Airflow, *args: str, rc: int = 0) -> str:
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "phiflow"), *args], env=af.env, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == rc, out.stdout + out.stderr
-    password = (Path(af.env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated").read_text()
-    assert af._token not in out.stdout + out.stderr
-    assert all(p not in out.stdout + out.stderr for p in password.split('"') if len(p) > 8)
-    return out.stdout + out.stderr
-
-
-@pytest.mark.airflow
-def test_backfill_missing_interval_then_rerun_one_stage(airflow: Airflow) -> None:
-    airflow.env["PHIFLOW_AIRFLOW_URL"] = f"http://127.0.0.1:{airflow.port}"
-    rng = ("--from", "2024-02-01", "--to", "2024-02-01")
-    ambiguous = phiflow(airflow, "backfill", "--stage", "langid", *rng, rc=1)  # the test recipe has two sources
-    assert "phiflow_ingest_web" in ambiguous and "--dag" in ambiguous and "Traceback" not in ambiguous
-    printed = phiflow(airflow, "backfill", "--stage", "langid", "--dag", DAG, *rng)
-    assert "created for 1 interval(s) without a run: 2024-02-01" in printed  # no run yet: backfilled whole
-    run_id = "backfill__2024-03-01T00:00:00+00:00"
-    airflow.wait(lambda: airflow.runs(DAG).get(run_id) in ("success", "failed"), "the backfilled run")
-    assert airflow.runs(DAG)[run_id] == "success"
-    extracted, langid = airflow.lake.require("web.extracted", FEB), airflow.lake.require("web.langid", FEB)
-    assert [b["dag_id"] for b in airflow.api(f"/api/v2/backfills?dag_id={DAG}")["backfills"]] == [DAG]
-
-    printed = phiflow(airflow, "backfill", "--stage", "langid", "--dag", DAG, *rng)
-    assert f"cleared {DAG}.langid in run {run_id}" in printed and "without a run" not in printed
-
-    def rewritten():
-        m = airflow.lake.manifest("web.langid", FEB)
-        return m if m is not None and m.attempt != langid.attempt else None
-
-    again = airflow.wait(rewritten, "langid of February to be rewritten")
-    assert again.digest == langid.digest and again.airflow["try_number"] == langid.airflow["try_number"] + 1
-    assert airflow.lake.require("web.extracted", FEB).attempt == extracted.attempt  # only the stage reran

@@ -206,11 +206,7 @@ def test_scheduler_backfill_with_postgres_metadata(postgres: Postgres, tmp_path)
     af.env.update({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                    "PHIFLOW_RECIPE": str(recipe)})
     af.env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", None)  # SQLite's lock timeout, not psycopg2's
-    try:
-        af.services("start")  # `airflow db migrate` on PostgreSQL first
-        af.login()
-        af.wait(lambda: _dag_known(af), "the dag-processor to parse the DAGs", timeout=180)
-        af.cli("dags", "unpause", DAG)
+    with af.running(DAG, unpause=(DAG,)):  # `airflow db migrate` on PostgreSQL first
         af.cli("backfill", "create", "--dag-id", DAG, "--from-date", "2024-02-01", "--to-date", "2024-02-01")
         run_id = "backfill__2024-03-01T00:00:00+00:00"
         state = af.wait(lambda: af.runs(DAG).get(run_id) in ("success", "failed") and af.runs(DAG)[run_id],
@@ -219,17 +215,8 @@ def test_scheduler_backfill_with_postgres_metadata(postgres: Postgres, tmp_path)
         states = {t["task_id"]: t["state"] for t in tis}
         assert state == "success" and set(states.values()) == {"success"}, states
         assert {"commoncrawl_extract", "langid", "quality", "dedup", "decontaminate"} <= set(states)
-    finally:
-        af.services("stop")
     clean, li = af.lake.require("web.clean", SNAP), af.lake.require("web.langid", SNAP)
     assert clean.airflow["run_id"] == li.airflow["run_id"] == run_id and 0 < clean.row_count <= li.row_count
     # the runs and task states live in PostgreSQL, not in a SQLite file
     assert postgres.query(f"SELECT state FROM dag_run WHERE run_id = '{run_id}'") == [("success",)]
     assert not list(Path(af.env["AIRFLOW_HOME"]).glob("*.db"))
-
-
-def _dag_known(af: Airflow) -> bool:
-    try:
-        return af.api(f"/api/v2/dags/{DAG}")["dag_id"] == DAG
-    except OSError:
-        return False

@@ -127,3 +127,27 @@ def test_lr_fit_recovers_a_power_law() -> None:
     assert sweeps.model_params(2, 64, 512) == 2 * (4 * 64 * 64 + 2 * 64 * 256) + 512 * 64
     with pytest.raises(sweeps.SweepError, match="at least two model sizes"):
         sweeps.fit_lr([(1000, 1e-3), (1000, 2e-3)])
+
+
+def test_report_interpolates_the_lr_across_model_sizes(lake) -> None:
+    r = with_sweep(pretrain={"parallel": {"tp": 1}}, axes={"lr": [1e-3, 3e-3], "model": [
+        {"num_layers": 2, "hidden_size": 64}, {"num_layers": 4, "hidden_size": 128}]})
+    points = sweeps.expand(r, "s")
+    small_best, large_best = 3e-3, 1e-3  # the larger model wants the smaller lr
+    for p, pr in points:
+        lr, small = p.values["lr"], p.values["model"]["hidden_size"] == 64
+        valid = 5.0 if lr == (small_best if small else large_best) else 5.5
+        commit_point(lake, p, pr, [6.0, valid], valid)
+    m = sweeps.commit_report(r, "s", lake)
+    fit = m.counters["lr_fit"]
+    sizes = [sweeps.model_params(2, 64, r.tokenizer.vocab_size), sweeps.model_params(4, 128, r.tokenizer.vocab_size)]
+    pairs = list(zip(sizes, [small_best, large_best], strict=True))
+    assert [(x["params"], x["lr"]) for x in fit["best_per_size"]] == pairs
+    a, b = sweeps.fit_lr(pairs)
+    assert b < 0 and fit["b"] == pytest.approx(b) and fit["a"] == pytest.approx(a)
+    target = r.training.pretrain.model
+    n = sweeps.model_params(target.num_layers, target.hidden_size, r.tokenizer.vocab_size)
+    assert fit["target_params"] == n and fit["predicted_lr"] == pytest.approx(sweeps.predict_lr((a, b), n))
+    md = [p for p in lake.data_files(m) if p.endswith("report.md")]
+    assert "the fit predicts lr" in lake.fs.cat_file(md[0]).decode()
+    assert sweeps.commit_report(load_recipe(DEMO), "mix", lake).counters["lr_fit"] is None  # no lr x model axes

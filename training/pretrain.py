@@ -303,6 +303,7 @@ def _sharded_state(trainer: Trainer, *, loading: bool, with_optimizer: bool) -> 
         state["optimizer"] = trainer.optimizer.sharded_state_dict(model_sd, is_loading=loading)
         state["scheduler"] = trainer.scheduler.state_dict()
         state["step"] = trainer.step
+        state["history"] = trainer.history  # common state: a resumed run reports its whole loss curve
         state["topology"] = {"tp": trainer.cfg.parallel.tp, "pp": trainer.cfg.parallel.pp}
         pp, tp = parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank()
         state["rng"] = ShardedObject(
@@ -361,6 +362,8 @@ def load_checkpoint(trainer: Trainer) -> None:
     same_layout = True
     if not finetune:
         common = dist_checkpointing.load_common_state_dict(str(src))
+        if resume_step is not None:  # our own run, killed or failed: its curve so far, no step twice
+            trainer.history = list(common.get("history", []))
         saved = common.get("topology", {})
         same_layout = saved == template["topology"] and trainer.cfg.checkpoint.load_rng
         if not same_layout:
