@@ -142,6 +142,7 @@ class MegatronTrainOperator(_ManifestLineage, BaseOperator):
         cfg = training_plan.run_config(recipe, self.run, [tuple(x) for x in blend[self.run]["blend"]],
                                        tok["vocab_size"], tok["eod"], posixpath.join(ckpt_dir, "ckpt"), load_dir,
                                        cache_dir=posixpath.join(ckpt_dir, "index_cache"))
+        cfg.data.source_names = mix_stage.source_names(blend, self.run)
         padded = recipe.training.pretrain.model.padded_vocab_size
         if padded and cfg.model.padded_vocab_size(cfg.parallel.tp) != padded:
             raise AirflowException(f"training.pretrain.model.padded_vocab_size is {padded}, but the tokenizer's "
@@ -229,6 +230,7 @@ def metrics_summary(metrics: dict[str, Any], seq_length: int, global_batch: int)
         "losses": [round(x, 4) for x in losses],
         "mean_tokens_per_s": metrics["mean_tokens_per_s"],
         "valid_loss": metrics.get("valid_loss"), "valid_perplexity": metrics.get("valid_perplexity"),
+        "valid_by_source": metrics.get("valid_by_source"),
         "world_size": metrics["world_size"], "tp": metrics["tp"], "pp": metrics["pp"], "dp": metrics["dp"],
         "device": metrics["device"], "resumed_from": metrics.get("resumed_from"),
         "checkpoints": metrics.get("checkpoints", []),

@@ -221,6 +221,12 @@ def run(recipe: Recipe, lake: Lake, airflow: dict[str, Any] | None = None) -> Ma
     return m
 
 
+def source_names(blend: dict[str, Any], run: str) -> list[str]:
+    """The mixture source of each entry of a run's blend: what training reports held-out loss by."""
+    of = {p: s["name"] for s in blend[run]["mixture"]["sources"] for p, _ in s["shards"]}
+    return [of[p] for _, p in blend[run]["blend"]]
+
+
 def load_blend(lake: Lake, m: Manifest) -> dict[str, Any]:
     """The blend JSON of a committed blend partition."""
     (path,) = [p for p in lake.data_files(m) if p.endswith("/blend.json")]

@@ -193,7 +193,8 @@ def point_row(point: Point, manifest: Manifest | None) -> dict[str, Any]:
     if manifest is None:
         return {**row, "status": "missing", **dict.fromkeys(METRICS), "steps": None, "manifest": None}
     c = manifest.counters
-    return {**row, "status": "ok", **{k: c.get(k) for k in METRICS}, "steps": c.get("steps"),
+    by_source = {f"valid_perplexity_{k}": v["perplexity"] for k, v in (c.get("valid_by_source") or {}).items()}
+    return {**row, "status": "ok", **{k: c.get(k) for k in METRICS}, **by_source, "steps": c.get("steps"),
             "mean_tokens_per_s": c.get("mean_tokens_per_s"), "manifest": manifest.digest}
 
 

@@ -115,7 +115,7 @@ def faults(tmp_path_factory, spark):
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
     })
     try:
-        with f.af.running(SYNTH, TRAIN, unpause=(SYNTH,)):
+        with f.af.running(SYNTH, TRAIN, unpause=(SYNTH, TRAIN)):
             yield f
     finally:
         f.llm.stop()

@@ -60,6 +60,8 @@ def test_training_dag_commits_checkpoints_with_metrics(trained) -> None:
     assert p["loss_end_mean"] < p["loss_start_mean"] - 0.5, p["losses"]  # loss falls
     assert abs(p["first_loss"] - math.log(512)) < 0.5  # starts near uniform over the vocabulary
     assert math.isfinite(p["valid_perplexity"]) and 1 < p["valid_perplexity"] < 512
+    assert list(p["valid_by_source"]) == ["web"]  # the mixture's one source, on its own held-out split
+    assert 1 < p["valid_by_source"]["web"]["perplexity"] < 512
     assert m["seq_length"] == 4 * p["seq_length"] == 256  # midtraining: 4x context
     assert mid.params["run"]["model"]["rotary_base"] == 250_000
     assert mid.params["run"]["optimizer"]["lr"] == pytest.approx(pre.params["run"]["optimizer"]["lr"] / 10)

@@ -117,6 +117,9 @@ class DataConfig:
     """Blend of megatron indexed datasets: ``[(weight, prefix), ...]`` (prefix without .bin/.idx)."""
 
     blend: list[tuple[float, str]] = field(default_factory=list)
+    # The mixture source of each blend entry (parallel to `blend`): the final evaluation then reports
+    # held-out loss per source, each on its own prefixes' validation split. Empty: blend-wide only.
+    source_names: list[str] = field(default_factory=list)
     split: str = "98,2,0"  # train, validation, test
     seed: int = 1234
     eod_token_id: int = 0
@@ -241,6 +244,8 @@ class RunConfig:
                     )
         if not d.blend:
             p.append(("data.blend", "needs at least one (weight, prefix) pair"))
+        if d.source_names and len(d.source_names) != len(d.blend):
+            p.append(("data.source_names", f"names {len(d.source_names)} sources for {len(d.blend)} blend entries"))
         for i, entry in enumerate(d.blend):
             if len(entry) != 2:
                 p.append((f"data.blend[{i}]", f"must be (weight, prefix), got {entry!r}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,8 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from training.config import RunConfig
 from training.cpu_compat import on_cpu
+
+log = logging.getLogger("phiflow.training")
 
 
 class TokenizerInfo:
@@ -31,12 +34,13 @@ class TokenizerInfo:
         )
 
 
-def dataset_config(cfg: RunConfig) -> GPTDatasetConfig:
-    """GPT dataset config; on CPU the causal attention mask is materialized in each sample because
-    megatron's default mask is built on "cuda"."""
+def dataset_config(cfg: RunConfig, blend: list[tuple[float, str]] | None = None) -> GPTDatasetConfig:
+    """GPT dataset config of the run's blend (or of `blend`, a part of it); on CPU the causal attention
+    mask is materialized in each sample because megatron's default mask is built on "cuda"."""
     d = cfg.data
-    weights = [float(w) for w, _ in d.blend]
-    prefixes = [p for _, p in d.blend]
+    blend = d.blend if blend is None else blend
+    weights = [float(w) for w, _ in blend]
+    prefixes = [p for _, p in blend]
     return GPTDatasetConfig(
         random_seed=d.seed,
         sequence_length=cfg.model.seq_length,
@@ -59,6 +63,27 @@ def build_datasets(cfg: RunConfig, train_samples: int, valid_samples: int) -> tu
     )
     train, valid, _ = builder.build()
     return train, valid
+
+
+def source_valid_datasets(cfg: RunConfig, valid_samples: int) -> dict[str, Any]:
+    """Per mixture source (`data.source_names`), the validation split of its own prefixes: the same
+    held-out documents the blended validation set draws from, scored separately. A source whose
+    split holds no document is left out (logged)."""
+    groups: dict[str, list[tuple[float, str]]] = {}
+    for name, entry in zip(cfg.data.source_names, cfg.data.blend, strict=True):
+        groups.setdefault(name, []).append(entry)
+    out = {}
+    for name, blend in groups.items():
+        try:
+            _, valid, _ = BlendedMegatronDatasetBuilder(
+                GPTDataset, [1, valid_samples, 0], lambda: True, dataset_config(cfg, blend)
+            ).build()
+        except (AssertionError, ValueError, IndexError) as e:  # megatron's complaint about an empty split
+            log.warning("source %s: no held-out split to evaluate (%s)", name, e)
+            continue
+        if valid is not None:
+            out[name] = valid
+    return out
 
 
 def batches(dataset: Any, micro_batch_size: int, start_sample: int = 0) -> Iterator[dict[str, torch.Tensor]]:

@@ -76,6 +76,7 @@ class Trainer:
     resumed_from: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
+    valid_by_source: dict[str, Any] = field(default_factory=dict)  # mixture source -> its validation split
 
 
 def init_distributed(cfg: RunConfig) -> int:
@@ -104,7 +105,7 @@ def setup(cfg: RunConfig) -> Trainer:
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    from training.data import build_datasets
+    from training.data import build_datasets, source_valid_datasets
     from training.model import build_model
 
     dp = init_distributed(cfg)
@@ -154,6 +155,8 @@ def setup(cfg: RunConfig) -> Trainer:
     n_evals = 1 + (o.total_steps // cfg.output.eval_interval if cfg.output.eval_interval else 0)
     train_ds, valid_ds = build_datasets(cfg, o.total_steps * b.global_batch_size, eval_count * n_evals)
     trainer = Trainer(cfg, model, optimizer, scheduler, train_ds, valid_ds, dp, b.accumulation_steps(dp))
+    if cfg.data.source_names:
+        trainer.valid_by_source = source_valid_datasets(cfg, eval_count)
     load_checkpoint(trainer)
     return trainer
 
@@ -275,6 +278,18 @@ def evaluate(trainer: Trainer, index: int = 0) -> dict[str, float] | None:
         loss = run_batches(trainer, trainer.valid_ds, index * n * b.micro_batch_size * trainer.dp, n, forward_only=True)
     trainer.model.train()
     return {"valid_loss": loss, "valid_perplexity": math.exp(min(loss, 700.0))}
+
+
+def evaluate_sources(trainer: Trainer) -> dict[str, dict[str, float]]:
+    """Held-out loss and perplexity of each mixture source, on its own validation split."""
+    n, out = trainer.cfg.data.eval_iters, {}
+    trainer.model.eval()
+    with torch.no_grad():
+        for name, ds in trainer.valid_by_source.items():
+            loss = run_batches(trainer, ds, 0, n, forward_only=True)
+            out[name] = {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+    trainer.model.train()
+    return out
 
 
 def model_flops_utilization(cfg: RunConfig, tokens_per_s: float, world: int) -> float | None:
@@ -417,7 +432,7 @@ def write_metrics(
     trainer: Trainer,
     status: str,
     error: str | None = None,
-    evaluation: dict[str, float] | None = None,
+    evaluation: dict[str, Any] | None = None,
     digests: list[str] | None = None,
 ) -> None:
     """The run's metrics JSON (rank 0; written atomically so a reader never sees half a file)."""
@@ -506,6 +521,11 @@ def train(cfg: RunConfig) -> Trainer:
         evaluation = evaluate(trainer)
         if rank0 and evaluation:
             log.info("valid loss %.4f perplexity %.2f", evaluation["valid_loss"], evaluation["valid_perplexity"])
+        if evaluation and trainer.valid_by_source:
+            evaluation["valid_by_source"] = evaluate_sources(trainer)
+            if rank0:
+                for name, v in evaluation["valid_by_source"].items():
+                    log.info("valid %s: loss %.4f perplexity %.2f", name, v["loss"], v["perplexity"])
         write_metrics(trainer, "ok", evaluation=evaluation, digests=param_digests(trainer))
     except NonFiniteLossError as e:
         write_metrics(trainer, "failed", error=str(e))

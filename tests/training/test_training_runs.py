@@ -127,3 +127,30 @@ def test_midtrain_from_pretrain_checkpoint(
     assert all(math.isfinite(x) for x in ls)
     assert ls[0] < losses(baseline[0])[0] - 0.3  # pretrained weights were loaded
     assert metrics["steps"][0]["lr"] == pytest.approx(3e-4)  # peak LR / 10 after 1 warmup step
+
+
+def test_held_out_loss_per_source(
+    make_run: Callable[..., RunConfig], data_prefix: str, tokenizer: Any, tmp_path: Path
+) -> None:
+    """Two sources: the licence prose (most of the blend) and uniformly random tokens (a little). The
+    model learns the prose; the random source stays near log(vocab): each is scored on its own split."""
+    import numpy as np
+
+    from training.indexed_writer import write_tokens
+
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, tokenizer.vocab_size - 1, size=(200, 200))
+    docs = np.where(draws >= tokenizer.eod, draws + 1, draws).tolist()  # any token but the end-of-document
+    noise = str(tmp_path / "noise")
+    write_tokens(noise, docs, [f"noise-{i}" for i in range(len(docs))], tokenizer.vocab_size, tokenizer.eod)
+    cfg = make_run("by_source", data={"blend": [(0.9, data_prefix), (0.1, noise)],
+                                      "source_names": ["licences", "noise"]})
+    metrics = run(cfg, tmp_path / "w")
+    by = metrics["valid_by_source"]
+    assert set(by) == {"licences", "noise"}
+    uniform = math.log(tokenizer.vocab_size)
+    assert by["noise"]["loss"] > uniform - 0.3  # nothing to learn in random tokens
+    assert by["licences"]["loss"] < by["noise"]["loss"] - 0.5  # the prose was learned
+    assert by["licences"]["perplexity"] == pytest.approx(math.exp(by["licences"]["loss"]))
+    # the blend-wide held-out loss lies between its sources'
+    assert by["licences"]["loss"] < metrics["valid_loss"] < by["noise"]["loss"]
