@@ -13,6 +13,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
+from operators.evaluation import mc_evaluation
 from operators.training import MegatronTrainOperator, MixOperator, airflow_run
 from phiflow import sweeps
 from phiflow.recipe import load_recipe
@@ -35,7 +36,9 @@ class PointTrainOperator(MegatronTrainOperator):
 
 
 class PointEvalOperator(BaseOperator):
-    """A point's held-out metrics, from its committed checkpoint manifest (training.launch's validation pass)."""
+    """A point's evaluation: the held-out metrics of its committed checkpoint manifest (overall and per
+    source), and its scores on the recipe's multiple-choice benchmarks, committed as
+    `evals.pretrain/recipe=<point>` (operators.evaluation; nothing to do when already current)."""
 
     template_fields = ("recipe_path",)
     ui_color = "#e8f1fb"
@@ -45,11 +48,14 @@ class PointEvalOperator(BaseOperator):
         self.recipe_path = recipe_path
 
     def execute(self, context: Any) -> dict[str, Any]:
-        recipe = load_recipe(self.recipe_path)
-        m = sweeps.current_checkpoint(Lake(), recipe)
+        recipe, lake = load_recipe(self.recipe_path), Lake()
+        m = sweeps.current_checkpoint(lake, recipe)
         if m is None:
             raise AirflowException(f"{recipe.name}: no current checkpoints.pretrain partition")
-        out = {k: m.counters.get(k) for k in (*sweeps.METRICS, "steps")}
+        out = {k: m.counters.get(k) for k in (*sweeps.METRICS, "steps", "valid_by_source")}
+        ev = mc_evaluation(recipe, lake, m, airflow_run(context))
+        if ev is not None:
+            out["benchmarks"] = {k: v["accuracy"] for k, v in ev.counters["benchmarks"].items()}
         self.log.info("%s: %s", recipe.name, out)
         return {"recipe": recipe.name, "manifest": m.digest, **out}
 

@@ -188,12 +188,21 @@ class DedupParams(Strict):
         return self
 
 
+class MCFields(Strict):
+    """Where a benchmark's multiple-choice items keep their parts (the ablation evaluation scores them)."""
+
+    context: str  # the prompt
+    choices: str  # a list of continuations
+    answer: str  # the index of the right one
+
+
 class BenchmarkFile(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     path: str  # relative to the recipe file, or a URL
     format: Literal["jsonl", "parquet"] = "jsonl"
     id_field: str = "id"
     text_fields: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["text"])
+    mc: MCFields | None = None  # multiple-choice items: scored by log-likelihood in ablation evaluations
 
 
 class DecontaminateParams(Strict):

@@ -225,6 +225,16 @@ TRAIN_STEPS = pa.schema([
 ])
 
 # -- ablations (issue 8) -----------------------------------------------------------------------
+# evals.pretrain/recipe=<point>: multiple-choice log-likelihood scores of a checkpoint, one row per benchmark.
+MC_RESULTS = pa.schema([
+    pa.field("benchmark", pa.string()),
+    pa.field("items", pa.int64()),
+    pa.field("accuracy", pa.float64()),
+    pa.field("accuracy_norm", pa.float64()),  # choice log-prob per token
+    pa.field("chance", pa.float64()),
+    pa.field("mean_logprob_right", pa.float64()),
+])
+
 # ablations.<sweep>: one row per sweep point of report.csv (the swept axes are extra `axis_*` columns).
 ABLATION_POINTS = pa.schema([
     pa.field("point", pa.string()),

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from phiflow.recipe import Recipe, SweepSpec
 
 AXES = ("mixture", "epochs", "lr", "global_batch_size", "model")
+EVALS = "evals.pretrain"  # benchmark scores of a checkpoint (operators/evaluation.py commits them)
 METRICS = ("valid_loss", "valid_perplexity", "final_loss", "loss_end_mean")  # lower is better, all of them
 
 
@@ -186,15 +187,24 @@ def current_checkpoint(lake: Any, recipe: Recipe) -> Manifest | None:
 
 
 # -- the report ---------------------------------------------------------------------------------------
-def point_row(point: Point, manifest: Manifest | None) -> dict[str, Any]:
-    """One row of the report: the point's axis values and the metrics its checkpoint manifest holds."""
+def current_evaluation(lake: Any, recipe: Recipe, checkpoint: Manifest) -> Manifest | None:
+    """The committed benchmark evaluation of exactly this checkpoint manifest, else None."""
+    m = lake.manifest(EVALS, {"recipe": recipe.name})
+    return m if m is not None and m.inputs and m.inputs[0] == checkpoint.input_ref() else None
+
+
+def point_row(point: Point, manifest: Manifest | None, evaluation: Manifest | None = None) -> dict[str, Any]:
+    """One row of the report: the point's axis values and the metrics its checkpoint manifest holds
+    (per-source held-out perplexity, benchmark accuracies when the point was evaluated)."""
     row: dict[str, Any] = {"point": point.id, "label": point.label, "recipe": point.recipe_name,
                            **{f"axis_{k}": _fmt(v) for k, v in point.values.items()}}
     if manifest is None:
         return {**row, "status": "missing", **dict.fromkeys(METRICS), "steps": None, "manifest": None}
     c = manifest.counters
     by_source = {f"valid_perplexity_{k}": v["perplexity"] for k, v in (c.get("valid_by_source") or {}).items()}
-    return {**row, "status": "ok", **{k: c.get(k) for k in METRICS}, **by_source, "steps": c.get("steps"),
+    scores = evaluation.counters["benchmarks"] if evaluation else {}
+    mc = {f"mc_{k}_accuracy": v["accuracy"] for k, v in scores.items()}
+    return {**row, "status": "ok", **{k: c.get(k) for k in METRICS}, **by_source, **mc, "steps": c.get("steps"),
             "mean_tokens_per_s": c.get("mean_tokens_per_s"), "manifest": manifest.digest}
 
 
@@ -326,11 +336,12 @@ def commit_report(recipe: Recipe, sweep_name: str, lake: Any, airflow: dict[str,
     rows, curves, inputs, joined = [], {}, [], []
     for point, pr in expand(recipe, sweep_name):
         m = current_checkpoint(lake, pr)
-        rows.append(point_row(point, m))
+        ev = current_evaluation(lake, pr, m) if m is not None else None
+        rows.append(point_row(point, m, ev))
         joined.append((point, pr, rows[-1]))
         if m is not None:
             curves[point.id] = m.counters["losses"]
-            inputs.append(m.input_ref())
+            inputs += [m.input_ref()] + ([ev.input_ref()] if ev is not None else [])
     best = best_points(rows)
     lr_fit = lr_interpolation(recipe, joined)
     attempt = lake.new_attempt(dataset, part)

@@ -49,6 +49,15 @@ def sample_pages(sample: Path) -> list[tuple[str, str]]:
     return pages
 
 
+def with_choices(row: dict, context: str, right: str, wrong: list[str]) -> dict:
+    """Multiple-choice fields (the ablation evaluation scores them): the right continuation among
+    distractors, in an order seeded by the item id (the shared generator is not touched, so the other
+    fields stay what they were)."""
+    choices = [right, *wrong]
+    random.Random(row["id"]).shuffle(choices)
+    return {**row, "mc_context": context, "mc_choices": choices, "mc_answer": choices.index(right)}
+
+
 def arith(rng: random.Random, n: int) -> list[dict]:
     out = []
     for i in range(n):
@@ -57,7 +66,11 @@ def arith(rng: random.Random, n: int) -> list[dict]:
         q = (f"{who} has {a} {thing}. {other} gives {who} {b} more, and then {who} shares them equally "
              f"among {c} friends, keeping the remainder. How many {thing} does each friend receive, "
              f"and how many does {who} keep?")
-        out.append({"id": f"arith-{i:03d}", "question": q, "answer": f"{(a + b) // c} each, {(a + b) % c} kept"})
+        each, kept = divmod(a + b, c)
+        row = {"id": f"arith-{i:03d}", "question": q, "answer": f"{each} each, {kept} kept"}
+        near = [(each + 1, kept), (max(each - 1, 0) if each > 1 else each + 2, kept), (each, (kept + 1) % c or c)]
+        out.append(with_choices(row, q + "\nAnswer:", f" {each} each, {kept} kept",
+                                [f" {e} each, {k} kept" for e, k in near]))
     return out
 
 
@@ -92,6 +105,13 @@ def cloze(rng: random.Random, pages: list[tuple[str, str]], n: int) -> list[dict
         k = rng.randrange(len(toks))
         out.append({"id": f"cloze-{i:03d}", "text": " ".join(toks), "blank_index": k, "answer": toks[k],
                     "source_url": u})
+    for row in out:  # distractors: the other items' blanked words, in a fixed order
+        toks, k = row["text"].split(), row["blank_index"]
+        others = [o["answer"] for o in out[1:] + out[:1] if o["answer"] != row["answer"]]
+        others = list(dict.fromkeys(others))[(int(row["id"][-3:]) % 5):][:3]
+        rest = " ".join(toks[k + 1 :])
+        row.update(with_choices(row, " ".join(toks[:k]), f" {toks[k]} {rest}".rstrip(),
+                                [f" {w} {rest}".rstrip() for w in others]))
     return out
 
 

@@ -16,18 +16,16 @@ Benchmarks are small (thousands of items); their index is broadcast to every tas
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 from collections.abc import Iterator
 
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from phiflow import benchmarks
 from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import BenchmarkFile, DecontaminateParams
 from phiflow.schema import CONTAMINATION, NGRAM_ALLOWLIST, with_drop_reason
@@ -41,10 +39,7 @@ ALLOW_COUNTS = pa.schema([pa.field("n", pa.int32()), pa.field("ngram_hash", pa.i
 
 def read_benchmark(data: bytes, spec: BenchmarkFile) -> list[Item]:
     """Items of one benchmark file; the text is its `text_fields` joined by newlines."""
-    if spec.format == "parquet":
-        rows = pq.read_table(io.BytesIO(data)).to_pylist()
-    else:
-        rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    rows = benchmarks.read_rows(data, spec)
     missing = {f for r in rows for f in [spec.id_field, *spec.text_fields] if f not in r}
     if missing:
         raise ValueError(f"benchmark {spec.name}: rows lack the fields {sorted(missing)}")
@@ -54,8 +49,7 @@ def read_benchmark(data: bytes, spec: BenchmarkFile) -> list[Item]:
 def load_benchmarks(ctx: StageContext, params: DecontaminateParams) -> tuple[list[Item], list[InputRef]]:
     items, refs = [], []
     for spec in params.benchmarks:
-        path = ctx.recipe.resolve(spec.path)
-        with fsspec.open(path, "rb") as fh:
+        with fsspec.open(ctx.recipe.resolve(spec.path), "rb") as fh:
             data = fh.read()
         items += read_benchmark(data, spec)
         refs.append(

@@ -1,5 +1,6 @@
 """An ablation DAG end to end: a 3-point lr sweep on the tiny model (TP=1, 5 steps a point) over tokens
-committed once in process. Point p1's lr (1e6) makes the loss non-finite: training stops, that point
+committed once in process, each point evaluated on the held-out split and scored on the multiple-choice
+benchmarks (evals.pretrain). Point p1's lr (1e6) makes the loss non-finite: training stops, that point
 fails, the others train and the report commits them with p1 `missing`. The recipe is fixed, p1 alone
 is cleared (its map index, and the report) and run again; the report's numbers are the manifests'."""
 
@@ -126,9 +127,15 @@ def test_rerun_of_the_point_and_report_match_the_manifests(swept) -> None:
         assert m.counters["tp"] == 1 and math.isfinite(m.counters["valid_loss"])
         for k in sweeps.METRICS:
             assert row[k] == m.counters[k] and float(csv_row[k]) == pytest.approx(m.counters[k])
+        ev = lake.require("evals.pretrain", {"recipe": p.recipe_name})  # the point's benchmark scores
+        assert ev.inputs[0] == m.input_ref() and ev.counters["items"] == 60 + 16
+        for bench, n in (("arith", 60), ("cloze", 16)):
+            score = ev.counters["benchmarks"][bench]
+            assert score["items"] == n and score["chance"] == pytest.approx(0.25) and score["mean_logprob_right"] < 0
+            assert row[f"mc_{bench}_accuracy"] == score["accuracy"] and 0 <= score["accuracy"] <= 1
         blend = lake.require("blend", {"recipe": p.recipe_name})
         assert [i.digest for i in blend.inputs] == [swept["tokens"].digest]  # shared tokens, one tokenization
     assert rep.counters["ok"] == 3 and rep.counters["missing"] == []
     best = min(body["points"], key=lambda r: r["valid_loss"])["point"]
-    assert body["best"]["valid_loss"] == best and rep.inputs and len(rep.inputs) == 3
+    assert body["best"]["valid_loss"] == best and len(rep.inputs) == 6  # 3 checkpoints, 3 evaluations
     assert lake.fs.cat_file(files["report.png"])[:4] == b"\x89PNG"

@@ -154,3 +154,39 @@ def test_held_out_loss_per_source(
     assert by["licences"]["perplexity"] == pytest.approx(math.exp(by["licences"]["loss"]))
     # the blend-wide held-out loss lies between its sources'
     assert by["licences"]["loss"] < metrics["valid_loss"] < by["noise"]["loss"]
+
+
+def test_multiple_choice_scoring_of_a_checkpoint(
+    baseline: tuple[dict[str, Any], Path], corpus: list[str], tokenizer: Any, tmp_path: Path
+) -> None:
+    """training.mc_eval in its own process on the baseline checkpoint: a licence sentence's real
+    continuation beats random-token continuations of the same length (the model learned the prose), and
+    the chain rule holds: log P(a b | c) = log P(a | c) + log P(b | c a), so the logits line up with
+    the tokens they predict."""
+    import numpy as np
+
+    from training.mc_eval import run_subprocess
+
+    metrics, ckpt = baseline
+    run_cfg = json.loads((ckpt.parent / "run.json").read_text())
+    rng = np.random.default_rng(1)
+    items = []
+    for i, text in enumerate(t for t in corpus[:200:10]):
+        ids = tokenizer.encode_batch([text])[0]
+        if len(ids) < 24:
+            continue
+        ctx, cont = ids[:16], ids[16:24]
+        noise = [rng.integers(1, tokenizer.vocab_size, size=8).tolist() for _ in range(3)]
+        items.append({"benchmark": "licences", "id": str(i), "context": ctx, "choices": [*noise, cont], "answer": 3})
+    n = len(items)
+    c, a, b = items[0]["context"], items[0]["choices"][3][:4], items[0]["choices"][3][4:]
+    items += [{"benchmark": f"chain_{k}", "id": k, "context": ctx, "choices": [right, [7, 7]], "answer": 0}
+              for k, ctx, right in (("ab", c, a + b), ("a", c, a), ("b", c + a, b))]
+    out = run_subprocess(run_cfg, str(ckpt), items, tmp_path / "mc")
+    lic = out["licences"]
+    assert lic["items"] == n >= 10 and lic["chance"] == pytest.approx(0.25)
+    assert lic["accuracy"] >= 0.9 and lic["accuracy_norm"] >= 0.9  # real text beats random tokens
+    lp = {k: out[f"chain_{k}"]["mean_logprob_right"] for k in ("ab", "a", "b")}
+    assert lp["ab"] < 0 and lp["ab"] == pytest.approx(lp["a"] + lp["b"], rel=1e-4)
+    assert metrics["status"] == "ok"
+
