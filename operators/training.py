@@ -95,9 +95,10 @@ class MixOperator(_ManifestLineage, BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from phiflow.mixture import MixtureError
+        from training.indexed_writer import subsample
 
         try:
-            m = mix_stage.run(load_recipe(self.recipe_path), Lake(), airflow_run(context))
+            m = mix_stage.run(load_recipe(self.recipe_path), Lake(), airflow_run(context), subsample=subsample)
         except MixtureError as e:
             raise AirflowException(f"infeasible mixture: {e}") from None
         self._committed = [m]

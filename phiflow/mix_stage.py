@@ -15,6 +15,7 @@ import io
 import json
 import posixpath
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,18 +81,34 @@ def current_tokens(recipe: Recipe, lake: Lake) -> TokenSources:
     return TokenSources(out, next(iter(tokenizers.values())))
 
 
-def source_specs(recipe: Recipe, lake: Lake, tokens: TokenSources, kind: str) -> list[SourceSpec]:
+# (shards, target tokens, output prefix, vocab size, eod) -> (prefix, tokens) of a fixed subsample
+# (training.indexed_writer.subsample: the core writes no token files itself).
+Subsampler = Callable[[Sequence[tuple[str, int]], int, str, int, int], tuple[str, int]]
+
+
+def source_specs(recipe: Recipe, lake: Lake, tokens: TokenSources, kind: str,
+                 subsample: Subsampler | None = None, folder: str | None = None) -> list[SourceSpec]:
+    """Each mixture source's shards of one kind; a pretraining source with `subsample_tokens` gets one
+    shard holding that fixed subsample, written into the blend's attempt `folder`."""
     specs = []
     assert recipe.mixture is not None
     for src in recipe.mixture.sources:
         shards = tuple(s for m in tokens.manifests[src.name] for s in shard_prefixes(lake, m, kind))
+        unique = sum(t for _, t in shards)
+        if kind == "part" and src.subsample_tokens is not None and src.subsample_tokens < unique:
+            if subsample is None or folder is None:
+                raise MixtureError(f"source {src.name!r}: subsample_tokens needs a subsampler (MixOperator has one)")
+            shards = (subsample(shards, src.subsample_tokens, posixpath.join(folder, f"subsample-{src.name}"),
+                                int(tokens.tokenizer["vocab_size"]), int(tokens.tokenizer["eod"])),)
+            print(f"[phiflow] {STAGE}: {src.name}: a fixed subsample of {shards[0][1]} of its {unique} unique tokens")
         specs.append(SourceSpec(src.name, src.share, sum(t for _, t in shards), src.max_epochs, shards))
     return specs
 
 
-def compute_blends(recipe: Recipe, lake: Lake, tokens: TokenSources) -> dict[str, Mixture]:
+def compute_blends(recipe: Recipe, lake: Lake, tokens: TokenSources, subsample: Subsampler | None = None,
+                   folder: str | None = None) -> dict[str, Mixture]:
     """Pretraining and midtraining mixtures; MixtureError names the run and the source."""
-    pre_specs = source_specs(recipe, lake, tokens, "part")
+    pre_specs = source_specs(recipe, lake, tokens, "part", subsample, folder)
     try:
         pre = compute_mixture(pre_specs, training_plan.pretrain_tokens(recipe))
     except MixtureError as e:
@@ -181,7 +198,8 @@ def mix_params(recipe: Recipe) -> dict[str, Any]:
     return params
 
 
-def run(recipe: Recipe, lake: Lake, airflow: dict[str, Any] | None = None) -> Manifest:
+def run(recipe: Recipe, lake: Lake, airflow: dict[str, Any] | None = None,
+        subsample: Subsampler | None = None) -> Manifest:
     """Commit `blend/recipe=<name>`, or return the committed one when tokens and recipe are unchanged."""
     started = time.time()
     tokens = current_tokens(recipe, lake)
@@ -193,10 +211,10 @@ def run(recipe: Recipe, lake: Lake, airflow: dict[str, Any] | None = None) -> Ma
     if done is not None:
         print(f"[phiflow] {STAGE}: {DATASET}/{done.key} is current (digest {done.digest[:16]}), nothing to do")
         return done
-    blends = compute_blends(recipe, lake, tokens)
-    rows = table_rows(blends)
     attempt = lake.new_attempt(DATASET, part)
     folder = lake.attempt_path(DATASET, part, attempt)
+    blends = compute_blends(recipe, lake, tokens, subsample, folder)
+    rows = table_rows(blends)
     body = {"recipe": recipe.name, "tokenizer": tokens.tokenizer,
             **{run: {"blend": [[w, p] for w, p in mix.blend()], "mixture": mix.to_dict()}
                for run, mix in blends.items()}}

@@ -463,6 +463,9 @@ class MixtureSource(Strict):
     datasets: Annotated[list[Annotated[str, Field(pattern=DATASET_NAME)]], Field(min_length=1)]
     share: Annotated[float, Field(ge=0, le=1)]
     max_epochs: Annotated[float | None, Field(gt=0)] = None
+    # Train on a fixed subsample of about this many unique tokens (whole documents, seeded), repeated as
+    # often as the share needs: the report's "12 epochs over a fixed synthetic subsample".
+    subsample_tokens: Annotated[int | None, Field(gt=0)] = None
     report_unique_tokens: Annotated[int | None, Field(ge=0)] = None  # documentation: the report's figure
     description: str = ""
 

@@ -91,7 +91,8 @@ def _shares(recipe_data: dict[str, Any], field: str, shares: dict[str, float]) -
 
 def _epochs_shares(recipe_data: dict[str, Any], field: str, ax: Any, epochs: float,
                    total_tokens: int) -> list[dict[str, Any]]:
-    """Shares that repeat `ax.source` `epochs` times over `ax.unique_tokens`; the others keep their ratios."""
+    """Shares that repeat a fixed subsample of `ax.unique_tokens` of `ax.source` `epochs` times (the mix
+    stage cuts that subsample); the other sources keep their ratios."""
     sources = recipe_data["mixture"]["sources"]
     (src,) = [s for s in sources if s["name"] == ax.source] or [None]
     if src is None:
@@ -104,7 +105,8 @@ def _epochs_shares(recipe_data: dict[str, Any], field: str, ax: Any, epochs: flo
     if share > 1 or (share < 1 and rest <= 0):
         raise SweepError(f"{field}.values: {epochs:g} epochs x {ax.unique_tokens} unique tokens = share "
                          f"{share:.4g} of the {total_tokens} training tokens, which the other sources cannot fill")
-    return [{**s, "share": share if s is src else (1 - share) * s["share"] / rest} for s in sources]
+    return [{**s, "share": share, "subsample_tokens": ax.unique_tokens} if s is src
+            else {**s, "share": (1 - share) * s["share"] / rest} for s in sources]
 
 
 def point_recipe(recipe: Recipe, sweep_name: str, point_id: str) -> Recipe:

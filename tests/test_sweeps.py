@@ -51,6 +51,8 @@ def test_epochs_axis_sets_the_share_of_the_source() -> None:
         shares = {s.name: s.share for s in x.mixture.sources}
         assert shares["synthetic"] == pytest.approx(p.values["epochs"] * 480 / total)
         assert sum(shares.values()) == pytest.approx(1)
+        subsample = {s.name: s.subsample_tokens for s in x.mixture.sources}
+        assert subsample == {"web": None, "synthetic": 480}  # the mix stage repeats one fixed 480-token subsample
 
 
 @pytest.mark.parametrize(("axes", "pretrain", "field"), [

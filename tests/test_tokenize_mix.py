@@ -5,6 +5,7 @@ mix on the real token manifests, an infeasible mix refused by name; recipe train
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,3 +136,39 @@ def test_phi4_recipe_carries_the_report_figures() -> None:
     assert abs(training_plan.midtrain_tokens(r) - 250e9) < 0.001 * 250e9
     assert {s.name: s.share for s in r.mixture.sources} == {
         "web": 0.15, "web_rewrites": 0.15, "synthetic": 0.4, "code": 0.2, "acquired": 0.1}
+
+
+def test_fixed_subsample_is_repeated_for_its_epochs(tokenized, test_recipe, tmp_path) -> None:
+    """`subsample_tokens` (what an epochs axis sets): the source trains on one fixed subsample of whole
+    documents, so its epochs are training tokens / subsample tokens, not / everything it has."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from training.indexed_writer import read_sidecar, subsample
+
+    lake, _ = tokenized
+    m = lake.require("tokens.web.langid", SNAP)  # the current partition (an earlier test rewrote it)
+    unique = m.counters["tokens"]
+    target = unique // 5
+    recipe = mixed_recipe(test_recipe, sources=[
+        {"name": "web", "datasets": ["web.langid"], "share": 1.0, "subsample_tokens": target}])
+    with pytest.raises(MixtureError, match="subsample_tokens needs a subsampler"):
+        mix_stage.run(recipe, lake)
+    b = mix_stage.run(recipe, lake, subsample=subsample)
+    (src,) = mix_stage.load_blend(lake, b)["pretrain"]["mixture"]["sources"]
+    ((prefix, tokens),) = src["shards"]
+    assert src["unique_tokens"] == tokens >= target
+    assert src["epochs"] == pytest.approx(src["tokens"] / tokens)
+    side = read_sidecar(prefix).to_pylist()
+    assert sum(r["num_tokens"] for r in side) == tokens and len(IndexedDataset(prefix)) == len(side)
+    assert tokens - max(r["num_tokens"] for r in side) < target  # whole documents, stopped once past the target
+    originals = {r["doc_id"]: (p, r["sequence"]) for p, _ in mix_stage.shard_prefixes(lake, m)
+                 for r in read_sidecar(p).to_pylist()}
+    ds = IndexedDataset(prefix)
+    readers = {p: IndexedDataset(p) for p, _ in originals.values()}  # alive while their mmap'd arrays are read
+    for i, r in enumerate(side[:5]):  # the very documents, token for token
+        p, seq = originals[r["doc_id"]]
+        assert ds[i].tolist() == readers[p][seq].tolist()
+    assert prefix.startswith(lake.partition_path("blend", {"recipe": recipe.name}))  # committed with the blend
+    tok = m.params["tokenizer"]
+    again = subsample(mix_stage.shard_prefixes(lake, m), target, str(tmp_path / "again"), tok["vocab_size"], tok["eod"])
+    assert again[1] == tokens and Path(again[0] + ".bin").read_bytes() == Path(prefix + ".bin").read_bytes()
