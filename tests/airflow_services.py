@@ -48,9 +48,16 @@ class Airflow:
         assert out.returncode == 0, out.stdout + out.stderr
         return out.stdout
 
-    def cli(self, *args: str) -> str:
-        out = subprocess.run([str(ROOT / ".venv" / "bin" / "airflow"), *args], env=self.env,
-                             capture_output=True, text=True, timeout=180)
+    def cli(self, *args: str, attempts: int = 3) -> str:
+        """`airflow <args>`. SQLite refuses a transaction that must upgrade to writing while the scheduler
+        writes ("database is locked" at once, whatever the busy timeout); such a command rolled back
+        whole and is run again, as an operator would."""
+        for attempt in range(attempts):
+            out = subprocess.run([str(ROOT / ".venv" / "bin" / "airflow"), *args], env=self.env,
+                                 capture_output=True, text=True, timeout=180)
+            if out.returncode == 0 or "database is locked" not in out.stderr + out.stdout or attempt == attempts - 1:
+                break
+            time.sleep(2)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         return out.stdout
 

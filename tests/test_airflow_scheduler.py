@@ -77,6 +77,9 @@ def test_phiflow_backfill_creates_missing_runs_and_clears_one_stage(airflow: Air
     ambiguous = phiflow(airflow, "backfill", "--stage", "langid", *feb, rc=1)  # the test recipe has two sources
     assert "phiflow_ingest_web" in ambiguous and "--dag" in ambiguous and "Traceback" not in ambiguous
 
+    # Airflow runs one backfill per DAG at a time: the scheduler closes the first one after its runs end
+    airflow.wait(lambda: all(b["completed_at"] for b in airflow.api(f"/api/v2/backfills?dag_id={DAG}")["backfills"]),
+                 "the first backfill to complete")
     # June has no run yet (and no snapshot): backfilled whole, as a backfill Airflow lists
     june = ("--from", "2024-06-01", "--to", "2024-06-01")
     printed = phiflow(airflow, "backfill", "--stage", "langid", "--dag", DAG, *june)
