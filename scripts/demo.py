@@ -1,6 +1,7 @@
 """`make demo`: run the recipe's DAGs through Airflow on the embedded default and summarize.
 
-Each ingest DAG runs once per snapshot with `dag.test()` (Airflow's in-process runner: SQLite, real
+Each ingest DAG runs once per snapshot with `dag.test()`, then synthesis, training and the recipe's
+ablation sweeps once each (Airflow's in-process runner: SQLite, real
 task instances, real spark-submit, OpenLineage events), then the summary is read from manifests.
 The environment comes from scripts/env.sh (AIRFLOW_HOME, lake, lineage file under .phiflow/).
 """
@@ -58,6 +59,13 @@ def main() -> int:
     if not _ok(bag.get_dag("phiflow_training").test()):
         return 1
     lake = Lake()
+    for sweep in recipe.sweeps:  # the ablations, on the tokens the training DAG committed
+        print(f"\n== phiflow_ablation_{sweep.name}: {sweep.description}", flush=True)
+        if not _ok(bag.get_dag(f"phiflow_ablation_{sweep.name}").test()):
+            return 1
+        report = lake.require(f"ablations.{sweep.name}", {"recipe": recipe.name})
+        (md,) = [p for p in lake.data_files(report) if p.endswith("report.md")]
+        print(lake.fs.cat_file(md).decode(), flush=True)
     manifests = [m for d in lake.datasets() for m in lake.partitions(d)]
     print(f"\n== phiflow demo finished in {time.time() - t0:.0f} s\n")
     print(stage_table(manifests))

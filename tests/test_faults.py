@@ -50,6 +50,7 @@ class Faults:
         self.port = self.llm.port
         self.requests_before = 0
         self.asked_before_restart: list[str] = []
+        self.cached_before = 0
 
     def write_recipe(self, seed: int) -> None:
         """A new seed: new prompts, so the run does real LLM work instead of reading the cache."""
@@ -60,7 +61,7 @@ class Faults:
         data["airflow"] = {"retries": 2, "retry_delay_s": 4}
         data["llm"] = {"backend": "openai", "model": "scripted", "base_url": self.llm.base_url, "max_concurrency": 1,
                        "max_retries": 2, "backoff_s": 0.05}
-        data["training"]["pretrain"].update({"steps": 12, "checkpoint_interval": 6})  # killed between 6 and 12
+        data["training"]["pretrain"].update({"steps": 24, "checkpoint_interval": 6})  # killed between 6 and 12
         data["training"]["midtrain"]["steps"] = 2
         data["stages"]["seed_select"]["input_suffix"] = "langid"
         data["stages"]["synthesize"] = {"seed": seed, "batch_rows": 2, "workflows": [
@@ -73,13 +74,22 @@ class Faults:
         self.llm = LLMTestServer(delay_s=1.0, port=self.port).__enter__()
         self.requests_before = 0
 
+    def cached(self) -> int:
+        """LLM answers in the lake's cache (`_cache/llm/<xx>/<key>.json`)."""
+        return len(list(Path(self.af.lake.root, "_cache", "llm").glob("*/*.json")))
+
     def asked(self) -> list[str]:
         """The prompts the LLM endpoint got since the run started (across a restart)."""
         since = self.llm.bodies[self.requests_before:]
         return self.asked_before_restart + [b["messages"][-1]["content"] for b in since]
 
     def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        # one run at a time, so what the LLM server sees belongs to this test (an earlier failure may have
+        # left its run going)
+        self.af.wait(lambda: not {"queued", "running"} & set(self.af.runs(dag_id).values()),
+                     f"earlier {dag_id} runs to end", timeout=600)
         self.requests_before, self.asked_before_restart = len(self.llm.bodies), []
+        self.cached_before = self.cached()
         run = self.af.api(f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
         return run["dag_run_id"]
 
@@ -91,9 +101,10 @@ class Faults:
                             f"{dag_id} run {run_id} to finish", timeout=timeout)
 
     def mid_synthesis(self, run_id: str) -> Manifest | None:
-        """Wait until synthesize has asked twice (one answer is in, it is mid-stage); the committed manifest."""
+        """Wait until synthesize is mid-stage (one answer cached, the next asked); the committed manifest then."""
         deadline = time.time() + 300
-        while len(self.asked()) < 2:  # polled fast: the LLM phase lasts seconds
+        # an answer is in the cache (the client caches each as it arrives), another is on its way
+        while len(self.asked()) < 2 or self.cached() <= self.cached_before:  # polled fast: seconds of LLM phase
             assert time.time() < deadline, "synthesize did not reach the LLM"
             time.sleep(0.05)
         assert self.task(SYNTH, run_id, "synthesize_web")["state"] == "running"
@@ -133,6 +144,14 @@ def processes(match: Callable[[list[str]], bool]) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+def command(p: psutil.Process) -> str:
+    """A process's command line; empty for one that ended or is a zombie meanwhile."""
+    try:
+        return " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return ""
 
 
 def stage_driver(script: str) -> psutil.Process:
@@ -199,8 +218,9 @@ def test_spark_task_killed_spark_retries_it(faults: Faults) -> None:
     before = faults.mid_synthesis(run_id)
     driver = stage_driver("synthesize.py")
     jvm = driver.parent()
-    workers = [p for p in jvm.children(recursive=True) if "pyspark.daemon" in " ".join(p.cmdline())
-               and p.parent().pid != jvm.pid]  # forked by the daemon: the processes running tasks
+    workers = [p for p in jvm.children(recursive=True)
+               if "pyspark.daemon" in command(p) and p.parent() is not None and p.parent().pid != jvm.pid]
+    # (forked by the daemon: the processes running tasks)
     assert workers, "no Python worker of the synthesize job"
     for w in workers:
         w.send_signal(signal.SIGKILL)
@@ -250,7 +270,10 @@ def test_training_killed_between_checkpoints_resumes(faults: Faults) -> None:
     def first_checkpoint() -> bool:
         return any((p / "ckpt" / "latest").is_file() for p in ckpts.glob("*")) if ckpts.is_dir() else False
 
-    faults.af.wait(first_checkpoint, "the first pretraining checkpoint", timeout=480)
+    deadline = time.time() + 480
+    while not first_checkpoint():  # polled fast: the next checkpoint is seconds away
+        assert time.time() < deadline, "no pretraining checkpoint"
+        time.sleep(0.1)
     [latest] = [p / "ckpt" / "latest" for p in ckpts.glob("*")]
     assert int(latest.read_text()) == interval  # killed between checkpoints: after the first, before the end
     agents = processes(lambda cmd: "torch.distributed.run" in cmd)
