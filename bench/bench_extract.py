@@ -19,7 +19,7 @@ from spark_jobs import commoncrawl_extract
 from spark_jobs.html_text import decode_html, html_to_text
 from spark_jobs.stage_io import StageContext
 
-REPEAT = 2  # each bench file: the 8 sample files twice (~850 records)
+REPEAT = 10  # each bench file: the 8 sample files 10 times (~4,260 records; a CommonCrawl WARC holds ~35k)
 FILES = 2
 ROUNDS = 2
 

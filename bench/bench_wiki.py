@@ -34,6 +34,7 @@ from spark_jobs.wikitext import (
 
 ROUNDS = 2
 REPEAT = 20
+STREAMS_PER_TASK = 10
 WIKIS = ("enwiki", "dewiki", "frwiki", "jawiki")
 DATE = "20240601"
 
@@ -101,7 +102,9 @@ def main() -> None:
                         "dumps": [{"wiki": w, "date": "2024-06-01"} for w in WIKIS],
                     }
                 },
-                "stages": {"wikipedia_extract": {"failure_budget": 0.5, "streams_per_task": 1}},
+                # tasks of STREAMS_PER_TASK streams (phi4 runs 20): one 100-page stream per task would
+                # measure Spark's per-task cost, not extraction
+                "stages": {"wikipedia_extract": {"failure_budget": 0.5, "streams_per_task": STREAMS_PER_TASK}},
             }
         )
         lake = Lake(str(d / "lake"))

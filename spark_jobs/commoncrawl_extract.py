@@ -21,10 +21,10 @@ from phiflow.schema import WEB_EXTRACTED, with_drop_reason
 from spark_jobs.stage_io import (
     StageContext,
     commit_partition,
-    count_reasons,
     persisted,
     spark_schema,
     stage_main,
+    tally,
 )
 from spark_jobs.warc_records import FILE_OK, FILE_PREFIX, iter_rows
 
@@ -94,7 +94,8 @@ def run(spark, ctx: StageContext) -> Manifest:
     listing = spark.sparkContext.parallelize([(u,) for u in urls], max(len(urls), 1)).toDF("warc_url string")
     rows = listing.mapInArrow(extract_files(ctx.source, params), spark_schema(ROWS))
     with persisted(rows):
-        reasons = count_reasons(rows)
+        counted = tally(rows, WEB_EXTRACTED)
+        reasons = counted.reasons
         file_reasons = {k[len(FILE_PREFIX) :]: v for k, v in reasons.items() if k and k.startswith(FILE_PREFIX)}
         doc_reasons = {k: v for k, v in reasons.items() if not (k and k.startswith(FILE_PREFIX))}
         failed = {k: v for k, v in file_reasons.items() if k != FILE_OK}
@@ -117,6 +118,7 @@ def run(spark, ctx: StageContext) -> Manifest:
                 "read": sum(doc_reasons.values()),
                 "files": {"total": len(urls), "ok": file_reasons.get(FILE_OK, 0), "failed": failed},
             },
+            counted=counted,
             reasons=doc_reasons,
         )
 

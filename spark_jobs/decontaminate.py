@@ -31,7 +31,7 @@ from phiflow.recipe import BenchmarkFile, DecontaminateParams
 from phiflow.schema import CONTAMINATION, NGRAM_ALLOWLIST, with_drop_reason
 from spark_jobs.dedup import partitions_before
 from spark_jobs.ngrams import BenchmarkIndex, Item, present
-from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, spark_schema, stage_main
+from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, stage_main
 
 STAGE = "decontaminate"
 ALLOW_COUNTS = pa.schema([pa.field("n", pa.int32()), pa.field("ngram_hash", pa.int64())])
@@ -210,7 +210,6 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
             rows=rows,
             schema=to_arrow_schema(docs.schema, timezone="UTC"),
             inputs=inputs,
-            reasons=count_reasons(rows),
             counters={
                 "read": source.row_count,
                 "flags": flags.row_count,

@@ -34,7 +34,7 @@ from phiflow.recipe import CommonCrawlSource, DedupParams, WikipediaSource
 from phiflow.schema import DUP_CLUSTERS, MINHASH
 from phiflow.storage import Lake
 from spark_jobs.minhash import MinHasher
-from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, spark_schema, stage_main
+from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, stage_main, tally
 
 STAGE = "dedup"
 FEATURES = [
@@ -300,12 +300,12 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     )
     decided = _materialize(decided)
     try:
-        reasons = count_reasons(decided)
+        counted = tally(decided, MINHASH)  # drop reasons, and the minhash partition's digest
         merged = decided.where(F.col("drop_reason").isNotNull())
         counters["clusters"] = merged.select("cluster_id").distinct().count()
         counters["merged"] = {r["kind"]: int(r["count"]) for r in merged.groupBy("kind").count().collect()}
         inputs = [source.input_ref()] + [m.input_ref() for m in prior_manifests]
-        common = {"inputs": inputs, "reasons": reasons}
+        common = {"inputs": inputs, "reasons": counted.reasons}
         clusters = commit_partition(
             spark,
             ctx,
@@ -333,6 +333,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
             dataset=f"{ctx.source}.minhash",
             schema=MINHASH,
             rows=decided,
+            counted=counted,
             counters={"read": source.row_count, "dedup_digest": kept.digest},
             **common,
         )

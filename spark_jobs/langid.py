@@ -1,38 +1,29 @@
 """langid: `<source>.extracted` partition -> `<source>.langid` partition (language, score).
 
 spark-submit entry point. Reads exactly the files the input manifest names, applies fastText
-lid.176 to Arrow batches with `mapInArrow`, and pins the input's manifest digest in its own.
+lid.176 to the texts' heads with an Arrow UDF, and pins the input's manifest digest in its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pyarrow as pa
+from pyspark.sql import functions as F
 
 from phiflow.manifest import Manifest
 from phiflow.recipe import LangidParams
-from phiflow.schema import LANGID_FIELDS, WEB_EXTRACTED, with_drop_reason, with_fields
-from spark_jobs.langid_model import default_model_path, langid_batch
-from spark_jobs.stage_io import (
-    StageContext,
-    commit_partition,
-    count_reasons,
-    persisted,
-    spark_schema,
-    stage_main,
-)
+from phiflow.schema import LANGID_FIELDS, WEB_EXTRACTED, with_fields
+from spark_jobs.langid_model import LANGID_STRUCT, default_model_path, langid_columns
+from spark_jobs.stage_io import StageContext, commit_partition, persisted, spark_schema, stage_main, tally
 
 STAGE = "langid"
 OUT = with_fields(WEB_EXTRACTED, LANGID_FIELDS)
 
 
-def langid_partitions(params: LangidParams, model_path: str):  # -> mapInArrow function
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            yield langid_batch(batch, params, model_path)
+def identify(params: LangidParams, model_path: str):  # -> Arrow UDF: text heads -> LANGID_STRUCT
+    def lid(texts: pa.Array) -> pa.Array:
+        return langid_columns(texts, params, model_path)
 
-    return run
+    return F.arrow_udf(lid, spark_schema(pa.schema(list(LANGID_STRUCT))))
 
 
 def run(spark, ctx: StageContext) -> Manifest:
@@ -43,8 +34,12 @@ def run(spark, ctx: StageContext) -> Manifest:
     print(
         f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents, model {model_path}", flush=True
     )
-    rows = docs.mapInArrow(langid_partitions(params, model_path), spark_schema(with_drop_reason(OUT)))
+    # Only each text's head goes to Python (cut in the JVM) and only the three result columns come
+    # back: the documents themselves never leave the JVM.
+    lid = identify(params, model_path)(F.substring("text", 1, params.max_chars)).alias("lid")
+    rows = docs.select("*", lid).select(*docs.columns, "lid.*")
     with persisted(rows):
+        counted = tally(rows, OUT, by="language")
         return commit_partition(
             spark,
             ctx,
@@ -53,15 +48,9 @@ def run(spark, ctx: StageContext) -> Manifest:
             rows=rows,
             schema=OUT,
             inputs=[source.input_ref()],
-            reasons=count_reasons(rows),
-            counters={"read": source.row_count, "languages": kept_languages(rows)},
+            counted=counted,
+            counters={"read": source.row_count, "languages": counted.kept_by},
         )
-
-
-def kept_languages(rows) -> dict[str, int]:
-    """Kept documents per language, largest first (the language mix shown in summaries)."""
-    kept = rows.filter(rows.drop_reason.isNull()).groupBy("language").count().collect()
-    return dict(sorted(((r["language"], int(r["count"])) for r in kept), key=lambda kv: -kv[1]))
 
 
 if __name__ == "__main__":

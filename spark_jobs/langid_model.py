@@ -1,7 +1,8 @@
 """fastText language identification over Arrow batches: the per-record part of the langid stage.
 
-The model loads once per Python worker (cached by path) and predicts a whole batch in one call,
-which is what keeps the stage near a bare predict loop in speed.
+The model loads once per Python worker (cached by path) and predicts a whole batch in one call;
+only the texts' heads reach Python and only the three small result columns come back, which is what
+keeps the stage near a bare predict loop in speed.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ def prepare(text: str | None, max_chars: int) -> str:
     return (text or "")[:max_chars].replace("\n", " ").replace("\r", " ")
 
 
-def predict(texts: list[str | None], model_path: str, max_chars: int) -> tuple[list[str], list[float]]:
-    """Top language label (ISO code, e.g. 'en', 'zh') and its probability for each text."""
-    model = load_model(model_path)
-    labels, probs = model.predict([prepare(t, max_chars) for t in texts], k=1)
+def predict(lines: list[str], model_path: str) -> tuple[list[str], list[float]]:
+    """Top language label (ISO code, e.g. 'en', 'zh') and its probability for each prepared line."""
+    labels, probs = load_model(model_path).predict(lines, k=1)
     langs = [lab[0].removeprefix("__label__") if len(lab) else "und" for lab in labels]
     scores = [float(p[0]) if len(p) else 0.0 for p in probs]
     return langs, scores
@@ -61,12 +61,17 @@ def heads(texts: pa.Array, max_chars: int) -> list[str]:
     return pc.replace_substring_regex(head, "[\r\n]", " ").to_pylist()
 
 
-def langid_batch(batch: pa.RecordBatch, params: LangidParams, model_path: str) -> pa.RecordBatch:
-    """Add `language`, `language_score` and `drop_reason` columns to a batch of documents."""
-    langs, scores = predict(heads(batch.column("text"), params.max_chars), model_path, params.max_chars)
+# What the stage adds to a document, as one struct per text (the Arrow UDF's return type).
+LANGID_STRUCT = pa.struct(
+    [pa.field("language", pa.string()), pa.field("language_score", pa.float32()), pa.field("drop_reason", pa.string())]
+)
+
+
+def langid_columns(texts: pa.Array, params: LangidParams, model_path: str) -> pa.StructArray:
+    """`language`, `language_score` and `drop_reason` for a column of texts, in one predict call."""
+    langs, scores = predict(heads(texts, params.max_chars), model_path)
     reasons = [drop_reason(lang, s, params) for lang, s in zip(langs, scores, strict=True)]
-    return (
-        batch.append_column("language", pa.array(langs, pa.string()))
-        .append_column("language_score", pa.array(scores, pa.float32()))
-        .append_column("drop_reason", pa.array(reasons, pa.string()))
+    return pa.StructArray.from_arrays(
+        [pa.array(langs, pa.string()), pa.array(scores, pa.float32()), pa.array(reasons, pa.string())],
+        fields=list(LANGID_STRUCT),
     )

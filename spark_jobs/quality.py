@@ -30,7 +30,6 @@ from spark_jobs.quality_rules import drop_reason
 from spark_jobs.stage_io import (
     StageContext,
     commit_partition,
-    count_reasons,
     spark_schema,
     stage_main,
 )
@@ -170,7 +169,6 @@ def run(spark, ctx: StageContext) -> Manifest:
             rows=rows,
             schema=out,
             inputs=inputs,
-            reasons=count_reasons(rows),
             counters={
                 "read": source.row_count,
                 "topics_before": before,

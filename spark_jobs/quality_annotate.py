@@ -22,7 +22,7 @@ from phiflow.schema import QUALITY_ANNOTATIONS, with_drop_reason
 from spark_jobs.annotation_prompts import excerpt, messages, parse_answer, sample_rank
 from spark_jobs.llm_stage import STATS, call_stats, llm_config, llm_counters, worker_client
 from spark_jobs.quality import input_of
-from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, persisted, spark_schema, stage_main
+from spark_jobs.stage_io import StageContext, commit_partition, persisted, spark_schema, stage_main
 
 STAGE = "quality_annotate"
 CHUNK = 32  # documents per LLM call: one progress line each, and a failure loses at most this much
@@ -133,7 +133,6 @@ def run(spark, ctx: StageContext) -> Manifest:
             rows=rows,
             schema=QUALITY_ANNOTATIONS,
             inputs=[source.input_ref()],
-            reasons=count_reasons(rows),
             counters={
                 "read": source.row_count,
                 "sampled": rows.count(),

@@ -15,7 +15,7 @@ from phiflow.manifest import Manifest
 from phiflow.recipe import SeedSelectParams
 from phiflow.schema import SEEDS, with_drop_reason
 from spark_jobs.seed_scoring import seed_rows
-from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, persisted, spark_schema, stage_main
+from spark_jobs.stage_io import StageContext, commit_partition, persisted, spark_schema, stage_main
 
 STAGE = "seed_select"
 DATASET = "synthetic.seeds"
@@ -56,7 +56,6 @@ def run(spark, ctx: StageContext) -> Manifest:
             rows=rows,
             schema=SEEDS,
             inputs=[source.input_ref()],
-            reasons=count_reasons(rows),
             counters={"read": source.row_count, "seed_kinds": kinds},
         )
 

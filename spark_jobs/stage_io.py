@@ -88,16 +88,53 @@ def spark_schema(schema: pa.Schema):  # -> pyspark StructType
 
 def content_digest(df: DataFrame) -> tuple[int, str]:
     """(row count, order-independent hash of all rows): equal for equal row sets on any layout."""
-    row = df.agg(
-        F.count(F.lit(1)).alias("n"),
-        F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)")).alias("h"),
-    ).first()
-    return int(row["n"]), f"xxh64sum:{row['h'] or 0}"
+    row = df.agg(F.count(F.lit(1)).alias("n"), F.sum(_row_hash(df.columns)).alias("h")).first()
+    return int(row["n"]), _digest(row["h"])
+
+
+def _row_hash(columns: list[str]):  # -> Column
+    return F.xxhash64(*columns).cast("decimal(38,0)")
+
+
+def _digest(total: Any) -> str:
+    return f"xxh64sum:{total or 0}"
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What one pass over a stage's rows (kept and dropped) knows: rows per drop reason (None: kept),
+    the kept rows' content digest, and kept rows per value of an optional column (e.g. language)."""
+
+    reasons: dict[str | None, int]
+    digest: str
+    kept_by: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> int:
+        return self.reasons.get(None, 0)
+
+
+def tally(rows: DataFrame, schema: pa.Schema, by: str | None = None) -> Tally:
+    """Count reasons, hash the kept rows (their `schema` columns, as written) and count them by `by`,
+    in one aggregation: the stage's rows are read once before the write instead of once per figure."""
+    keys = ["drop_reason", *([by] if by else [])]
+    kept_hash = F.when(F.col("drop_reason").isNull(), _row_hash(schema.names))
+    groups = rows.groupBy(*keys).agg(F.count(F.lit(1)).alias("n"), F.sum(kept_hash).alias("h")).collect()
+    reasons: dict[str | None, int] = {}
+    kept_by: dict[str, int] = {}
+    total = 0
+    for g in groups:
+        reasons[g["drop_reason"]] = reasons.get(g["drop_reason"], 0) + int(g["n"])
+        if g["drop_reason"] is None:
+            total += g["h"] or 0
+            if by:
+                kept_by[str(g[by])] = int(g["n"])
+    return Tally(reasons, _digest(total), dict(sorted(kept_by.items(), key=lambda kv: -kv[1])))
 
 
 @contextmanager
 def persisted(*frames: DataFrame) -> Iterator[None]:
-    """Cache frames a stage reads several times (reasons, write, digest); release them however it ends."""
+    """Cache frames a stage reads twice (tally, then write); release them however it ends."""
     for f in frames:
         f.persist()
     try:
@@ -105,10 +142,6 @@ def persisted(*frames: DataFrame) -> Iterator[None]:
     finally:
         for f in frames:
             f.unpersist()
-
-
-def count_reasons(df: DataFrame) -> dict[str | None, int]:
-    return {r["drop_reason"]: int(r["count"]) for r in df.groupBy("drop_reason").count().collect()}
 
 
 def commit_partition(
@@ -121,17 +154,21 @@ def commit_partition(
     schema: pa.Schema,
     inputs: list[InputRef],
     counters: dict[str, Any],
-    reasons: dict[str | None, int],
+    counted: Tally | None = None,
+    reasons: dict[str | None, int] | None = None,
 ) -> Manifest:
     """Write the kept rows of `rows` as the partition's new content and commit it atomically.
 
-    `rows` should be persisted by the caller: it is read three times (reasons, write, digest)."""
+    `counted` is the stage's `tally(rows, schema)` if it needed the figures first (a failure budget, a
+    language mix); otherwise it is taken here. Persist `rows` if it is costly: it is read twice.
+    `reasons` replaces the drop counts recorded when they are not these rows' own (a side output
+    records its stage's drops; extraction leaves out its file-level rows)."""
+    counted = counted or tally(rows, schema)
+    reasons = counted.reasons if reasons is None else reasons
     lake = ctx.lake
     attempt = lake.new_attempt(dataset, ctx.partition)
     target = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
-    kept = rows.filter(F.col("drop_reason").isNull()).select(*schema.names)
-    kept.write.mode("overwrite").parquet(target)
-    row_count, digest = content_digest(kept)  # `rows` is persisted by the stage: no second pass over the input
+    rows.filter(F.col("drop_reason").isNull()).select(*schema.names).write.mode("overwrite").parquet(target)
     dropped = {k: v for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]) if k is not None}
     manifest = commit_attempt(
         lake,
@@ -140,8 +177,8 @@ def commit_partition(
         attempt=attempt,
         stage=stage,
         schema=schema,
-        row_count=row_count,
-        content_digest=digest,
+        row_count=counted.kept,
+        content_digest=counted.digest,
         inputs=inputs,
         recipe_digest=ctx.recipe.stage_digest(stage),
         params=getattr(ctx.recipe.stages, stage).model_dump(mode="json"),

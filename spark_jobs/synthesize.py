@@ -19,7 +19,7 @@ from phiflow.manifest import Manifest
 from phiflow.recipe import SynthesizeParams
 from phiflow.schema import SEEDS, SYNTHETIC, with_drop_reason
 from spark_jobs.llm_stage import STATS, call_stats, llm_config, llm_counters, worker_client
-from spark_jobs.stage_io import StageContext, commit_partition, count_reasons, persisted, spark_schema, stage_main
+from spark_jobs.stage_io import StageContext, commit_partition, persisted, spark_schema, stage_main
 from spark_jobs.synth_workflows import synthesize_seeds
 
 STAGE = "synthesize"
@@ -98,7 +98,6 @@ def run(spark, ctx: StageContext) -> Manifest:
             rows=rows,
             schema=SYNTHETIC,
             inputs=[seeds_m.input_ref()],
-            reasons=count_reasons(rows),
             counters={
                 "read": seeds_m.row_count,
                 "generated": int(stats["generated"]),

@@ -27,9 +27,9 @@ from phiflow.schema import WIKI_EXTRACTED, with_drop_reason
 from spark_jobs.stage_io import (
     StageContext,
     commit_partition,
-    count_reasons,
     spark_schema,
     stage_main,
+    tally,
 )
 from spark_jobs.wikitext import (
     BrokenPage,
@@ -171,7 +171,8 @@ def run(spark, ctx: StageContext) -> Manifest:
     listing = spark.createDataFrame(plan, "url string, start long, end long, pages long").repartition(tasks, "start")
     rows = listing.mapInArrow(extract_streams(ctx.source, site, params), spark_schema(ROWS)).persist()
     try:
-        reasons = count_reasons(rows)
+        counted = tally(rows, WIKI_EXTRACTED)
+        reasons = counted.reasons
         pages = sum(n for _, _, n in ranges)
         lost = {k: v for k, v in reasons.items() if k and k.split(":")[0] in LOST}
         if pages and sum(lost.values()) / pages > params.failure_budget:
@@ -195,7 +196,7 @@ def run(spark, ctx: StageContext) -> Manifest:
                 "streams": len(ranges),
                 "tasks": tasks,
             },
-            reasons=reasons,
+            counted=counted,
         )
     finally:
         rows.unpersist()

@@ -25,7 +25,7 @@ def test_fasttext_predicts_under_numpy2() -> None:
     from spark_jobs.langid_model import default_model_path, predict
 
     assert int(numpy.__version__.split(".")[0]) >= 2
-    langs, scores = predict(["Der schnelle braune Fuchs springt über den faulen Hund."], default_model_path(), 1000)
+    langs, scores = predict(["Der schnelle braune Fuchs springt über den faulen Hund."], default_model_path())
     assert langs == ["de"] and scores[0] > 0.5
 
 
