@@ -174,7 +174,7 @@ def main() -> None:
         rows = [(f"d{i:07d}", "web", f"warc://{i}", [], f"https://ex.org/{i}", None, None, t0 + timedelta(seconds=i),
                  200, "text/html", "utf-8", "", t, 0, len(t), "en", 1.0, None) for i, t in enumerate(texts)]
         df = spark.createDataFrame(rows, spark_schema(with_drop_reason(LANGID))).repartition(8)
-        commit_partition(spark, ctx, stage="langid", dataset="web.langid", rows=df, schema=LANGID, inputs=[],
+        commit_partition(spark, ctx, stage="langid", dataset=f"web.{p.input}", rows=df, schema=LANGID, inputs=[],
                          counters={}, reasons={})
         dedup.run(spark, ctx)  # warm-up (JIT, Python workers), as the other benches do; the timed run replaces it
         app = spark.sparkContext.applicationId

@@ -213,7 +213,11 @@ def run(recipe: Recipe, lake: Lake, airflow: dict[str, Any] | None = None,
         return done
     attempt = lake.new_attempt(DATASET, part)
     folder = lake.attempt_path(DATASET, part, attempt)
-    blends = compute_blends(recipe, lake, tokens, subsample, folder)
+    try:
+        blends = compute_blends(recipe, lake, tokens, subsample, folder)
+    except MixtureError:
+        lake.discard_attempt(DATASET, part, attempt)  # an infeasible mixture leaves no orphan folder behind
+        raise
     rows = table_rows(blends)
     body = {"recipe": recipe.name, "tokenizer": tokens.tokenizer,
             **{run: {"blend": [[w, p] for w, p in mix.blend()], "mixture": mix.to_dict()}

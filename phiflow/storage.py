@@ -72,6 +72,12 @@ class Lake:
         self.fs.makedirs(path, exist_ok=True)
         return attempt
 
+    def discard_attempt(self, dataset: str, partition: dict[str, str], attempt: str) -> None:
+        """Remove an attempt that will not commit (its stage failed before writing anything worth keeping)."""
+        path = self.attempt_path(dataset, partition, attempt)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
     def attempt_path(self, dataset: str, partition: dict[str, str], attempt: str) -> str:
         return posixpath.join(self.partition_path(dataset, partition), ATTEMPTS, attempt)
 

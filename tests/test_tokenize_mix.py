@@ -99,6 +99,8 @@ def test_mix_commits_blend_and_refuses_infeasible(spark, tokenized, test_recipe)
         {"name": "web", "datasets": ["web.langid"], "share": 1.0, "max_epochs": 0.001}])
     with pytest.raises(MixtureError, match=r"pretrain mixture: source 'web': .* exceeds max_epochs=0.001"):
         mix_stage.run(tight, lake)
+    attempts = lake.fs.ls(lake.attempt_path("blend", mix_stage.blend_partition(tight), ""), detail=False)
+    assert [a.rstrip("/").rsplit("/", 1)[1] for a in attempts] == [m.attempt]  # the failed run left nothing
 
 
 def test_stale_tokens_are_refused(tokenized, test_recipe) -> None:
