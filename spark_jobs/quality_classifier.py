@@ -10,6 +10,7 @@ manifest; a constant or random scorer gets AUC 0.5.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import re
 import tempfile
@@ -35,32 +36,45 @@ def in_holdout(doc_id: str, fraction: float, seed: int = 0) -> bool:
 
 
 def train(texts: Sequence[str], labels: Sequence[str], p: QualityTrainParams, max_chars: int = 20_000) -> Any:
-    """A supervised model on one thread. fastText's SGD can diverge ("Encountered NaN") on long
-    documents at a high learning rate; it is retried at half the rate, twice, before giving up."""
+    """A supervised model, trained in a fresh process.
+
+    The same annotations trained fine in a fresh interpreter and diverged ("Encountered NaN") at every
+    learning rate inside a pytest worker that had run other suites first: fastText's result should not
+    depend on what else the host process (a Spark driver) has loaded, so training runs in a spawned one."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "train.txt")
+        path, out = os.path.join(tmp, "train.txt"), os.path.join(tmp, "model.bin")
         with open(path, "w", encoding="utf-8") as fh:
             for text, label in zip(texts, labels, strict=True):
                 fh.write(f"__label__{label} {prepare(text, max_chars)}\n")
-        for attempt in range(3):
-            try:
-                return fasttext.train_supervised(
-                    input=path,
-                    epoch=p.epoch,
-                    lr=p.lr / 2**attempt,
-                    wordNgrams=p.word_ngrams,
-                    dim=p.dim,
-                    minn=p.minn,
-                    maxn=p.maxn,
-                    bucket=p.bucket,
-                    thread=1,
-                    seed=p.seed,
-                    verbose=0,
-                )
-            except RuntimeError as err:
-                if "NaN" not in str(err) or attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            pool.apply(fit_file, (path, p, out))
+        return fasttext.load_model(out)
+
+
+def fit_file(path: str, p: QualityTrainParams, out: str) -> None:
+    """Train on one thread from a fastText input file and save the model. SGD can diverge on long
+    documents at a high learning rate; it is retried at half the rate, twice, before giving up."""
+    for attempt in range(3):
+        try:
+            model = fasttext.train_supervised(
+                input=path,
+                epoch=p.epoch,
+                lr=p.lr / 2**attempt,
+                wordNgrams=p.word_ngrams,
+                dim=p.dim,
+                minn=p.minn,
+                maxn=p.maxn,
+                bucket=p.bucket,
+                thread=1,
+                seed=p.seed,
+                verbose=0,
+            )
+        except RuntimeError as err:
+            if "NaN" not in str(err) or attempt == 2:
+                raise
+        else:
+            model.save_model(out)
+            return
 
 
 def model_bytes(model: Any) -> bytes:
