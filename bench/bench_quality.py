@@ -2,9 +2,9 @@
 same texts.
 
 Two pairs, each measured interleaved, best of ROUNDS:
-- scoring: the stage with the Gopher/C4 rules switched off (the corruption outliers always run),
-  against a bare loop predicting P(educational) and the topic for every text;
-- full: the stage with every rule, against a bare loop running the same rules, then both models.
+- scoring: the stage with the corruption outliers and the Gopher/C4 rules switched off, against a
+  bare loop predicting P(educational) and the topic for every text (equal work);
+- full: the stage with every test, against a bare loop running the same tests, then both models.
 The models are trained by quality_train on annotations taken from the sample enwiki's labels
 (Python docs: grade 4 stem; installation guide: grade 1 culture); the texts are the sample enwiki's
 articles, REPEAT times, in one partition.
@@ -45,7 +45,10 @@ def recipe_for(base: str, rules: bool):
             },
             "stages": {
                 "wikipedia_extract": {"failure_budget": 0.5},
-                "quality": {"rules": {"gopher_repetition": off, "gopher_quality": off, "c4": off}},
+                "quality": {
+                    "outliers": off,
+                    "rules": {"gopher_repetition": off, "gopher_quality": off, "c4": off},
+                },
             },
         }
     )

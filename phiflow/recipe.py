@@ -332,8 +332,9 @@ class Toggle(Strict):
     enabled: bool = True
 
 
-class OutlierParams(Strict):
-    """Corruption and binary-text outliers: drop reasons `outlier:<name>`."""
+class OutlierParams(Toggle):
+    """Corruption and binary-text outliers: drop reasons `outlier:<name>`. Switchable like the rules
+    (a corpus already filtered upstream need not pay for them), but on by default."""
 
     max_binary_fraction: Annotated[float, Field(ge=0, le=1)] = 0.01  # control, U+FFFD, private use
     max_mojibake_fraction: Annotated[float, Field(ge=0, le=1)] = 0.01  # chars in UTF-8-as-Latin-1 pairs

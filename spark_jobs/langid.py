@@ -12,8 +12,8 @@ from pyspark.sql import functions as F
 from phiflow.manifest import Manifest
 from phiflow.recipe import LangidParams
 from phiflow.schema import LANGID_FIELDS, WEB_EXTRACTED, with_fields
-from spark_jobs.langid_model import LANGID_STRUCT, default_model_path, langid_columns
-from spark_jobs.stage_io import StageContext, commit_partition, persisted, spark_schema, stage_main, tally
+from spark_jobs.langid_model import DROP_REASONS, LANGID_STRUCT, default_model_path, langid_columns
+from spark_jobs.stage_io import StageContext, commit_written, count_by, spark_schema, stage_main, write_attempt
 
 STAGE = "langid"
 OUT = with_fields(WEB_EXTRACTED, LANGID_FIELDS)
@@ -38,19 +38,16 @@ def run(spark, ctx: StageContext) -> Manifest:
     # back: the documents themselves never leave the JVM.
     lid = identify(params, model_path)(F.substring("text", 1, params.max_chars)).alias("lid")
     rows = docs.select("*", lid).select(*docs.columns, "lid.*")
-    with persisted(rows):
-        counted = tally(rows, OUT, by="language")
-        return commit_partition(
-            spark,
-            ctx,
-            stage=STAGE,
-            dataset=f"{ctx.source}.langid",
-            rows=rows,
-            schema=OUT,
-            inputs=[source.input_ref()],
-            counted=counted,
-            counters={"read": source.row_count, "languages": counted.kept_by},
-        )
+    # One pass: the drops are counted while the kept rows are written (no cache of the partition);
+    # the language mix is read back from the written files' `language` column.
+    written = write_attempt(ctx, dataset=f"{ctx.source}.langid", rows=rows, schema=OUT, reasons=DROP_REASONS)
+    return commit_written(
+        ctx,
+        written,
+        stage=STAGE,
+        inputs=[source.input_ref()],
+        counters={"read": source.row_count, "languages": count_by(spark, written, "language")},
+    )
 
 
 if __name__ == "__main__":

@@ -46,11 +46,14 @@ def predict(lines: list[str], model_path: str) -> tuple[list[str], list[float]]:
     return langs, scores
 
 
+DROP_REASONS = ("langid_low_score", "language_not_kept")
+
+
 def drop_reason(lang: str, score: float, params: LangidParams) -> str | None:
     if score < params.min_score:
-        return "langid_low_score"
+        return DROP_REASONS[0]
     if params.keep_languages is not None and lang not in params.keep_languages:
-        return "language_not_kept"
+        return DROP_REASONS[1]
     return None
 
 

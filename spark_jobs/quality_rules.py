@@ -72,6 +72,8 @@ def singleton_bigram_fraction(text: str) -> float:
 
 
 def outlier_reason(doc: Doc, p: OutlierParams) -> str | None:
+    if not p.enabled:
+        return None
     if binary_fraction(doc.text) > p.max_binary_fraction:
         return "outlier:binary"
     if mojibake_fraction(doc.text) > p.max_mojibake_fraction:

@@ -1,9 +1,10 @@
 """The thin Spark plumbing every stage shares: arguments, session, and the commit of a partition.
 
 A stage builds one DataFrame holding its kept rows and its dropped rows (with `drop_reason`);
-`commit_partition` counts the reasons, writes only the kept rows into a fresh attempt folder,
-hashes what was written, and commits the manifest (phiflow.storage). Stages stay a few lines of
-engine code around their pure per-record functions.
+`write_attempt` writes only the kept rows into a fresh attempt folder while counting the reasons and
+hashing the kept rows (in the same pass when the stage names its reasons, else in a tally pass
+before), and `commit_written` commits the manifest (phiflow.storage); `commit_partition` is the two
+in a row. Stages stay a few lines of engine code around their pure per-record functions.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -144,6 +145,109 @@ def persisted(*frames: DataFrame) -> Iterator[None]:
             f.unpersist()
 
 
+@dataclass(frozen=True)
+class Written:
+    """An attempt folder holding a stage's kept rows, not yet committed, and what was counted."""
+
+    dataset: str
+    attempt: str
+    uri: str
+    schema: pa.Schema
+    counted: Tally
+
+
+def write_attempt(
+    ctx: StageContext,
+    *,
+    dataset: str,
+    rows: DataFrame,
+    schema: pa.Schema,
+    counted: Tally | None = None,
+    reasons: Sequence[str] | None = None,
+) -> Written:
+    """Write the kept rows of `rows` (those without a `drop_reason`) into a fresh attempt folder.
+
+    The figures come from `counted` if the stage took them first (a failure budget needs them before
+    the write); else, when the stage names every drop `reasons` it can give, they are observed during
+    the write itself, one pass and no cache; else a `tally` pass runs first (persist costly `rows`)."""
+    lake = ctx.lake
+    attempt = lake.new_attempt(dataset, ctx.partition)
+    uri = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
+    try:
+        if counted is None and reasons is not None:
+            observation = Observation(f"tally-{attempt}")
+            rows = rows.observe(observation, *_tally_metrics(schema, reasons))
+        else:
+            counted = counted or tally(rows, schema)
+        rows.filter(F.col("drop_reason").isNull()).select(*schema.names).write.mode("overwrite").parquet(uri)
+        counted = counted or _observed_tally(observation.get, reasons or ())
+    except BaseException:
+        lake.discard_attempt(dataset, ctx.partition, attempt)
+        raise
+    return Written(dataset, attempt, uri, schema, counted)
+
+
+def _tally_metrics(schema: pa.Schema, reasons: Sequence[str]) -> list:  # -> list[Column]
+    reason = F.col("drop_reason")
+    return [
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(F.when(reason.isNull(), _row_hash(schema.names))).alias("h"),
+        F.count_if(reason.isNull()).alias("kept"),
+        *(F.count_if(reason == r).alias(f"r{i}") for i, r in enumerate(reasons)),
+    ]
+
+
+def _observed_tally(metrics: dict[str, Any], reasons: Sequence[str]) -> Tally:
+    counts: dict[str | None, int] = {None: int(metrics["kept"])}
+    counts.update({r: int(metrics[f"r{i}"]) for i, r in enumerate(reasons) if metrics[f"r{i}"]})
+    unnamed = metrics["rows"] - sum(counts.values())
+    if unnamed:
+        raise RuntimeError(f"{unnamed} rows carry a drop reason outside the stage's list {list(reasons)}")
+    return Tally(counts, _digest(metrics["h"]))
+
+
+def count_by(spark: SparkSession, written: Written, column: str) -> dict[str, int]:
+    """Kept rows per value of `column`, read back from the written files (one small column)."""
+    groups = spark.read.parquet(written.uri).groupBy(column).count().collect()
+    return dict(sorted(((str(g[column]), int(g["count"])) for g in groups), key=lambda kv: (-kv[1], kv[0])))
+
+
+def commit_written(
+    ctx: StageContext,
+    written: Written,
+    *,
+    stage: str,
+    inputs: list[InputRef],
+    counters: dict[str, Any],
+    reasons: dict[str | None, int] | None = None,
+) -> Manifest:
+    """Commit a written attempt with its manifest, and print the stage's summary.
+
+    `reasons` replaces the drop counts recorded when they are not these rows' own (a side output
+    records its stage's drops; extraction leaves out its file-level rows)."""
+    reasons = written.counted.reasons if reasons is None else reasons
+    dropped = {k: v for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]) if k is not None}
+    manifest = commit_attempt(
+        ctx.lake,
+        dataset=written.dataset,
+        partition=ctx.partition,
+        attempt=written.attempt,
+        stage=stage,
+        schema=written.schema,
+        row_count=written.counted.kept,
+        content_digest=written.counted.digest,
+        inputs=inputs,
+        recipe_digest=ctx.recipe.stage_digest(stage),
+        params=getattr(ctx.recipe.stages, stage).model_dump(mode="json"),
+        counters=counters,
+        dropped=dropped,
+        airflow=ctx.airflow,
+        started=ctx.started,
+    )
+    print_summary(manifest)
+    return manifest
+
+
 def commit_partition(
     spark: SparkSession,
     ctx: StageContext,
@@ -157,38 +261,11 @@ def commit_partition(
     counted: Tally | None = None,
     reasons: dict[str | None, int] | None = None,
 ) -> Manifest:
-    """Write the kept rows of `rows` as the partition's new content and commit it atomically.
+    """`write_attempt` then `commit_written`: the kept rows of `rows` become the partition's content.
 
-    `counted` is the stage's `tally(rows, schema)` if it needed the figures first (a failure budget, a
-    language mix); otherwise it is taken here. Persist `rows` if it is costly: it is read twice.
-    `reasons` replaces the drop counts recorded when they are not these rows' own (a side output
-    records its stage's drops; extraction leaves out its file-level rows)."""
-    counted = counted or tally(rows, schema)
-    reasons = counted.reasons if reasons is None else reasons
-    lake = ctx.lake
-    attempt = lake.new_attempt(dataset, ctx.partition)
-    target = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
-    rows.filter(F.col("drop_reason").isNull()).select(*schema.names).write.mode("overwrite").parquet(target)
-    dropped = {k: v for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]) if k is not None}
-    manifest = commit_attempt(
-        lake,
-        dataset=dataset,
-        partition=ctx.partition,
-        attempt=attempt,
-        stage=stage,
-        schema=schema,
-        row_count=counted.kept,
-        content_digest=counted.digest,
-        inputs=inputs,
-        recipe_digest=ctx.recipe.stage_digest(stage),
-        params=getattr(ctx.recipe.stages, stage).model_dump(mode="json"),
-        counters=counters,
-        dropped=dropped,
-        airflow=ctx.airflow,
-        started=ctx.started,
-    )
-    print_summary(manifest)
-    return manifest
+    Without `counted`, `rows` is read twice (tally, write): persist it if it is costly."""
+    written = write_attempt(ctx, dataset=dataset, rows=rows, schema=schema, counted=counted)
+    return commit_written(ctx, written, stage=stage, inputs=inputs, counters=counters, reasons=reasons)
 
 
 def print_summary(m: Manifest) -> None:

@@ -120,6 +120,9 @@ def test_reasons_name_the_rule_and_rules_switch_off(docs) -> None:
     assert drop_reason(plant["lorem"], "en", P.outliers, P.rules) == "c4:lorem_ipsum"
     off = HeuristicRules(c4={"enabled": False})
     assert drop_reason(plant["lorem"], "en", P.outliers, off) is None
+    no_outliers = P.outliers.model_copy(update={"enabled": False})
+    assert drop_reason(plant["binary"], "en", no_outliers, P.rules) != "outlier:binary"
+    assert drop_reason(plant["mojibake_fr"], "fr", no_outliers, P.rules) != "outlier:mojibake"
     short = "A short line.\nA second one.\nAnother short line that says little."
     assert drop_reason(short, "en", P.outliers, P.rules) == "gopher_quality:too_few_words"
     assert (

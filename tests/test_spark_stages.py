@@ -161,3 +161,38 @@ def test_crash_mid_write_leaves_no_half_partition(spark, test_recipe, lake, monk
 
 def test_recipe_file_roundtrip(test_recipe) -> None:
     assert load_recipe(test_recipe.path).digest == test_recipe.digest
+
+
+def test_langid_counts_each_drop_reason_in_its_one_pass(spark, committed, test_recipe) -> None:
+    lake, ex, li = committed
+    params = test_recipe.stages.langid.model_copy(update={"keep_languages": ["en", "de"], "min_score": 0.9})
+    strict = test_recipe.model_copy(update={"stages": test_recipe.stages.model_copy(update={"langid": params})})
+    m = langid.run(spark, ctx(strict, lake, run_id="strict"))
+    dropped = m.counters["dropped"]
+    assert set(dropped) == {"langid_low_score", "language_not_kept"} and all(dropped.values())
+    assert m.row_count + sum(dropped.values()) == ex.row_count
+    kept = rows(lake, m, ["language", "language_score"])
+    assert len(kept) == m.row_count and {lang for lang, _ in kept} <= {"en", "de"}
+    assert min(s for _, s in kept) >= 0.9
+    full = {lang: n for lang, n in li.counters["languages"].items() if lang in ("en", "de")}
+    assert set(m.counters["languages"]) <= set(full)
+
+
+def test_observed_tally_equals_a_separate_pass_and_names_an_undeclared_reason(spark, test_recipe, lake) -> None:
+    import pyarrow as pa
+
+    from spark_jobs.stage_io import tally, write_attempt
+
+    df = spark.createDataFrame(
+        [(f"d{i}", i, [None, "short", "noisy", None][i % 4]) for i in range(200)],
+        "doc_id string, n long, drop_reason string",
+    )
+    schema = pa.schema([("doc_id", pa.string()), ("n", pa.int64())])
+    part = ctx(test_recipe, lake, partition={"t": "1"})
+    written = write_attempt(part, dataset="t.rows", rows=df, schema=schema, reasons=("short", "noisy", "unused"))
+    assert written.counted == tally(df, schema)
+    assert written.counted.reasons == {None: 100, "short": 50, "noisy": 50}
+    with pytest.raises(RuntimeError, match="50 rows carry a drop reason outside"):
+        write_attempt(part, dataset="t.rows", rows=df, schema=schema, reasons=("short",))
+    attempts = lake.fs.ls(lake.partition_path("t.rows", {"t": "1"}) + "/_attempts", detail=False)
+    assert attempts == [lake.attempt_path("t.rows", {"t": "1"}, written.attempt)]  # the failed one is gone
