@@ -8,7 +8,7 @@ words replaced (0-40%), so there are near-duplicates at many similarities. Print
   merges against true shingle Jaccard (>= threshold is a true duplicate);
 - the stage's peak RSS (driver JVM + Python workers) and shuffle bytes (Spark REST API).
 
-Run: python bench/bench_dedup.py [--copies 10]
+Run: python bench/bench_dedup.py [--copies 10] [--seeds 1]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -66,7 +67,7 @@ def corpus(copies: int) -> list[str]:
     return docs
 
 
-def datasketch_loop(texts: list[str], mh: MinHasher, threshold: float) -> tuple[float, dict[int, int]]:
+def datasketch_loop(texts: list[str], mh: MinHasher, threshold: float, seed: int = 1) -> tuple[float, dict[int, int]]:
     """The baseline: per document MinHash (same shingles), LSH query, verify, union-find, insert."""
     from datasketch import MinHash, MinHashLSH
 
@@ -81,7 +82,7 @@ def datasketch_loop(texts: list[str], mh: MinHasher, threshold: float) -> tuple[
 
     sigs = {}
     for i, t in enumerate(texts):
-        m = MinHash(num_perm=mh.num_perm, seed=1)
+        m = MinHash(num_perm=mh.num_perm, seed=seed)
         toks = words(t)
         k = mh.shingle_size
         m.update_batch([" ".join(toks[j:j + k]).encode() for j in range(max(len(toks) - k + 1, 1))])
@@ -134,6 +135,7 @@ class PeakRss(threading.Thread):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--copies", type=int, default=10)
+    ap.add_argument("--seeds", type=int, default=1, help="hash seeds to average precision and recall over (both sides)")
     a = ap.parse_args()
     recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
     p = recipe.stages.dedup
@@ -160,10 +162,11 @@ def main() -> None:
           f"ratio {theirs / ours:.2f}")
 
     ds_seconds, ds_clusters = datasketch_loop(texts, mh, p.threshold)
-    ds_p, ds_r = quality(ds_clusters, texts, mh, p.threshold, pairs)
+    ds_quality = [quality(ds_clusters, texts, mh, p.threshold, pairs)]
 
     from pyspark.sql import SparkSession
 
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers need this venv's pyarrow
     spark = (SparkSession.builder.master("local[2]").appName("bench-dedup").config("spark.driver.memory", "2g")
              .config("spark.sql.shuffle.partitions", "8").config("spark.sql.session.timeZone", "UTC")
              .config("spark.ui.port", "4050").getOrCreate())
@@ -186,22 +189,35 @@ def main() -> None:
         stage_seconds = time.perf_counter() - t1
         mon.running = False
         shuffled = shuffle_bytes(app) - before
-        cl = lake.read_table(lake.require("web.dup_clusters", ctx.partition)).to_pylist()
-        by_id = {f"d{i:07d}": i for i in range(len(texts))}
-        clusters = {i: i for i in range(len(texts))}
-        for r in cl:
-            clusters[by_id[r["doc_id"]]] = by_id[r["cluster_id"]]
-        for r in cl:  # the survivor belongs to the cluster too
-            clusters[by_id[r["survivor_id"]]] = by_id[r["cluster_id"]]
-        sp_p, sp_r = quality(clusters, texts, mh, p.threshold, pairs)
+        sp_quality = [quality(stage_clusters(lake, ctx, len(texts)), texts, mh, p.threshold, pairs)]
+        for k in range(1, a.seeds):  # other hash functions on both sides: recall differences within noise?
+            params = p.model_copy(update={"seed": p.seed + k})
+            other = recipe.model_copy(update={"stages": recipe.stages.model_copy(update={"dedup": params})})
+            dedup.run(spark, StageContext(recipe=other, source="web", partition=ctx.partition, lake=lake))
+            sp_quality.append(quality(stage_clusters(lake, ctx, len(texts)), texts, mh, p.threshold, pairs))
+            ds_quality.append(quality(datasketch_loop(texts, mh, p.threshold, seed=1 + k)[1], texts, mh, p.threshold,
+                                      pairs))
     spark.stop()
     print(f"end to end: spark stage (local[2]) {len(texts) / stage_seconds:,.0f} docs/s ({stage_seconds:.1f} s), "
           f"datasketch loop (1 core) {len(texts) / ds_seconds:,.0f} docs/s ({ds_seconds:.1f} s), "
           f"ratio {ds_seconds / stage_seconds:.2f}")
-    print(f"quality: spark precision {sp_p:.3f} recall {sp_r:.3f} | datasketch precision {ds_p:.3f} recall {ds_r:.3f}")
+    for name, qs in (("spark stage", sp_quality), ("datasketch loop", ds_quality)):
+        print(f"quality, {name}: precision {np.mean([q[0] for q in qs]):.4f} recall {np.mean([q[1] for q in qs]):.4f}"
+              f" (mean of {len(qs)} seeds; recall per seed {[round(q[1], 4) for q in qs]})")
     print(f"stage: kept {m.row_count} of {len(texts)}, clusters {m.counters['clusters']}, "
           f"candidate pairs {m.counters['candidate_pairs']}, cc rounds {m.counters.get('cc_rounds')}; "
           f"peak RSS {mon.peak / 2**20:,.0f} MiB, shuffle written {shuffled / 2**20:,.1f} MiB")
+
+
+def stage_clusters(lake: Lake, ctx: StageContext, n: int) -> dict[int, int]:
+    """doc index -> cluster root index, from the committed dup_clusters partition."""
+    cl = lake.read_table(lake.require("web.dup_clusters", ctx.partition)).to_pylist()
+    by_id = {f"d{i:07d}": i for i in range(n)}
+    clusters = {i: i for i in range(n)}
+    for r in cl:
+        clusters[by_id[r["doc_id"]]] = by_id[r["cluster_id"]]
+        clusters[by_id[r["survivor_id"]]] = by_id[r["cluster_id"]]  # the survivor belongs to the cluster too
+    return clusters
 
 
 def shuffle_bytes(app: str) -> int:

@@ -173,6 +173,9 @@ class DedupParams(Strict):
     rows: Annotated[int, Field(ge=1)] = 8
     # candidate pairs are kept when their estimated Jaccard (signature agreement) reaches this; 0 keeps all
     threshold: Annotated[float, Field(ge=0, le=1)] = 0.7
+    # in buckets up to this size, a member that fails the check against the bucket's root is checked
+    # against every other member (all-pairs components); larger buckets (boilerplate) stay stars
+    recheck_max_bucket: Annotated[int, Field(ge=0)] = 100
     seed: Annotated[int, Field(ge=0)] = 42
     # survivor of a cluster: first by these columns; columns missing from the input are skipped,
     # `doc_id asc` always ends the rule so ties are broken the same way everywhere

@@ -11,7 +11,9 @@ graph is collected to the driver:
 3. Exact: a window over the content hash picks one representative per hash.
 4. Fuzzy, among representatives: each LSH bucket (band, key) links its members to its smallest
    doc_id (a star, not all pairs: linear in bucket size); each link is kept when the signatures
-   agree on at least `threshold` of their positions.
+   agree on at least `threshold` of their positions; a member that fails against the root is
+   checked against the bucket's other members (buckets up to `recheck_max_bucket`), so each such
+   bucket's components are those of checking all its pairs.
 5. Connected components by alternating large-star / small-star rounds (Kiveris et al., 2014) until
    the edge set stops changing; every node ends up linked to the smallest doc_id of its component.
 6. The survivor of each cluster is the first member by (earlier snapshot first, the recipe's rule,
@@ -42,6 +44,9 @@ FEATURES = [
     StructField("signature", ArrayType(IntegerType())),
     StructField("bands", ArrayType(LongType())),
 ]
+DROP_REASONS = tuple(
+    f"{kind}_duplicate{where}" for kind in ("exact", "fuzzy") for where in ("", "_of_earlier_snapshot")
+)
 # Parameters the stored signatures depend on: earlier partitions must have been hashed with the same.
 SIGNATURE_PARAMS = ("shingle_size", "num_perm", "bands", "rows", "seed")
 
@@ -189,29 +194,47 @@ def connected_components(edges: DataFrame, max_iterations: int) -> tuple[DataFra
 
 
 # -- the stage ----------------------------------------------------------------------------------
-def candidate_edges(reps: DataFrame, threshold: float) -> tuple[DataFrame, DataFrame]:
-    """(bucket links, verified links) among exact representatives: each LSH bucket is a star
-    around its smallest doc_id; a link survives when the signatures agree on >= threshold."""
+def _checked(pairs: DataFrame, sigs: DataFrame, threshold: float) -> DataFrame:
+    """(a, b, ok): ok when the two signatures agree on at least `threshold` of their positions."""
+    agree = F.aggregate(F.zip_with("sa", "sb", lambda x, y: (x == y).cast("int")), F.lit(0), lambda acc, x: acc + x)
+    return (
+        pairs.join(sigs.select(F.col("doc_id").alias("a"), F.col("signature").alias("sa")), "a")
+        .join(sigs.select(F.col("doc_id").alias("b"), F.col("signature").alias("sb")), "b")
+        .select("a", "b", (agree >= F.lit(threshold) * F.size("sa")).alias("ok"))
+    )
+
+
+def candidate_edges(reps: DataFrame, threshold: float, recheck_max_bucket: int) -> tuple[DataFrame, DataFrame]:
+    """(candidate links, verified links) among exact representatives.
+
+    Each LSH bucket is first a star around its smallest doc_id (linear in bucket size); a member whose
+    link to that root fails verification is then checked against every other member of the bucket,
+    in buckets of at most `recheck_max_bucket` members. That gives each such bucket the connected
+    components of verifying all its pairs, at the cost of the failed members only; a giant bucket
+    (boilerplate) stays a star instead of growing quadratic."""
     exploded = reps.select("doc_id", F.posexplode("bands").alias("band", "key"))
     buckets = (
         exploded.groupBy("band", "key").agg(F.min("doc_id").alias("root"), F.count(F.lit(1)).alias("n")).where("n > 1")
     )
-    links = (
-        exploded.join(buckets, ["band", "key"])
-        .where(F.col("doc_id") != F.col("root"))
-        .select(F.col("root").alias("a"), F.col("doc_id").alias("b"))
+    members = exploded.join(buckets, ["band", "key"]).select("band", "key", "doc_id", "root", "n")
+    star = members.where(F.col("doc_id") != F.col("root")).select(F.col("root").alias("a"), F.col("doc_id").alias("b"))
+    star = star.distinct()
+    if threshold <= 0:
+        return star, star
+    sigs = reps.select("doc_id", "signature")
+    star = _materialize(_checked(star, sigs, threshold))
+    failed = star.where(~F.col("ok")).select(F.col("a").alias("root"), F.col("b").alias("x"))
+    rest = (
+        members.where(F.col("n") <= recheck_max_bucket)
+        .join(failed, "root")
+        .where((F.col("doc_id") != F.col("x")) & (F.col("doc_id") != F.col("root")))
+        .join(members.select("band", "key", F.col("doc_id").alias("x")), ["band", "key", "x"], "left_semi")
+        .select(F.least("x", "doc_id").alias("a"), F.greatest("x", "doc_id").alias("b"))
         .distinct()
     )
-    if threshold <= 0:
-        return links, links
-    sigs = reps.select("doc_id", "signature")
-    agree = F.aggregate(F.zip_with("sa", "sb", lambda x, y: (x == y).cast("int")), F.lit(0), lambda acc, x: acc + x)
-    verified = (
-        links.join(sigs.select(F.col("doc_id").alias("a"), F.col("signature").alias("sa")), "a")
-        .join(sigs.select(F.col("doc_id").alias("b"), F.col("signature").alias("sb")), "b")
-        .where(agree >= F.lit(threshold) * F.size("sa"))
-        .select("a", "b")
-    )
+    rest = _checked(rest, sigs, threshold)
+    links = star.select("a", "b").unionByName(rest.select("a", "b"))
+    verified = star.where("ok").select("a", "b").unionByName(rest.where("ok").select("a", "b"))
     return links, verified
 
 
@@ -263,7 +286,9 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     }
     group = F.col("rep")
     if params.fuzzy:
-        links, verified = candidate_edges(nodes.where(F.col("doc_id") == F.col("rep")), params.threshold)
+        links, verified = candidate_edges(
+            nodes.where(F.col("doc_id") == F.col("rep")), params.threshold, params.recheck_max_bucket
+        )
         verified = _materialize(verified)
         counters["candidate_pairs"] = links.count()
         counters["verified_pairs"] = verified.count()
@@ -314,6 +339,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
             schema=DUP_CLUSTERS,
             rows=merged.withColumn("drop_reason", F.lit(None).cast("string")),
             counters={"read": source.row_count, "clusters": counters["clusters"]},
+            known_reasons=(),
             **common,
         )
         kept = commit_partition(
@@ -324,6 +350,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
             schema=out_schema,
             rows=docs.join(decided.select("doc_id", "drop_reason"), "doc_id"),
             counters={**counters, "dup_clusters_digest": clusters.digest},
+            known_reasons=DROP_REASONS,  # counted while written: the documents are read once
             **common,
         )
         commit_partition(

@@ -40,7 +40,7 @@ def run(spark, ctx: StageContext) -> Manifest:
     rows = docs.select("*", lid).select(*docs.columns, "lid.*")
     # One pass: the drops are counted while the kept rows are written (no cache of the partition);
     # the language mix is read back from the written files' `language` column.
-    written = write_attempt(ctx, dataset=f"{ctx.source}.langid", rows=rows, schema=OUT, reasons=DROP_REASONS)
+    written = write_attempt(ctx, dataset=f"{ctx.source}.langid", rows=rows, schema=OUT, known_reasons=DROP_REASONS)
     return commit_written(
         ctx,
         written,

@@ -66,45 +66,47 @@ class MinHasher:
         return self.signature_of(self.shingles(text), a, b)
 
     def band_keys(self, sig: np.ndarray) -> np.ndarray:
-        """int64[bands]: one hash per band of `rows` signature values (band i uses rows i*r..i*r+r-1)."""
-        used = sig[: self.bands * self.rows].astype(np.uint64).reshape(self.bands, self.rows)
-        acc = np.zeros(self.bands, dtype=np.uint64)
+        """int64[..., bands]: one hash per band of `rows` signature values (band i uses rows
+        i*r..i*r+r-1), for one signature or a (documents x num_perm) matrix of them."""
+        used = sig[..., : self.bands * self.rows].astype(np.uint64).reshape(*sig.shape[:-1], self.bands, self.rows)
+        acc = np.zeros(used.shape[:-1], dtype=np.uint64)
         with np.errstate(over="ignore"):
             for j in range(self.rows):
-                acc = splitmix64(acc ^ used[:, j])
+                acc = splitmix64(acc ^ used[..., j])
         return acc.view(np.int64)
 
     def batch(self, texts: list[str | None]) -> tuple[pa.Array, pa.Array, pa.Array]:
         """(content_hash, signature list<int32>, band keys list<int64>) for a batch of documents.
 
-        A document without words gets no band keys: empty pages are all exact duplicates of each
-        other, and must not collide with everything else in every band.
+        A document without words gets no signature and no band keys: empty pages are all exact
+        duplicates of each other, and must not collide with everything else in every band.
         """
         a, b = self._params
-        hashes, sigs, bands = [], [], []
-        for text in texts:
+        hashes = []
+        sigs = np.empty((len(texts), self.num_perm), dtype=np.uint32)
+        has_words = np.zeros(len(texts), dtype=bool)
+        for i, text in enumerate(texts):
             tokens = words(text)  # split once: the content hash and the shingles see the same words
             hashes.append(_digest(" ".join(tokens)))
             sh = self.shingles(text, tokens)
             if len(sh):
-                sig = self.signature_of(sh, a, b)
-                sigs.append(sig.view(np.int32))
-                bands.append(self.band_keys(sig))
-            else:
-                sigs.append(np.empty(0, np.int32))
-                bands.append(np.empty(0, np.int64))
+                sigs[i] = self.signature_of(sh, a, b)
+                has_words[i] = True
+        bands = self.band_keys(sigs)  # the whole batch at once
+        lengths = np.where(has_words, 1, 0)
         return (
             pa.array(hashes, pa.string()),
-            _list_array(sigs, pa.int32()),
-            _list_array(bands, pa.int64()),
+            _list_array(sigs.view(np.int32), lengths * self.num_perm, pa.int32()),
+            _list_array(bands, lengths * self.bands, pa.int64()),
         )
 
 
-def _list_array(parts: list[np.ndarray], typ: pa.DataType) -> pa.Array:
-    offsets = np.zeros(len(parts) + 1, dtype=np.int32)
-    np.cumsum([len(p) for p in parts], out=offsets[1:])
-    values = np.concatenate(parts) if parts else np.empty(0)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(typ.to_pandas_dtype()), typ))
+def _list_array(rows: np.ndarray, lengths: np.ndarray, typ: pa.DataType) -> pa.Array:
+    """A list array of the first `lengths[i]` values of each row (0 or the whole row)."""
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = rows[lengths > 0].reshape(-1)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, typ))
 
 
 def content_hash(text: str | None) -> str:

@@ -17,7 +17,6 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -40,13 +39,24 @@ def words(text: str | None) -> list[str]:
     return WORD.findall(unicodedata.normalize("NFKC", text or "").lower())
 
 
-@lru_cache(maxsize=1 << 20)
-def _word_hash(word: str) -> int:
-    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+class _WordHashes(dict):
+    """word -> 64-bit blake2b, computed on first sight. A plain dict lookup (C, no Python frame per
+    word) is what makes hashing every word of a page cheap; cleared when it grows past `limit`."""
+
+    limit = 1 << 20
+
+    def __missing__(self, word: str) -> int:
+        if len(self) >= self.limit:
+            self.clear()
+        h = self[word] = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+        return h
+
+
+_WORD_HASHES = _WordHashes()
 
 
 def word_hashes(tokens: list[str]) -> np.ndarray:
-    return np.fromiter((_word_hash(w) for w in tokens), dtype=np.uint64, count=len(tokens))
+    return np.fromiter(map(_WORD_HASHES.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:

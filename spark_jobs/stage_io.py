@@ -163,24 +163,24 @@ def write_attempt(
     rows: DataFrame,
     schema: pa.Schema,
     counted: Tally | None = None,
-    reasons: Sequence[str] | None = None,
+    known_reasons: Sequence[str] | None = None,
 ) -> Written:
     """Write the kept rows of `rows` (those without a `drop_reason`) into a fresh attempt folder.
 
     The figures come from `counted` if the stage took them first (a failure budget needs them before
-    the write); else, when the stage names every drop `reasons` it can give, they are observed during
+    the write); else, when the stage names every drop reason it can give (`known_reasons`), they are observed during
     the write itself, one pass and no cache; else a `tally` pass runs first (persist costly `rows`)."""
     lake = ctx.lake
     attempt = lake.new_attempt(dataset, ctx.partition)
     uri = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
     try:
-        if counted is None and reasons is not None:
+        if counted is None and known_reasons is not None:
             observation = Observation(f"tally-{attempt}")
-            rows = rows.observe(observation, *_tally_metrics(schema, reasons))
+            rows = rows.observe(observation, *_tally_metrics(schema, known_reasons))
         else:
             counted = counted or tally(rows, schema)
         rows.filter(F.col("drop_reason").isNull()).select(*schema.names).write.mode("overwrite").parquet(uri)
-        counted = counted or _observed_tally(observation.get, reasons or ())
+        counted = counted or _observed_tally(observation.get, known_reasons or ())
     except BaseException:
         lake.discard_attempt(dataset, ctx.partition, attempt)
         raise
@@ -259,12 +259,15 @@ def commit_partition(
     inputs: list[InputRef],
     counters: dict[str, Any],
     counted: Tally | None = None,
+    known_reasons: Sequence[str] | None = None,
     reasons: dict[str | None, int] | None = None,
 ) -> Manifest:
     """`write_attempt` then `commit_written`: the kept rows of `rows` become the partition's content.
 
-    Without `counted`, `rows` is read twice (tally, write): persist it if it is costly."""
-    written = write_attempt(ctx, dataset=dataset, rows=rows, schema=schema, counted=counted)
+    Without `counted` or `known_reasons`, `rows` is read twice (tally, write): persist it if it is costly."""
+    written = write_attempt(
+        ctx, dataset=dataset, rows=rows, schema=schema, counted=counted, known_reasons=known_reasons
+    )
     return commit_written(ctx, written, stage=stage, inputs=inputs, counters=counters, reasons=reasons)
 
 

@@ -156,6 +156,24 @@ def test_connected_components_in_spark(spark) -> None:
         dedup.connected_components(spark.createDataFrame(path, "a string, b string"), 1)
 
 
+def test_a_member_failing_against_the_root_meets_the_other_members(spark) -> None:
+    """r, x, y share one bucket; x and y agree with each other but not with the root r."""
+    sig_r, sig_xy = [0] * 10, [0] * 5 + [1] * 5  # x, y agree with r on 50%: below a 0.7 threshold
+    reps = spark.createDataFrame(
+        [("r", [7, 100], sig_r), ("x", [7, 200], sig_xy), ("y", [7, 300], sig_xy), ("z", [8, 400], sig_r)],
+        "doc_id string, bands array<bigint>, signature array<int>",
+    )
+
+    def edges(recheck: int) -> tuple[set, set]:
+        links, verified = dedup.candidate_edges(reps, 0.7, recheck)
+        return {tuple(r) for r in links.collect()}, {tuple(r) for r in verified.collect()}
+
+    links, verified = edges(recheck=100)
+    assert links == {("r", "x"), ("r", "y"), ("x", "y")} and verified == {("x", "y")}
+    links, verified = edges(recheck=2)  # the bucket has 3 members: a star only
+    assert links == {("r", "x"), ("r", "y")} and verified == set()
+
+
 def test_later_snapshot_dedups_against_committed_signatures_only(spark, test_recipe, tmp_path) -> None:
     """The sample's 21 pages recrawled with the same bytes are dropped from CC-MAIN-2024-18, with the
     text of CC-MAIN-2024-10 deleted from the lake: only its committed signatures are read."""
