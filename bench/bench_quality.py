@@ -144,7 +144,7 @@ def main() -> None:
                 best[key] = min(best[key], t)
     spark.stop()
     report(
-        f"quality scoring (rules off), documents/s on one core, {n} documents",
+        f"quality scoring (outlier tests and rules off), documents/s on one core, {n} documents",
         [
             ("bare fastText predict loop (both models)", n / best["bare_scoring"]),
             ("phiflow stage (Spark local[1], commit incl.)", n / best["stage_scoring"]),
