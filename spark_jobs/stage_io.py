@@ -168,19 +168,22 @@ def write_attempt(
     """Write the kept rows of `rows` (those without a `drop_reason`) into a fresh attempt folder.
 
     The figures come from `counted` if the stage took them first (a failure budget needs them before
-    the write); else, when the stage names every drop reason it can give (`known_reasons`), they are observed during
-    the write itself, one pass and no cache; else a `tally` pass runs first (persist costly `rows`)."""
+    the write); else, when the stage names every drop reason it can give (`known_reasons`), they are
+    observed during the write itself, one pass and no cache; else a `tally` pass runs first (persist
+    costly `rows`)."""
     lake = ctx.lake
     attempt = lake.new_attempt(dataset, ctx.partition)
     uri = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
+    observation = None
     try:
         if counted is None and known_reasons is not None:
             observation = Observation(f"tally-{attempt}")
             rows = rows.observe(observation, *_tally_metrics(schema, known_reasons))
-        else:
-            counted = counted or tally(rows, schema)
+        elif counted is None:
+            counted = tally(rows, schema)
         rows.filter(F.col("drop_reason").isNull()).select(*schema.names).write.mode("overwrite").parquet(uri)
-        counted = counted or _observed_tally(observation.get, known_reasons or ())
+        if observation is not None:
+            counted = _observed_tally(observation.get, known_reasons)
     except BaseException:
         lake.discard_attempt(dataset, ctx.partition, attempt)
         raise
