@@ -233,8 +233,9 @@ def candidate_edges(reps: DataFrame, threshold: float, recheck_max_bucket: int) 
         .distinct()
     )
     rest = _checked(rest, sigs, threshold)
-    links = star.select("a", "b").unionByName(rest.select("a", "b"))
-    verified = star.where("ok").select("a", "b").unionByName(rest.where("ok").select("a", "b"))
+    # a recheck pair can also be another bucket's star link: distinct keeps the counters exact
+    links = star.select("a", "b").unionByName(rest.select("a", "b")).distinct()
+    verified = star.where("ok").select("a", "b").unionByName(rest.where("ok").select("a", "b")).distinct()
     return links, verified
 
 
