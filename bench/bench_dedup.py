@@ -34,7 +34,7 @@ from phiflow.recipe import CommonCrawlExtractParams, load_recipe  # noqa: E402
 from phiflow.schema import LANGID_FIELDS, WEB_EXTRACTED, with_drop_reason, with_fields  # noqa: E402
 from phiflow.storage import Lake  # noqa: E402
 from spark_jobs import dedup  # noqa: E402
-from spark_jobs.minhash import MinHasher, jaccard  # noqa: E402
+from spark_jobs.minhash import SIGNATURE_FAMILY, MinHasher, jaccard  # noqa: E402
 from spark_jobs.ngrams import words  # noqa: E402
 from spark_jobs.stage_io import StageContext, commit_partition, spark_schema  # noqa: E402
 from spark_jobs.warc_records import iter_rows  # noqa: E402
@@ -146,6 +146,10 @@ def main() -> None:
     print(f"corpus: {len(texts)} documents ({n_base} sample pages x {a.copies}), "
           f"{sum(len(t) for t in texts) / 1e6:.1f} MB of text; shingles {p.shingle_size}, {p.num_perm} perms, "
           f"{p.bands} bands x {p.rows} rows, threshold {p.threshold}")
+    import datasketch
+
+    print(f"baseline: datasketch {datasketch.__version__}, MinHash scheme {datasketch.MinHash(num_perm=1).scheme} "
+          f"(sha1 of each shingle's text); phiflow: minhash.SIGNATURE_FAMILY {SIGNATURE_FAMILY}")
 
     from datasketch import MinHash
 
@@ -203,10 +207,20 @@ def main() -> None:
           f"ratio {ds_seconds / stage_seconds:.2f}")
     for name, qs in (("spark stage", sp_quality), ("datasketch loop", ds_quality)):
         print(f"quality, {name}: precision {np.mean([q[0] for q in qs]):.4f} recall {np.mean([q[1] for q in qs]):.4f}"
-              f" (mean of {len(qs)} seeds; recall per seed {[round(q[1], 4) for q in qs]})")
+              f" +- {standard_error([q[1] for q in qs]):.4f} (mean of {len(qs)} seeds +- its standard error; "
+              f"recall per seed {[round(q[1], 4) for q in qs]})")
+    if a.seeds > 1:
+        diff = np.mean([q[1] for q in sp_quality]) - np.mean([q[1] for q in ds_quality])
+        se = np.hypot(standard_error([q[1] for q in sp_quality]), standard_error([q[1] for q in ds_quality]))
+        print(f"recall, stage - datasketch: {diff:+.4f} +- {se:.4f} ({diff / se:+.1f} standard errors)")
     print(f"stage: kept {m.row_count} of {len(texts)}, clusters {m.counters['clusters']}, "
           f"candidate pairs {m.counters['candidate_pairs']}, cc rounds {m.counters.get('cc_rounds')}; "
           f"peak RSS {mon.peak / 2**20:,.0f} MiB, shuffle written {shuffled / 2**20:,.1f} MiB")
+
+
+def standard_error(values: list[float]) -> float:
+    """Of the mean, from the seed-to-seed spread (0 for one seed)."""
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
 def stage_clusters(lake: Lake, ctx: StageContext, n: int) -> dict[int, int]:

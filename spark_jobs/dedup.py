@@ -15,7 +15,7 @@ graph is collected to the driver:
    checked against the bucket's other members (buckets up to `recheck_max_bucket`), so each such
    bucket's components are those of checking all its pairs.
 5. Connected components by alternating large-star / small-star rounds (Kiveris et al., 2014) until
-   the edge set stops changing; every node ends up linked to the smallest doc_id of its component.
+   the edges are stars: every node ends up linked to the smallest doc_id of its component.
 6. The survivor of each cluster is the first member by (earlier snapshot first, the recipe's rule,
    doc_id); the cluster id is its smallest doc_id. Both depend only on the rows, so any
    partitioning of the input gives the same result.
@@ -35,7 +35,7 @@ from phiflow.manifest import Manifest, partition_key
 from phiflow.recipe import CommonCrawlSource, DedupParams, WikipediaSource
 from phiflow.schema import DUP_CLUSTERS, MINHASH
 from phiflow.storage import Lake
-from spark_jobs.minhash import MinHasher
+from spark_jobs.minhash import SIGNATURE_FAMILY, MinHasher
 from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, stage_main, tally
 
 STAGE = "dedup"
@@ -47,7 +47,8 @@ FEATURES = [
 DROP_REASONS = tuple(
     f"{kind}_duplicate{where}" for kind in ("exact", "fuzzy") for where in ("", "_of_earlier_snapshot")
 )
-# Parameters the stored signatures depend on: earlier partitions must have been hashed with the same.
+# Parameters the stored signatures depend on (with minhash.SIGNATURE_FAMILY, recorded in the `minhash`
+# manifest's counters): earlier partitions must have been hashed with the same.
 SIGNATURE_PARAMS = ("shingle_size", "num_perm", "bands", "rows", "seed")
 
 
@@ -110,6 +111,8 @@ def earlier_signatures(
         stale = {
             k: (m.params.get(k), getattr(params, k)) for k in SIGNATURE_PARAMS if m.params.get(k) != getattr(params, k)
         }
+        if m.counters.get("signature_family") != SIGNATURE_FAMILY:
+            stale["signature_family"] = (m.counters.get("signature_family"), SIGNATURE_FAMILY)
         if stale:
             raise ValueError(
                 f"{m.dataset}/{m.key} was hashed with other MinHash parameters {stale} (stored, recipe): "
@@ -173,19 +176,30 @@ def _small_star(edges: DataFrame) -> DataFrame:
     )
 
 
+def _is_star_forest(edges: DataFrame) -> bool:
+    """Every edge (a, b) has a > b; converged when each node has at most one outgoing edge and no edge's
+    target has one: then every component is a star around its smallest node. One aggregation."""
+    degrees = (
+        edges.select(F.col("a").alias("node"), F.lit(1).alias("out"), F.lit(0).alias("into"))
+        .unionByName(edges.select(F.col("b").alias("node"), F.lit(0).alias("out"), F.lit(1).alias("into")))
+        .groupBy("node")
+        .agg(F.sum("out").alias("out"), F.max("into").alias("into"))
+    )
+    return degrees.where((F.col("out") > 1) | ((F.col("out") == 1) & (F.col("into") == 1))).isEmpty()
+
+
 def connected_components(edges: DataFrame, max_iterations: int) -> tuple[DataFrame, int]:
     """(node, root) for every node of an undirected edge list (a, b); root = smallest node of its
-    component. Large-star / small-star rounds until a round leaves the edge set unchanged."""
-    current = _materialize(
+    component. Large-star / small-star rounds until the edges form stars around their components'
+    smallest nodes (each round keeps the components; the stars are its fixed point)."""
+    current = (
         edges.select(F.greatest("a", "b").alias("a"), F.least("a", "b").alias("b"))
         .where(F.col("a") != F.col("b"))
         .distinct()
     )
     for round_no in range(1, max_iterations + 1):
-        nxt = _materialize(_small_star(_large_star(current)))
-        same = nxt.exceptAll(current).isEmpty() and current.exceptAll(nxt).isEmpty()
-        current = nxt
-        if same:
+        current = _materialize(_small_star(_large_star(current)))
+        if _is_star_forest(current):
             roots = current.select(F.col("b").alias("node"), F.col("b").alias("root")).distinct()
             return current.select(F.col("a").alias("node"), F.col("b").alias("root")).unionByName(roots), round_no
     raise RuntimeError(
@@ -283,7 +297,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     counters: dict = {
         "read": source.row_count,
         "earlier_partitions": [m.key for m in prior_manifests],
-        "earlier_candidates": nodes.where("origin < 0").count(),
+        "earlier_candidates": 0 if prior is None else nodes.where("origin < 0").count(),
     }
     group = F.col("rep")
     if params.fuzzy:
@@ -362,7 +376,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
             schema=MINHASH,
             rows=decided,
             counted=counted,
-            counters={"read": source.row_count, "dedup_digest": kept.digest},
+            counters={"read": source.row_count, "dedup_digest": kept.digest, "signature_family": SIGNATURE_FAMILY},
             **common,
         )
     finally:

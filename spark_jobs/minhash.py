@@ -1,10 +1,14 @@
 """MinHash signatures, LSH band keys and content hashes: the per-document part of dedup.
 
-Shingles are word n-grams (spark_jobs.ngrams). Each of the `num_perm` hash functions is a
-multiply-shift permutation of the 64-bit shingle hash, h_p(x) = ((a_p * x + b_p) mod 2^64) >> 32,
-with (a_p, b_p) drawn from a seeded generator: signatures depend only on the text and the recipe
-(`shingle_size`, `num_perm`, `seed`), never on the machine or the order of documents, so the
-signatures of committed partitions stay comparable with new ones.
+Shingles are word n-grams (spark_jobs.ngrams). Each of the `num_perm` hash functions is the classic
+universal hash of the shingle's 32-bit hash x, h_p(x) = ((a_p * x + b_p) mod 2^64) mod (2^61 - 1), low
+32 bits, with (a_p, b_p) drawn as datasketch draws them (`RandomState(seed)`): given the same 32-bit
+shingle hashes, a signature is datasketch's `MinHash(seed=seed).hashvalues` bit for bit (tested), so at
+equal parameters the stage and a datasketch loop estimate Jaccard with the same family. (The
+multiply-shift family used before linked fewer near-threshold pairs on the dedup bench; docs/dedup.md.)
+Signatures depend only on the text, the recipe (`shingle_size`, `num_perm`, `seed`) and
+`SIGNATURE_FAMILY`, which the stage records with every stored signature, so the signatures of committed
+partitions stay comparable with new ones.
 
 A band key is a 64-bit hash of `rows` consecutive signature values; two documents become a
 candidate pair when any of their `bands` keys agree, which happens with probability
@@ -22,6 +26,10 @@ import pyarrow as pa
 from spark_jobs.ngrams import ngram_hashes, normalize, splitmix64, word_hashes, words
 
 _BLOCK = 4096  # shingles per block of the (shingles x permutations) product: bounds memory per document
+_PRIME = np.uint64((1 << 61) - 1)
+_LOW32 = np.uint64(0xFFFFFFFF)
+# The permutation family above; stored with each `minhash` partition, compared before signatures are joined.
+SIGNATURE_FAMILY = "mod-mersenne61-32bit"
 
 
 @dataclass(frozen=True)
@@ -38,9 +46,10 @@ class MinHasher:
 
     @property
     def _params(self) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.Generator(np.random.PCG64(self.seed))
-        a = rng.integers(0, 2**63, self.num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd
-        b = rng.integers(0, 2**63, self.num_perm, dtype=np.uint64)
+        gen = np.random.RandomState(self.seed)  # datasketch's draw, pair by pair
+        pairs = [(gen.randint(1, _PRIME, dtype=np.uint64), gen.randint(0, _PRIME, dtype=np.uint64))
+                 for _ in range(self.num_perm)]
+        a, b = np.array(pairs, dtype=np.uint64).reshape(self.num_perm, 2).T
         return a, b
 
     def shingles(self, text: str | None, tokens: list[str] | None = None) -> np.ndarray:
@@ -52,14 +61,17 @@ class MinHasher:
         return np.unique(grams)
 
     def signature_of(self, shingles: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """uint32[num_perm]: per permutation, the minimum over the shingles."""
-        low = np.full(self.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
+        """uint32[num_perm]: per permutation, the minimum over the shingles' 32-bit hashes."""
+        low = np.full(self.num_perm, _LOW32, dtype=np.uint64)
+        x = shingles & _LOW32
         with np.errstate(over="ignore"):
-            for start in range(0, len(shingles), _BLOCK):
-                v = shingles[start : start + _BLOCK, None] * a[None, :]
+            for start in range(0, len(x), _BLOCK):
+                v = x[start : start + _BLOCK, None] * a[None, :]
                 v += b[None, :]
+                np.remainder(v, _PRIME, out=v)
+                v &= _LOW32
                 np.minimum(low, v.min(axis=0), out=low)
-        return (low >> np.uint64(32)).astype(np.uint32)  # the top half is monotone: min first, shift after
+        return low.astype(np.uint32)
 
     def signature(self, text: str | None) -> np.ndarray:
         a, b = self._params

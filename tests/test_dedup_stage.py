@@ -156,6 +156,26 @@ def test_connected_components_in_spark(spark) -> None:
         dedup.connected_components(spark.createDataFrame(path, "a string, b string"), 1)
 
 
+def test_connected_components_match_union_find_on_random_graphs(spark) -> None:
+    """Random sparse graphs (trees, chains, nodes with several smaller neighbours): the rounds stop only
+    when every node holds its component's minimum, as a union-find over the same edges says."""
+    rng = np.random.default_rng(11)
+    for n_nodes, n_edges in ((60, 45), (200, 190), (300, 120)):
+        edges = [(f"n{a:03d}", f"n{b:03d}") for a, b in rng.integers(0, n_nodes, (n_edges, 2)) if a != b]
+        parent: dict[str, str] = {}
+
+        def find(x: str, parent: dict[str, str] = parent) -> str:
+            while parent.get(x, x) != x:
+                x = parent[x]
+            return x
+
+        for a, b in edges:
+            ra, rb = find(a), find(b)
+            parent[max(ra, rb)] = min(ra, rb)
+        cc, _ = dedup.connected_components(spark.createDataFrame(edges, "a string, b string"), 64)
+        assert {r["node"]: r["root"] for r in cc.collect()} == {x: find(x) for e in edges for x in e}
+
+
 def test_a_member_failing_against_the_root_meets_the_other_members(spark) -> None:
     """r, x, y share one bucket; x and y agree with each other but not with the root r."""
     sig_r, sig_xy = [0] * 10, [0] * 5 + [1] * 5  # x, y agree with r on 50%: below a 0.7 threshold
@@ -174,7 +194,7 @@ def test_a_member_failing_against_the_root_meets_the_other_members(spark) -> Non
     assert links == {("r", "x"), ("r", "y")} and verified == set()
 
 
-def test_later_snapshot_dedups_against_committed_signatures_only(spark, test_recipe, tmp_path) -> None:
+def test_later_snapshot_dedups_against_committed_signatures_only(spark, test_recipe, tmp_path, monkeypatch) -> None:
     """The sample's 21 pages recrawled with the same bytes are dropped from CC-MAIN-2024-18, with the
     text of CC-MAIN-2024-10 deleted from the lake: only its committed signatures are read."""
     lake = Lake(str(tmp_path / "lake"))
@@ -203,3 +223,6 @@ def test_later_snapshot_dedups_against_committed_signatures_only(spark, test_rec
     changed = recipe_with(test_recipe, num_perm=112, bands=14)
     with pytest.raises(ValueError, match="other MinHash parameters"):
         dedup.run(spark, ctx(changed, lake, snaps[1]))
+    monkeypatch.setattr(dedup, "SIGNATURE_FAMILY", "another-family")  # a later change of hash functions
+    with pytest.raises(ValueError, match="signature_family"):
+        dedup.run(spark, ctx(test_recipe, lake, snaps[1]))

@@ -54,6 +54,37 @@ def test_signatures_depend_only_on_text_and_recipe() -> None:
     assert len(MH.shingles("two words")) == 1  # shorter than a shingle: one shingle of all its words
 
 
+def test_signatures_are_datasketch_minhash_of_the_same_shingle_hashes() -> None:
+    """Same family and draw as datasketch: fed our 32-bit shingle hashes, its MinHash gives the same values."""
+    from datasketch import MinHash
+
+    rng = np.random.default_rng(3)
+    for n_words in (1, 4, 60, 5000):  # one shingle of all words; a few; many (several blocks of 4096)
+        text = " ".join(f"w{i}" for i in rng.integers(0, 10**6, n_words))
+        ref = MinHash(num_perm=MH.num_perm, seed=MH.seed, hashfunc=int, scheme="legacy")
+        ref.update_batch([int(x) & 0xFFFFFFFF for x in MH.shingles(text)])
+        assert np.array_equal(MH.signature(text), ref.hashvalues.astype(np.uint32)), n_words
+
+
+def test_signature_agreement_scatters_like_independent_permutations() -> None:
+    """The share of agreeing positions of a pair at Jaccard s is Binomial(num_perm, s) for independent
+    permutations. Over many pairs with fresh words, the squared error of the estimate must match its
+    variance s(1-s)/num_perm: a family whose positions are correlated scatters more or less than that.
+    Tolerance: 4 standard errors of a mean of n squared errors (chi-square-like, relative sd ~ sqrt(2/n))."""
+    rng = np.random.default_rng(5)
+    a_par, b_par = MH._params
+    errors, variances = [], []
+    for _ in range(600):
+        a, b = planted_pair(rng, 120, 0.75, MH.shingle_size)
+        sa, sb = MH.shingles(a), MH.shingles(b)
+        s = jaccard(sa, sb)
+        est = estimated_jaccard(MH.signature_of(sa, a_par, b_par), MH.signature_of(sb, a_par, b_par))
+        errors.append((est - s) ** 2)
+        variances.append(s * (1 - s) / MH.num_perm)
+    ratio = np.mean(errors) / np.mean(variances)
+    assert abs(ratio - 1) < 4 * np.sqrt(2 / len(errors)), ratio
+
+
 def test_content_hash_ignores_case_punctuation_and_spacing_only() -> None:
     assert content_hash("Hello,  World!\n") == content_hash("hello world")
     assert content_hash("hello world") != content_hash("hello there world")
