@@ -23,6 +23,7 @@ graph is collected to the driver:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -36,7 +37,7 @@ from phiflow.recipe import CommonCrawlSource, DedupParams, WikipediaSource
 from phiflow.schema import DUP_CLUSTERS, MINHASH
 from phiflow.storage import Lake
 from spark_jobs.minhash import SIGNATURE_FAMILY, MinHasher
-from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, stage_main, tally
+from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, stage_main, step, tally
 
 STAGE = "dedup"
 FEATURES = [
@@ -47,6 +48,8 @@ FEATURES = [
 DROP_REASONS = tuple(
     f"{kind}_duplicate{where}" for kind in ("exact", "fuzzy") for where in ("", "_of_earlier_snapshot")
 )
+_BROADCAST_ROW_BYTES = 128  # a doc_id and a drop reason in Spark's hashed relation, rounded up
+_BYTE_UNITS = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 # Parameters the stored signatures depend on (with minhash.SIGNATURE_FAMILY, recorded in the `minhash`
 # manifest's counters): earlier partitions must have been hashed with the same.
 SIGNATURE_PARAMS = ("shingle_size", "num_perm", "bands", "rows", "seed")
@@ -133,6 +136,24 @@ def earlier_signatures(
     return prior, out
 
 
+def related_earlier(current: DataFrame, prior: DataFrame, rule_cols: list[str], schema: StructType) -> DataFrame:
+    """The earlier snapshots' signature rows that share a content hash or a band key with `current`
+    (semi-joins: the history is never grouped or joined whole), in `current`'s columns."""
+    keys = current.select(F.posexplode("bands").alias("band", "key")).distinct()
+    hashes = current.select("content_hash").distinct()
+    p_keys = prior.select("doc_id", F.posexplode("bands").alias("band", "key"))
+    related = (
+        p_keys.join(keys, ["band", "key"], "left_semi")
+        .select("doc_id")
+        .unionByName(prior.join(hashes, "content_hash", "left_semi").select("doc_id"))
+        .distinct()
+    )
+    prior = prior.join(related, "doc_id", "left_semi").join(current.select("doc_id"), "doc_id", "left_anti")
+    for c in rule_cols:
+        prior = prior.withColumn(c, F.lit(None).cast(schema[c].dataType))
+    return prior
+
+
 # -- rule ---------------------------------------------------------------------------------------
 def survivor_order(params: DedupParams, columns: list[str]) -> tuple[list[str], list[Column]]:
     """(rule columns present in the input, sort expressions): earlier origin first, then the rule."""
@@ -192,11 +213,7 @@ def connected_components(edges: DataFrame, max_iterations: int) -> tuple[DataFra
     """(node, root) for every node of an undirected edge list (a, b); root = smallest node of its
     component. Large-star / small-star rounds until the edges form stars around their components'
     smallest nodes (each round keeps the components; the stars are its fixed point)."""
-    current = (
-        edges.select(F.greatest("a", "b").alias("a"), F.least("a", "b").alias("b"))
-        .where(F.col("a") != F.col("b"))
-        .distinct()
-    )
+    current = edges.where(F.col("a") != F.col("b"))  # a large-star round symmetrizes and dedups its input
     for round_no in range(1, max_iterations + 1):
         current = _materialize(_small_star(_large_star(current)))
         if _is_star_forest(current):
@@ -205,6 +222,16 @@ def connected_components(edges: DataFrame, max_iterations: int) -> tuple[DataFra
     raise RuntimeError(
         f"connected components did not converge in {max_iterations} rounds (stages.dedup.max_iterations)"
     )
+
+
+def broadcast_when_small(df: DataFrame, rows: int) -> DataFrame:
+    """Hint a broadcast of `df` (an id and a short string per row) when `rows` of it fit the session's
+    spark.sql.autoBroadcastJoinThreshold (-1: never). A checkpointed frame carries no usable size
+    estimate, so without the hint Spark shuffles the other side of the join: the documents' text."""
+    value = df.sparkSession.conf.get("spark.sql.autoBroadcastJoinThreshold") or "-1"
+    number, unit = re.fullmatch(r"\s*(-?\d+)\s*([a-zA-Z]*)\s*", value).groups()
+    limit = int(number) * _BYTE_UNITS[unit.lower().rstrip("b") or "b"]
+    return F.broadcast(df) if 0 <= rows * _BROADCAST_ROW_BYTES <= limit else df
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -218,14 +245,15 @@ def _checked(pairs: DataFrame, sigs: DataFrame, threshold: float) -> DataFrame:
     )
 
 
-def candidate_edges(reps: DataFrame, threshold: float, recheck_max_bucket: int) -> tuple[DataFrame, DataFrame]:
-    """(candidate links, verified links) among exact representatives.
+def candidate_links(reps: DataFrame, threshold: float, recheck_max_bucket: int) -> DataFrame:
+    """(a, b, ok) for every candidate link a < b among exact representatives; ok: verified.
 
     Each LSH bucket is first a star around its smallest doc_id (linear in bucket size); a member whose
     link to that root fails verification is then checked against every other member of the bucket,
     in buckets of at most `recheck_max_bucket` members. That gives each such bucket the connected
     components of verifying all its pairs, at the cost of the failed members only; a giant bucket
-    (boilerplate) stays a star instead of growing quadratic."""
+    (boilerplate) stays a star instead of growing quadratic. The caller materializes the result once
+    (it is counted, then joined into components)."""
     exploded = reps.select("doc_id", F.posexplode("bands").alias("band", "key"))
     buckets = (
         exploded.groupBy("band", "key").agg(F.min("doc_id").alias("root"), F.count(F.lit(1)).alias("n")).where("n > 1")
@@ -234,7 +262,8 @@ def candidate_edges(reps: DataFrame, threshold: float, recheck_max_bucket: int) 
     star = members.where(F.col("doc_id") != F.col("root")).select(F.col("root").alias("a"), F.col("doc_id").alias("b"))
     star = star.distinct()
     if threshold <= 0:
-        return star, star
+        return star.withColumn("ok", F.lit(True))
+    members = _materialize(members)  # read by the star and twice by the recheck
     sigs = reps.select("doc_id", "signature")
     star = _materialize(_checked(star, sigs, threshold))
     failed = star.where(~F.col("ok")).select(F.col("a").alias("root"), F.col("b").alias("x"))
@@ -246,11 +275,19 @@ def candidate_edges(reps: DataFrame, threshold: float, recheck_max_bucket: int) 
         .select(F.least("x", "doc_id").alias("a"), F.greatest("x", "doc_id").alias("b"))
         .distinct()
     )
-    rest = _checked(rest, sigs, threshold)
     # a recheck pair can also be another bucket's star link: distinct keeps the counters exact
-    links = star.select("a", "b").unionByName(rest.select("a", "b")).distinct()
-    verified = star.where("ok").select("a", "b").unionByName(rest.where("ok").select("a", "b")).distinct()
-    return links, verified
+    # (verification depends on the pair only, so both carry the same ok)
+    return star.unionByName(_checked(rest, sigs, threshold)).distinct()
+
+
+def merged_by_kind(reasons: dict[str | None, int]) -> dict[str, int]:
+    """Merged documents per kind (exact, fuzzy), from the drop reasons `<kind>_duplicate[...]`."""
+    out: dict[str, int] = {}
+    for reason, n in reasons.items():
+        if reason is not None:
+            kind = reason.split("_", 1)[0]
+            out[kind] = out.get(kind, 0) + n
+    return out
 
 
 def run(spark: SparkSession, ctx: StageContext) -> Manifest:
@@ -273,27 +310,15 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
         .withColumn("origin", F.lit(0))
         .withColumn("origin_partition", F.lit(partition_key(ctx.partition)))
     )
-    current = _materialize(current)
     nodes = current
     if prior is not None:
-        keys = current.select(F.posexplode("bands").alias("band", "key")).distinct()
-        hashes = current.select("content_hash").distinct()
-        p_keys = prior.select("doc_id", F.posexplode("bands").alias("band", "key"))
-        related = (
-            p_keys.join(keys, ["band", "key"], "left_semi")
-            .select("doc_id")
-            .unionByName(prior.join(hashes, "content_hash", "left_semi").select("doc_id"))
-            .distinct()
-        )
-        prior = prior.join(related, "doc_id", "left_semi").join(current.select("doc_id"), "doc_id", "left_anti")
-        for c in rule_cols:
-            prior = prior.withColumn(c, F.lit(None).cast(docs.schema[c].dataType))
-        nodes = _materialize(current.unionByName(prior))
-
-    nodes = nodes.withColumn(
-        "rep",
-        F.first("doc_id").over(Window.partitionBy("content_hash").orderBy(*order)) if params.exact else F.col("doc_id"),
-    )
+        with step(spark, STAGE, "hash"):
+            current = _materialize(current)  # read three times by the semi-joins of related_earlier
+        nodes = current.unionByName(related_earlier(current, prior, rule_cols, docs.schema))
+    by_hash = Window.partitionBy("content_hash").orderBy(*order)
+    rep = F.first("doc_id").over(by_hash) if params.exact else F.col("doc_id")
+    with step(spark, STAGE, "hash, exact" if prior is None else "earlier snapshots, exact"):
+        nodes = _materialize(nodes.withColumn("rep", rep))  # read by the candidates and the survivors
     counters: dict = {
         "read": source.row_count,
         "earlier_partitions": [m.key for m in prior_manifests],
@@ -301,14 +326,15 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     }
     group = F.col("rep")
     if params.fuzzy:
-        links, verified = candidate_edges(
-            nodes.where(F.col("doc_id") == F.col("rep")), params.threshold, params.recheck_max_bucket
-        )
-        verified = _materialize(verified)
-        counters["candidate_pairs"] = links.count()
-        counters["verified_pairs"] = verified.count()
+        with step(spark, STAGE, "candidates"):
+            reps = nodes.where(F.col("doc_id") == F.col("rep"))
+            links = _materialize(candidate_links(reps, params.threshold, params.recheck_max_bucket))
+            row = links.agg(F.count(F.lit(1)).alias("n"), F.count_if("ok").alias("ok")).first()
+            counters["candidate_pairs"], counters["verified_pairs"] = int(row["n"]), int(row["ok"])
         if counters["verified_pairs"]:
-            cc, counters["cc_rounds"] = connected_components(verified, params.max_iterations)
+            with step(spark, STAGE, "components"):
+                verified = links.where("ok").select("a", "b")
+                cc, counters["cc_rounds"] = connected_components(verified, params.max_iterations)
             nodes = nodes.join(cc.withColumnRenamed("node", "rep"), "rep", "left")
             group = F.coalesce(F.col("root"), F.col("rep"))
     nodes = nodes.withColumn("group", group)
@@ -338,47 +364,51 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
             F.concat(F.col("kind"), F.lit("_duplicate"), F.when(F.col("earlier"), "_of_earlier_snapshot").otherwise(""))
         ),
     )
-    decided = _materialize(decided)
+    with step(spark, STAGE, "survivors"):
+        decided = _materialize(decided)
     try:
-        counted = tally(decided, MINHASH)  # drop reasons, and the minhash partition's digest
-        merged = decided.where(F.col("drop_reason").isNotNull())
-        counters["clusters"] = merged.select("cluster_id").distinct().count()
-        counters["merged"] = {r["kind"]: int(r["count"]) for r in merged.groupBy("kind").count().collect()}
+        with step(spark, STAGE, "counters"):
+            counted = tally(decided, MINHASH)  # drop reasons, and the minhash partition's digest
+            merged = decided.where(F.col("drop_reason").isNotNull())
+            counters["clusters"] = merged.select(F.count_distinct("cluster_id")).first()[0]
+            counters["merged"] = merged_by_kind(counted.reasons)
         inputs = [source.input_ref()] + [m.input_ref() for m in prior_manifests]
         common = {"inputs": inputs, "reasons": counted.reasons}
-        clusters = commit_partition(
-            spark,
-            ctx,
-            stage=STAGE,
-            dataset=f"{ctx.source}.dup_clusters",
-            schema=DUP_CLUSTERS,
-            rows=merged.withColumn("drop_reason", F.lit(None).cast("string")),
-            counters={"read": source.row_count, "clusters": counters["clusters"]},
-            known_reasons=(),
-            **common,
-        )
-        kept = commit_partition(
-            spark,
-            ctx,
-            stage=STAGE,
-            dataset=f"{ctx.source}.dedup",
-            schema=out_schema,
-            rows=docs.join(decided.select("doc_id", "drop_reason"), "doc_id"),
-            counters={**counters, "dup_clusters_digest": clusters.digest},
-            known_reasons=DROP_REASONS,  # counted while written: the documents are read once
-            **common,
-        )
-        commit_partition(
-            spark,
-            ctx,
-            stage=STAGE,
-            dataset=f"{ctx.source}.minhash",
-            schema=MINHASH,
-            rows=decided,
-            counted=counted,
-            counters={"read": source.row_count, "dedup_digest": kept.digest, "signature_family": SIGNATURE_FAMILY},
-            **common,
-        )
+        decisions = broadcast_when_small(decided.select("doc_id", "drop_reason"), source.row_count)
+        with step(spark, STAGE, "commit"):
+            clusters = commit_partition(
+                spark,
+                ctx,
+                stage=STAGE,
+                dataset=f"{ctx.source}.dup_clusters",
+                schema=DUP_CLUSTERS,
+                rows=merged.withColumn("drop_reason", F.lit(None).cast("string")),
+                counters={"read": source.row_count, "clusters": counters["clusters"]},
+                known_reasons=(),
+                **common,
+            )
+            kept = commit_partition(
+                spark,
+                ctx,
+                stage=STAGE,
+                dataset=f"{ctx.source}.dedup",
+                schema=out_schema,
+                rows=docs.join(decisions, "doc_id"),
+                counters={**counters, "dup_clusters_digest": clusters.digest},
+                known_reasons=DROP_REASONS,  # counted while written: the documents are read once
+                **common,
+            )
+            commit_partition(
+                spark,
+                ctx,
+                stage=STAGE,
+                dataset=f"{ctx.source}.minhash",
+                schema=MINHASH,
+                rows=decided,
+                counted=counted,
+                counters={"read": source.row_count, "dedup_digest": kept.digest, "signature_family": SIGNATURE_FAMILY},
+                **common,
+            )
     finally:
         decided.unpersist()
     print(

@@ -27,6 +27,7 @@ from spark_jobs.ngrams import ngram_hashes, normalize, splitmix64, word_hashes, 
 
 _BLOCK = 4096  # shingles per block of the (shingles x permutations) product: bounds memory per document
 _PRIME = np.uint64((1 << 61) - 1)
+_SHIFT61 = np.uint64(61)
 _LOW32 = np.uint64(0xFFFFFFFF)
 # The permutation family above; stored with each `minhash` partition, compared before signatures are joined.
 SIGNATURE_FAMILY = "mod-mersenne61-32bit"
@@ -47,30 +48,49 @@ class MinHasher:
     @property
     def _params(self) -> tuple[np.ndarray, np.ndarray]:
         gen = np.random.RandomState(self.seed)  # datasketch's draw, pair by pair
-        pairs = [(gen.randint(1, _PRIME, dtype=np.uint64), gen.randint(0, _PRIME, dtype=np.uint64))
-                 for _ in range(self.num_perm)]
+        pairs = [
+            (gen.randint(1, _PRIME, dtype=np.uint64), gen.randint(0, _PRIME, dtype=np.uint64))
+            for _ in range(self.num_perm)
+        ]
         a, b = np.array(pairs, dtype=np.uint64).reshape(self.num_perm, 2).T
         return a, b
 
-    def shingles(self, text: str | None, tokens: list[str] | None = None) -> np.ndarray:
+    def shingles(self, text: str | None) -> np.ndarray:
         """Distinct shingle hashes; a text shorter than one shingle is one shingle of all its words."""
-        h = word_hashes(words(text) if tokens is None else tokens)
+        return np.unique(self._shingle_hashes(words(text)))
+
+    def _shingle_hashes(self, tokens: list[str]) -> np.ndarray:
+        h = word_hashes(tokens)
         grams = ngram_hashes(h, self.shingle_size)
         if not len(grams) and len(h):
             grams = ngram_hashes(h, len(h))
-        return np.unique(grams)
+        return grams
 
     def signature_of(self, shingles: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """uint32[num_perm]: per permutation, the minimum over the shingles' 32-bit hashes."""
+        return self._signature(shingles, a, b, _Scratch(self.num_perm, len(shingles)))
+
+    def _signature(self, shingles: np.ndarray, a: np.ndarray, b: np.ndarray, scratch: _Scratch) -> np.ndarray:
+        """The (permutations x shingles) product a block at a time, each row one scalar times a contiguous
+        vector. `v mod (2^61 - 1)` is folded without a division: for v < 2^64, r = (v & p) + (v >> 61) is
+        congruent and below p + 8, and min(r, r - p) (unsigned, so r - p wraps above r when r < p) is the
+        remainder. Duplicate shingles may be passed: they do not change a minimum."""
         low = np.full(self.num_perm, _LOW32, dtype=np.uint64)
         x = shingles & _LOW32
+        a, b = a[:, None], b[:, None]
         with np.errstate(over="ignore"):
             for start in range(0, len(x), _BLOCK):
-                v = x[start : start + _BLOCK, None] * a[None, :]
-                v += b[None, :]
-                np.remainder(v, _PRIME, out=v)
+                block = x[start : start + _BLOCK]
+                v, t = scratch.views(len(block))
+                np.multiply(a, block, out=v)
+                v += b
+                np.right_shift(v, _SHIFT61, out=t)
+                v &= _PRIME
+                v += t
+                np.subtract(v, _PRIME, out=t)
+                np.minimum(v, t, out=v)
                 v &= _LOW32
-                np.minimum(low, v.min(axis=0), out=low)
+                np.minimum(low, v.min(axis=1), out=low)
         return low.astype(np.uint32)
 
     def signature(self, text: str | None) -> np.ndarray:
@@ -94,15 +114,16 @@ class MinHasher:
         duplicates of each other, and must not collide with everything else in every band.
         """
         a, b = self._params
+        scratch = _Scratch(self.num_perm, _BLOCK)
         hashes = []
         sigs = np.empty((len(texts), self.num_perm), dtype=np.uint32)
         has_words = np.zeros(len(texts), dtype=bool)
         for i, text in enumerate(texts):
             tokens = words(text)  # split once: the content hash and the shingles see the same words
             hashes.append(_digest(" ".join(tokens)))
-            sh = self.shingles(text, tokens)
+            sh = self._shingle_hashes(tokens)  # not made distinct: a repeat cannot change a minimum
             if len(sh):
-                sigs[i] = self.signature_of(sh, a, b)
+                sigs[i] = self._signature(sh, a, b, scratch)
                 has_words[i] = True
         bands = self.band_keys(sigs)  # the whole batch at once
         lengths = np.where(has_words, 1, 0)
@@ -111,6 +132,19 @@ class MinHasher:
             _list_array(sigs.view(np.int32), lengths * self.num_perm, pa.int32()),
             _list_array(bands, lengths * self.bands, pa.int64()),
         )
+
+
+class _Scratch:
+    """Two (num_perm x block) uint64 buffers reused across the blocks and documents of a batch: fresh
+    multi-megabyte temporaries per block cost page faults that rival the arithmetic."""
+
+    def __init__(self, num_perm: int, shingles: int) -> None:
+        size = num_perm * max(1, min(shingles, _BLOCK))
+        self.num_perm, self._v, self._t = num_perm, np.empty(size, np.uint64), np.empty(size, np.uint64)
+
+    def views(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        size = self.num_perm * n
+        return self._v[:size].reshape(self.num_perm, n), self._t[:size].reshape(self.num_perm, n)
 
 
 def _list_array(rows: np.ndarray, lengths: np.ndarray, typ: pa.DataType) -> pa.Array:

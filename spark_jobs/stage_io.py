@@ -145,6 +145,20 @@ def persisted(*frames: DataFrame) -> Iterator[None]:
             f.unpersist()
 
 
+@contextmanager
+def step(spark: SparkSession, stage: str, what: str) -> Iterator[None]:
+    """Name the Spark jobs of one step of a stage (the Spark UI lists them as `dedup: components`) and
+    log the step's wall time, so a slow stage shows at a glance which step to look at."""
+    sc = spark.sparkContext
+    sc.setJobDescription(f"{stage}: {what}")
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        sc.setJobDescription(None)  # type: ignore[arg-type]
+        print(f"[phiflow]   {stage} {what}: {time.perf_counter() - t0:.1f} s", flush=True)
+
+
 @dataclass(frozen=True)
 class Written:
     """An attempt folder holding a stage's kept rows, not yet committed, and what was counted."""

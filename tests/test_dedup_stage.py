@@ -147,6 +147,7 @@ def test_connected_components_in_spark(spark) -> None:
     """A 40-node path (needs several rounds), a star, a cycle: every node gets its component's minimum."""
     path = [(f"p{i:02d}", f"p{i + 1:02d}") for i in range(39)]
     edges = path[::-1] + [("s0", f"s{i}") for i in range(1, 6)] + [("c1", "c2"), ("c2", "c3"), ("c3", "c1")]
+    edges += [("c2", "c1"), ("c1", "c2"), ("s3", "s3")]  # repeated, reversed and self links change nothing
     cc, rounds = dedup.connected_components(spark.createDataFrame(edges, "a string, b string"), 64)
     got = {r["node"]: r["root"] for r in cc.collect()}
     assert got == {**{f"p{i:02d}": "p00" for i in range(40)}, **{f"s{i}": "s0" for i in range(6)},
@@ -185,13 +186,32 @@ def test_a_member_failing_against_the_root_meets_the_other_members(spark) -> Non
     )
 
     def edges(recheck: int) -> tuple[set, set]:
-        links, verified = dedup.candidate_edges(reps, 0.7, recheck)
-        return {tuple(r) for r in links.collect()}, {tuple(r) for r in verified.collect()}
+        links = dedup.candidate_links(reps, 0.7, recheck).collect()
+        return {(r["a"], r["b"]) for r in links}, {(r["a"], r["b"]) for r in links if r["ok"]}
 
     links, verified = edges(recheck=100)
     assert links == {("r", "x"), ("r", "y"), ("x", "y")} and verified == {("x", "y")}
     links, verified = edges(recheck=2)  # the bucket has 3 members: a star only
     assert links == {("r", "x"), ("r", "y")} and verified == set()
+
+
+def test_decisions_are_broadcast_only_within_the_sessions_threshold(spark) -> None:
+    """The documents' text is joined with the decisions without a shuffle when the decisions fit
+    spark.sql.autoBroadcastJoinThreshold, in any of its units; -1 leaves the choice to Spark."""
+    decisions = spark.createDataFrame([(f"d{i}", None) for i in range(100)], "doc_id string, drop_reason string")
+
+    def hinted(threshold: str, rows: int) -> bool:
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", threshold)
+        try:
+            plan = dedup.broadcast_when_small(decisions, rows)._jdf.queryExecution().analyzed().toString()
+        finally:
+            spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")
+        return "broadcast" in plan.lower()
+
+    assert hinted("10485760b", 100) and hinted("10m", 80_000) and hinted("2k", 16)
+    assert not hinted("10m", 90_000) and not hinted("2k", 17) and not hinted("-1", 1)
+    assert dedup.merged_by_kind({None: 5, "exact_duplicate": 2, "exact_duplicate_of_earlier_snapshot": 1,
+                                 "fuzzy_duplicate": 4}) == {"exact": 3, "fuzzy": 4}
 
 
 def test_later_snapshot_dedups_against_committed_signatures_only(spark, test_recipe, tmp_path, monkeypatch) -> None:

@@ -74,7 +74,7 @@ def test_signature_agreement_scatters_like_independent_permutations() -> None:
     rng = np.random.default_rng(5)
     a_par, b_par = MH._params
     errors, variances = [], []
-    for _ in range(600):
+    for _ in range(1500):
         a, b = planted_pair(rng, 120, 0.75, MH.shingle_size)
         sa, sb = MH.shingles(a), MH.shingles(b)
         s = jaccard(sa, sb)
