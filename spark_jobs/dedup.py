@@ -48,7 +48,7 @@ FEATURES = [
 DROP_REASONS = tuple(
     f"{kind}_duplicate{where}" for kind in ("exact", "fuzzy") for where in ("", "_of_earlier_snapshot")
 )
-_BROADCAST_ROW_BYTES = 128  # a doc_id and a drop reason in Spark's hashed relation, rounded up
+_ID_ROW_BYTES = 128  # a row of doc_ids and a short string in Spark's hashed relation, rounded up
 _BYTE_UNITS = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 # Parameters the stored signatures depend on (with minhash.SIGNATURE_FAMILY, recorded in the `minhash`
 # manifest's counters): earlier partitions must have been hashed with the same.
@@ -224,14 +224,15 @@ def connected_components(edges: DataFrame, max_iterations: int) -> tuple[DataFra
     )
 
 
-def broadcast_when_small(df: DataFrame, rows: int) -> DataFrame:
-    """Hint a broadcast of `df` (an id and a short string per row) when `rows` of it fit the session's
+def broadcast_when_small(df: DataFrame, rows: int, row_bytes: int = _ID_ROW_BYTES) -> DataFrame:
+    """Hint a broadcast of `df` when `rows` rows of `row_bytes` fit the session's
     spark.sql.autoBroadcastJoinThreshold (-1: never). A checkpointed frame carries no usable size
-    estimate, so without the hint Spark shuffles the other side of the join: the documents' text."""
+    estimate, so without the hint Spark shuffles both sides of a join with it (for the decisions, the
+    documents' text); the stage knows the row counts."""
     value = df.sparkSession.conf.get("spark.sql.autoBroadcastJoinThreshold") or "-1"
     number, unit = re.fullmatch(r"\s*(-?\d+)\s*([a-zA-Z]*)\s*", value).groups()
     limit = int(number) * _BYTE_UNITS[unit.lower().rstrip("b") or "b"]
-    return F.broadcast(df) if 0 <= rows * _BROADCAST_ROW_BYTES <= limit else df
+    return F.broadcast(df) if 0 <= rows * row_bytes <= limit else df
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ def _checked(pairs: DataFrame, sigs: DataFrame, threshold: float) -> DataFrame:
     )
 
 
-def candidate_links(reps: DataFrame, threshold: float, recheck_max_bucket: int) -> DataFrame:
+def candidate_links(reps: DataFrame, sigs: DataFrame, threshold: float, recheck_max_bucket: int) -> DataFrame:
     """(a, b, ok) for every candidate link a < b among exact representatives; ok: verified.
 
     Each LSH bucket is first a star around its smallest doc_id (linear in bucket size); a member whose
@@ -253,7 +254,8 @@ def candidate_links(reps: DataFrame, threshold: float, recheck_max_bucket: int) 
     in buckets of at most `recheck_max_bucket` members. That gives each such bucket the connected
     components of verifying all its pairs, at the cost of the failed members only; a giant bucket
     (boilerplate) stays a star instead of growing quadratic. The caller materializes the result once
-    (it is counted, then joined into components)."""
+    (it is counted, then joined into components). `sigs`: (doc_id, signature) of `reps`, for the
+    verification joins (a broadcast hint on it saves their shuffles)."""
     exploded = reps.select("doc_id", F.posexplode("bands").alias("band", "key"))
     buckets = (
         exploded.groupBy("band", "key").agg(F.min("doc_id").alias("root"), F.count(F.lit(1)).alias("n")).where("n > 1")
@@ -264,7 +266,6 @@ def candidate_links(reps: DataFrame, threshold: float, recheck_max_bucket: int) 
     if threshold <= 0:
         return star.withColumn("ok", F.lit(True))
     members = _materialize(members)  # read by the star and twice by the recheck
-    sigs = reps.select("doc_id", "signature")
     star = _materialize(_checked(star, sigs, threshold))
     failed = star.where(~F.col("ok")).select(F.col("a").alias("root"), F.col("b").alias("x"))
     rest = (
@@ -328,14 +329,20 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     if params.fuzzy:
         with step(spark, STAGE, "candidates"):
             reps = nodes.where(F.col("doc_id") == F.col("rep"))
-            links = _materialize(candidate_links(reps, params.threshold, params.recheck_max_bucket))
+            sigs = broadcast_when_small(
+                reps.select("doc_id", "signature"),
+                source.row_count + counters["earlier_candidates"],
+                _ID_ROW_BYTES + 4 * params.num_perm,
+            )
+            links = _materialize(candidate_links(reps, sigs, params.threshold, params.recheck_max_bucket))
             row = links.agg(F.count(F.lit(1)).alias("n"), F.count_if("ok").alias("ok")).first()
             counters["candidate_pairs"], counters["verified_pairs"] = int(row["n"]), int(row["ok"])
         if counters["verified_pairs"]:
             with step(spark, STAGE, "components"):
                 verified = links.where("ok").select("a", "b")
                 cc, counters["cc_rounds"] = connected_components(verified, params.max_iterations)
-            nodes = nodes.join(cc.withColumnRenamed("node", "rep"), "rep", "left")
+            roots = broadcast_when_small(cc.withColumnRenamed("node", "rep"), 2 * counters["verified_pairs"])
+            nodes = nodes.join(roots, "rep", "left")
             group = F.coalesce(F.col("root"), F.col("rep"))
     nodes = nodes.withColumn("group", group)
     in_group = Window.partitionBy("group")

@@ -186,7 +186,7 @@ def test_a_member_failing_against_the_root_meets_the_other_members(spark) -> Non
     )
 
     def edges(recheck: int) -> tuple[set, set]:
-        links = dedup.candidate_links(reps, 0.7, recheck).collect()
+        links = dedup.candidate_links(reps, reps.select("doc_id", "signature"), 0.7, recheck).collect()
         return {(r["a"], r["b"]) for r in links}, {(r["a"], r["b"]) for r in links if r["ok"]}
 
     links, verified = edges(recheck=100)
