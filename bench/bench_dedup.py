@@ -11,7 +11,7 @@ words replaced (0-40%), so there are near-duplicates at many similarities. Print
 Timed runs are interleaved (datasketch, stage, datasketch, ...) and the best of `--repeats` counts
 for each side; the stage runs in the demo recipe's Spark session settings after one warm-up run.
 
-Run: python bench/bench_dedup.py [--copies 10] [--repeats 3] [--seeds 1]
+Run: python bench/bench_dedup.py [--copies 10] [--repeats 3] [--seeds 1] [--seed-offset 0]
 """
 
 from __future__ import annotations
@@ -140,6 +140,9 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timed runs of each side; the best counts")
     ap.add_argument("--seeds", type=int, default=1, help="hash seeds to average precision and recall over (both sides)")
+    ap.add_argument("--seed-offset", type=int, default=0,
+                    help="the seeds are the recipe's (stage) and 1 (datasketch) plus offset .. offset + seeds - 1; "
+                         "0 includes the timed runs' own seeds")
     a = ap.parse_args()
     recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
     p = recipe.stages.dedup
@@ -203,15 +206,15 @@ def main() -> None:
             sp_time = timed(lambda: dedup.run(spark, ctx))
             ratios.append(ds_time / sp_time)
             ds_seconds, stage_seconds = min(ds_seconds, ds_time), min(stage_seconds, sp_time)
-        ds_quality = [quality(ds_clusters, texts, mh, p.threshold, pairs)]
-        sp_quality = [quality(stage_clusters(lake, ctx, len(texts)), texts, mh, p.threshold, pairs)]
-        for k in range(1, a.seeds):  # other hash functions on both sides: recall differences within noise?
-            params = p.model_copy(update={"seed": p.seed + k})
-            other = recipe.model_copy(update={"stages": recipe.stages.model_copy(update={"dedup": params})})
-            dedup.run(spark, StageContext(recipe=other, source="web", partition=ctx.partition, lake=lake))
+        sp_quality, ds_quality = [], []
+        for k in range(a.seed_offset, a.seed_offset + a.seeds):  # other hash functions on both sides
+            if k:  # k = 0: the timed runs' lake and clusters
+                params = p.model_copy(update={"seed": p.seed + k})
+                other = recipe.model_copy(update={"stages": recipe.stages.model_copy(update={"dedup": params})})
+                dedup.run(spark, StageContext(recipe=other, source="web", partition=ctx.partition, lake=lake))
+                ds_clusters = datasketch_loop(texts, mh, p.threshold, seed=1 + k)[1]
             sp_quality.append(quality(stage_clusters(lake, ctx, len(texts)), texts, mh, p.threshold, pairs))
-            ds_quality.append(quality(datasketch_loop(texts, mh, p.threshold, seed=1 + k)[1], texts, mh, p.threshold,
-                                      pairs))
+            ds_quality.append(quality(ds_clusters, texts, mh, p.threshold, pairs))
     spark.stop()
     print(f"end to end, best of {a.repeats}: spark stage (local[2]) {len(texts) / stage_seconds:,.0f} docs/s "
           f"({stage_seconds:.1f} s), datasketch loop (1 core) {len(texts) / ds_seconds:,.0f} docs/s "
