@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from spark_jobs.ngrams import ngram_hashes, normalize, splitmix64, word_hashes, words
 
-_BLOCK = 4096  # shingles per block of the (shingles x permutations) product: bounds memory per document
+_BLOCK = 4096  # shingles per block of the (permutations x shingles) product: bounds memory per document
 _PRIME = np.uint64((1 << 61) - 1)
 _SHIFT61 = np.uint64(61)
 _LOW32 = np.uint64(0xFFFFFFFF)
