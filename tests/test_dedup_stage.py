@@ -4,6 +4,7 @@ dedup of the real sample against committed signatures only."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +17,7 @@ from phiflow.schema import LANGID_FIELDS, WEB_EXTRACTED, with_drop_reason, with_
 from phiflow.storage import Lake
 from spark_jobs import commoncrawl_extract, dedup, langid
 from spark_jobs.minhash import MinHasher, detection_probability, jaccard, planted_pair
-from spark_jobs.stage_io import StageContext, commit_partition, spark_schema
+from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, step
 
 pytestmark = pytest.mark.spark
 QUALITY = with_fields(WEB_EXTRACTED, LANGID_FIELDS).append(pa.field("quality_score", pa.float32()))
@@ -212,6 +213,18 @@ def test_decisions_are_broadcast_only_within_the_sessions_threshold(spark) -> No
     assert not hinted("10m", 90_000) and not hinted("2k", 17) and not hinted("-1", 1)
     assert dedup.merged_by_kind({None: 5, "exact_duplicate": 2, "exact_duplicate_of_earlier_snapshot": 1,
                                  "fuzzy_duplicate": 4}) == {"exact": 3, "fuzzy": 4}
+
+
+def test_steps_name_their_spark_jobs_and_log_their_time(spark, capsys) -> None:
+    sc = spark.sparkContext
+    with step(spark, "dedup", "candidates"):
+        assert sc.getLocalProperty("spark.job.description") == "dedup: candidates"
+        spark.range(10).count()
+    assert sc.getLocalProperty("spark.job.description") is None
+    with pytest.raises(ZeroDivisionError), step(spark, "dedup", "commit"):
+        1 / 0  # noqa: B018
+    assert sc.getLocalProperty("spark.job.description") is None  # cleared however the step ends
+    assert re.findall(r"dedup (\w+): \d+\.\d s", capsys.readouterr().out) == ["candidates", "commit"]
 
 
 def test_later_snapshot_dedups_against_committed_signatures_only(spark, test_recipe, tmp_path, monkeypatch) -> None:
