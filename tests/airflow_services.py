@@ -75,7 +75,9 @@ class Airflow:
         password = json.loads(pw_file.read_text())["admin"]
         self._token = self.api("/auth/token", {"username": "admin", "password": password})["access_token"]
 
-    def wait(self, predicate, what: str, timeout: float = 420):
+    def wait(self, predicate, what: str, timeout: float = 900):
+        """Poll until `predicate` returns something. The timeout only stops a hung scheduler from holding
+        CI: it is no speed check (three backfill intervals took 392 s of the old 420 s on a slow day)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             value = predicate()

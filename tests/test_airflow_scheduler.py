@@ -37,7 +37,7 @@ def test_backfill_then_clear_one_stage(airflow: Airflow) -> None:
         runs = {k: v for k, v in airflow.runs(DAG).items() if k in expected}
         return runs if len(runs) == 3 and all(s in ("success", "failed") for s in runs.values()) else None
 
-    states = airflow.wait(done, "the backfill runs")
+    states = airflow.wait(done, "the backfill runs", timeout=1500)  # three intervals of five Spark stages
     assert set(states.values()) == {"success"}, states
     lake = airflow.lake
     feb, apr = lake.require("web.langid", FEB), lake.require("web.langid", APR)
