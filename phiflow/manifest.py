@@ -63,6 +63,7 @@ class Manifest:
     airflow: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, Any] = field(default_factory=dict)
+    generation: int = 0  # 1 for a partition's first commit, +1 for each later one; not part of the digest
 
     @property
     def digest(self) -> str:

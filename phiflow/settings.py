@@ -38,3 +38,15 @@ def default_recipe() -> Path:
 # embedded default the scheduler, the dag-processor and a CLI `backfill create` write to one file.
 # scripts/env.sh points Airflow's [database] sql_alchemy_connect_args here when the DB is SQLite.
 SQLITE_CONNECT_ARGS = {"timeout": 60}
+
+
+def attempt_ttl_s() -> float:
+    """An uncommitted attempt whose newest file (its writer's `_LEASE` heartbeat included) is older than
+    this belongs to a dead writer and may be collected. Writers renew the lease every quarter of it."""
+    return float(os.environ.get("PHIFLOW_ATTEMPT_TTL_S", 300))
+
+
+def superseded_grace_s() -> float:
+    """How long a superseded attempt stays readable after the commit that replaced it: a reader that
+    read the old manifest finishes its read (Delta's VACUUM retention, Iceberg's expire-snapshots age)."""
+    return float(os.environ.get("PHIFLOW_SUPERSEDED_GRACE_S", 3600))

@@ -195,7 +195,8 @@ def write_attempt(
             rows = rows.observe(observation, *_tally_metrics(schema, known_reasons))
         elif counted is None:
             counted = tally(rows, schema)
-        rows.filter(F.col("drop_reason").isNull()).select(*schema.names).write.mode("overwrite").parquet(uri)
+        # append: the fresh folder holds the attempt's lease, which an overwrite would delete
+        rows.filter(F.col("drop_reason").isNull()).select(*schema.names).write.mode("append").parquet(uri)
         if observation is not None:
             counted = _observed_tally(observation.get, known_reasons)
     except BaseException:

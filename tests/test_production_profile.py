@@ -15,6 +15,7 @@ import json
 import os
 import posixpath
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -22,11 +23,12 @@ from urllib.parse import unquote, urlparse
 import pytest
 from airflow_services import Airflow
 from conftest import ROOT, write_test_recipe
+from lake_writers import PART, write_attempt
 from prod_services import SPARK_HOME, MotoS3, Postgres, SparkCluster
-from test_storage import PART, rows, write_attempt
+from test_storage import rows
 
 from phiflow.manifest import Manifest
-from phiflow.storage import Lake
+from phiflow.storage import _LEASES, Lake
 from spark_jobs import commoncrawl_extract, langid
 from spark_jobs.stage_io import StageContext, content_digest
 
@@ -68,7 +70,7 @@ def mutations(calls: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
-def test_storage_contract_on_s3(s3: MotoS3, s3_lake: Lake) -> None:
+def test_storage_contract_on_s3(s3: MotoS3, s3_lake: Lake, monkeypatch) -> None:
     lake = s3_lake
     assert lake.url.startswith("s3://") and lake.uri(lake.root).startswith("s3://")
     manifest_key = f"/{lake.partition_path('t.ds', PART)}/_MANIFEST.json"
@@ -76,28 +78,36 @@ def test_storage_contract_on_s3(s3: MotoS3, s3_lake: Lake) -> None:
     first = write_attempt(lake, [{"doc_id": "a", "n": 1}, {"doc_id": "b", "n": 2}])
     assert lake.fs.find(lake.attempt_path("t.ds", PART, first.attempt))  # the files are on S3 ...
     assert lake.manifest("t.ds", PART) is None and list(lake.partitions("t.ds")) == []  # ... and invisible
+    lease_key = f"/{lake.attempt_path('t.ds', PART, first.attempt)}/_LEASE"
     s3.start_recording()
     lake.commit(first)
     calls = s3.stop_recording()
-    assert mutations(calls) == [("PUT", manifest_key)]  # the commit is one PUT, no copy, no rename
-    (put,) = [c for c in calls if c["method"] == "PUT"]
+    assert mutations(calls) == [("PUT", lease_key), ("PUT", manifest_key)]  # the commit is one PUT, no rename
+    put = [c for c in calls if c["method"] == "PUT"][-1]
     assert not any(h.lower() == "x-amz-copy-source" for h in put["headers"])
+    assert {h.lower(): v for h, v in put["headers"].items()}.get("if-none-match") == "*"  # the first commit
     assert rows(lake) == [{"doc_id": "a", "n": 1}, {"doc_id": "b", "n": 2}]
 
-    crashed = write_attempt(lake, [{"doc_id": "zzz", "n": 9}])  # written, then the writer dies
+    monkeypatch.setenv("PHIFLOW_ATTEMPT_TTL_S", "1")
+    crashed = write_attempt(lake, [{"doc_id": "zzz", "n": 9}])  # written, then the writer dies:
+    _LEASES.release(lake.attempt_path("t.ds", PART, crashed.attempt))  # its lease is no longer renewed
     assert rows(lake) == [{"doc_id": "a", "n": 1}, {"doc_id": "b", "n": 2}]
     assert Lake().require("t.ds", PART).attempt == first.attempt  # a fresh reader agrees
 
     rerun = write_attempt(lake, [{"doc_id": "c", "n": 3}])
+    time.sleep(1.5)  # the crashed writer's lease expires; the rerun's is renewed
     s3.start_recording()
     lake.commit(rerun)
-    changes = mutations(s3.stop_recording())
-    assert changes[0] == ("PUT", manifest_key)  # the swap comes first: old attempts go only after it
-    assert changes[1:] and all(method in ("POST", "DELETE") for method, _ in changes[1:])  # deletes only
+    calls = s3.stop_recording()
+    changes = mutations(calls)
+    swap = [c for c in calls if c["method"] == "PUT" and unquote(urlparse(c["url"]).path) == manifest_key]
+    assert len(swap) == 1 and "if-match" in {h.lower() for h in swap[0]["headers"]}  # conditional on the ETag
+    assert changes.index(("PUT", manifest_key)) < min(i for i, (m, _) in enumerate(changes) if m != "PUT")
     assert rows(lake) == [{"doc_id": "c", "n": 3}]  # replaced whole, not appended
     attempts = lake.fs.ls(f"{lake.partition_path('t.ds', PART)}/_attempts", detail=False, refresh=True)
-    assert [posixpath.basename(a) for a in attempts] == [rerun.attempt]  # first and crashed collected
-    assert crashed.attempt != rerun.attempt
+    # The crashed attempt is collected; the superseded one stays readable for the grace period.
+    assert sorted(posixpath.basename(a) for a in attempts) == sorted([first.attempt, rerun.attempt])
+    assert lake.read_table(first).num_rows == 2 and rerun.generation == 2
 
     status = subprocess.run([str(ROOT / ".venv" / "bin" / "phiflow"), "status"], env=dict(os.environ),
                             capture_output=True, text=True, timeout=120)

@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from lake_writers import PART, write_attempt
 
-from phiflow.manifest import MANIFEST_NAME, Manifest
-from phiflow.schema import describe, fingerprint
-from phiflow.storage import Lake, parse_partition
-
-PART = {"snapshot": "S1", "shard": "00001"}
-SCHEMA = pa.schema([("doc_id", pa.string()), ("n", pa.int64())])
-
-
-def write_attempt(lake: Lake, rows: list[dict], partition: dict = PART) -> Manifest:
-    attempt = lake.new_attempt("t.ds", partition)
-    path = lake.attempt_path("t.ds", partition, attempt)
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), f"{path}/part-00000.parquet", filesystem=lake.fs)
-    files = lake.attempt_files("t.ds", partition, attempt)
-    return Manifest(
-        dataset="t.ds",
-        partition=dict(partition),
-        stage="test",
-        attempt=attempt,
-        files=files,
-        row_count=len(rows),
-        bytes=sum(f.bytes for f in files),
-        schema=describe(SCHEMA),
-        schema_fingerprint=fingerprint(SCHEMA),
-        content_digest=str(sorted(r["doc_id"] for r in rows)),
-    )
+from phiflow.manifest import MANIFEST_NAME
+from phiflow.storage import CommitError, Lake, parse_partition
 
 
 def rows(lake: Lake) -> list[dict]:
@@ -49,22 +30,67 @@ def test_attempt_is_invisible_until_commit(lake: Lake) -> None:
     assert [p.key for p in lake.partitions("t.ds")] == ["snapshot=S1/shard=00001"]
 
 
-def test_rerun_replaces_whole_and_collects_old_attempts(lake: Lake) -> None:
+def attempts_on_disk(lake: Lake) -> set[str]:
+    return {a.rsplit("/", 1)[-1] for a in lake.fs.ls(f"{lake.partition_path('t.ds', PART)}/_attempts", detail=False)}
+
+
+def backdate(lake: Lake, attempt: str, seconds: float) -> None:
+    """Make an attempt look untouched for `seconds` (its writer died that long ago)."""
+    for path in lake.fs.find(lake.attempt_path("t.ds", PART, attempt), withdirs=True):
+        st = os.stat(path)
+        os.utime(path, (st.st_atime - seconds, st.st_mtime - seconds))
+
+
+def test_rerun_replaces_whole_and_keeps_the_superseded_attempt_for_readers(lake: Lake) -> None:
     first = lake.commit(write_attempt(lake, [{"doc_id": "a", "n": 1}, {"doc_id": "b", "n": 2}]))
     second = lake.commit(write_attempt(lake, [{"doc_id": "c", "n": 3}]))
     assert rows(lake) == [{"doc_id": "c", "n": 3}]  # replaced, not appended
-    attempts = lake.fs.ls(f"{lake.partition_path('t.ds', PART)}/_attempts", detail=False)
-    assert [a.rsplit("/", 1)[-1] for a in attempts] == [second.attempt]
-    assert first.digest != second.digest
+    assert (first.generation, second.generation) == (1, 2) and first.digest != second.digest
+    # A reader that read the first manifest just before the rerun still reads it whole.
+    assert attempts_on_disk(lake) == {first.attempt, second.attempt}
+    assert lake.read_table(first).num_rows == 2
+    assert lake.fs.exists(f"{lake.attempt_path('t.ds', PART, first.attempt)}/_SUPERSEDED")
+    assert lake.collect_garbage("t.ds", PART) == []  # within the grace period
+    gone = lake.collect_garbage("t.ds", PART, grace_s=0)
+    assert gone == [lake.attempt_path("t.ds", PART, first.attempt)] and attempts_on_disk(lake) == {second.attempt}
+    # The committed attempt is never collected, however old.
+    backdate(lake, second.attempt, 10 * 86400)
+    assert lake.collect_garbage("t.ds", PART, ttl_s=0, grace_s=0) == [] and rows(lake) == [{"doc_id": "c", "n": 3}]
 
 
-def test_crash_before_commit_loses_nothing_committed(lake: Lake) -> None:
+def test_crash_before_commit_loses_nothing_committed(lake: Lake, tmp_path) -> None:
     lake.commit(write_attempt(lake, [{"doc_id": "a", "n": 1}]))
-    write_attempt(lake, [{"doc_id": "zzz", "n": 9}])  # written, then the writer dies: no manifest
+    # A writer process writes an attempt, then dies before its commit.
+    script = ("import sys; sys.path.insert(0, sys.argv[2]); from phiflow.storage import Lake; "
+              "from lake_writers import write_attempt; "
+              "print(write_attempt(Lake(sys.argv[1]), [{'doc_id': 'zzz', 'n': 9}]).attempt)")
+    crashed = subprocess.run([sys.executable, "-c", script, lake.url, str(Path(__file__).parent)],
+                             capture_output=True, text=True, check=True).stdout.strip()
     assert rows(lake) == [{"doc_id": "a", "n": 1}]
-    lake.commit(write_attempt(lake, [{"doc_id": "b", "n": 2}]))  # the rerun completes and cleans up
+    live = write_attempt(lake, [{"doc_id": "live", "n": 5}])  # a writer still at work (this process)
+    backdate(lake, crashed, 600)  # its writer died ten minutes ago: the lease is stale
+    rerun = lake.commit(write_attempt(lake, [{"doc_id": "b", "n": 2}]))  # the rerun completes and cleans up
     assert rows(lake) == [{"doc_id": "b", "n": 2}]
-    assert len(lake.fs.ls(f"{lake.partition_path('t.ds', PART)}/_attempts", detail=False)) == 1
+    on_disk = attempts_on_disk(lake)
+    assert crashed not in on_disk and {live.attempt, rerun.attempt} <= on_disk
+
+
+def test_a_live_writers_lease_keeps_its_attempt(lake: Lake, monkeypatch) -> None:
+    monkeypatch.setenv("PHIFLOW_ATTEMPT_TTL_S", "0.4")  # renewed every 0.1 s
+    live = write_attempt(lake, [{"doc_id": "slow", "n": 1}])
+    backdate(lake, live.attempt, 3600)  # its data were written long ago; the writer is still alive
+    time.sleep(0.6)
+    assert lake.collect_garbage("t.ds", PART) == []
+    assert lake.commit(live).generation == 1 and rows(lake) == [{"doc_id": "slow", "n": 1}]
+
+
+def test_commit_refuses_an_attempt_whose_files_are_gone(lake: Lake) -> None:
+    first = lake.commit(write_attempt(lake, [{"doc_id": "a", "n": 1}]))
+    broken = write_attempt(lake, [{"doc_id": "b", "n": 2}])
+    lake.fs.rm(f"{lake.partition_path('t.ds', PART)}/{broken.files[0].path}")
+    with pytest.raises(CommitError, match="lacks 1 of its files"):
+        lake.commit(broken)
+    assert lake.require("t.ds", PART).attempt == first.attempt and rows(lake) == [{"doc_id": "a", "n": 1}]
 
 
 def test_digest_is_stable_and_detects_tampering(lake: Lake) -> None:
