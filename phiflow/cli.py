@@ -9,6 +9,7 @@ from phiflow.airflow_api import AirflowAPI, AirflowAPIError
 from phiflow.storage import Lake
 from phiflow.summary import lake_status, stage_table
 from phiflow.trace import trace
+from phiflow.verify import report, verify_lake
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("status", help="committed partitions per dataset; stale ones whose inputs changed since")
     sub.add_parser("summary", help="per-stage table: partitions, rows in/out, drops by reason, seconds")
+    v = sub.add_parser("verify", help="check that every committed partition's files exist with their recorded sizes")
+    v.add_argument("datasets", nargs="*", help="datasets to check (default: the whole lake)")
+    v.add_argument("--deep", action="store_true", help="also read parquet footers: rows must match the manifest")
     t = sub.add_parser("trace", help="follow a document id back through every stage to its origin")
     t.add_argument("doc_id")
     b = sub.add_parser("backfill", help="rerun a stage (or a whole DAG) over a date range through Airflow's REST API")
@@ -39,9 +43,23 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     lake = Lake(args.lake)
     if args.cmd == "status":
-        print(lake_status(lake))
-    elif args.cmd == "summary":
-        print(stage_table(m for d in lake.datasets() for m in lake.partitions(d)))
+        text, corrupt = lake_status(lake)
+        print(text)
+        return 1 if corrupt else 0
+    if args.cmd == "verify":
+        try:
+            verdicts = verify_lake(lake, args.datasets, deep=args.deep)
+        except ValueError as e:
+            print(f"phiflow verify: {e}", file=sys.stderr)
+            return 2
+        print(report(verdicts))
+        return 0 if all(v.ok for v in verdicts) else 1
+    if args.cmd == "summary":
+        entries = [e for d in lake.datasets() for e in lake.entries(d)]
+        print(stage_table(e.manifest for e in entries if e.manifest is not None))
+        for e in entries:
+            if e.manifest is None:
+                print(f"skipped: {e.error}", file=sys.stderr)
     elif args.cmd == "trace":
         lines = trace(lake, args.doc_id)
         print("\n".join(lines))

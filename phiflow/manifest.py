@@ -97,10 +97,15 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         body = json.loads(text)
+        if not isinstance(body, dict):
+            raise ValueError(f"a manifest is a JSON object, not {type(body).__name__}")
         stored = body.pop("digest", None)
-        body["files"] = [DataFile(**f) for f in body.get("files", [])]
-        body["inputs"] = [InputRef(**i) for i in body.get("inputs", [])]
-        m = cls(**body)
+        try:
+            body["files"] = [DataFile(**f) for f in body.get("files", [])]
+            body["inputs"] = [InputRef(**i) for i in body.get("inputs", [])]
+            m = cls(**body)
+        except TypeError as e:  # missing or unknown fields: hand-edited, or not a manifest
+            raise ValueError(f"not a phiflow manifest: {e}") from None
         if stored is not None and stored != m.digest:
             raise ValueError(f"manifest of {m.dataset}/{m.key} does not match its digest (edited or corrupt)")
         return m

@@ -325,9 +325,6 @@ class Lake:
             except ValueError as e:  # JSONDecodeError is one; so are a digest mismatch and a bad key
                 yield PartitionEntry(dataset, key, None, f"{dataset}/{key}: corrupt manifest ({e})")
                 continue
-            except TypeError as e:  # fields of another shape than a manifest's
-                yield PartitionEntry(dataset, key, None, f"{dataset}/{key}: corrupt manifest ({e})")
-                continue
             if m is not None:
                 yield PartitionEntry(dataset, key, m, None)
 

@@ -39,16 +39,22 @@ def stale_inputs(m: Manifest, current: dict[tuple[str, str], str]) -> list[str]:
     return stale
 
 
-def lake_status(lake: Lake) -> str:
-    """Committed partitions per dataset, flagging stale ones (an input was re-committed differently)."""
-    manifests = [m for d in lake.datasets() for m in lake.partitions(d)]
-    current = {(m.dataset, m.key): m.digest for m in manifests}
-    out = []
-    for m in manifests:
+def lake_status(lake: Lake) -> tuple[str, int]:
+    """Committed partitions per dataset, flagging stale ones (an input was re-committed differently)
+    and corrupt ones (a manifest that does not parse or match its digest); the count of corrupt ones."""
+    entries = [e for d in lake.datasets() for e in lake.entries(d)]
+    current = {(e.dataset, e.key): e.manifest.digest for e in entries if e.manifest is not None}
+    out, corrupt = [], 0
+    for e in entries:
+        m = e.manifest
+        if m is None:
+            corrupt += 1
+            out.append(f"{e.dataset:<24} {e.key:<32} {'?':>9} rows  {'-':<12}  CORRUPT: {e.error}")
+            continue
         stale = stale_inputs(m, current)
         flag = f"STALE: {', '.join(stale)} changed" if stale else "ok"
         out.append(
             f"{m.dataset:<24} {m.key:<32} {m.row_count:>9} rows  {m.digest[:12]}  {flag}  "
             f"(run {m.airflow.get('run_id', '-')})"
         )
-    return "\n".join(out) or f"no committed partitions under {lake.url}"
+    return "\n".join(out) or f"no committed partitions under {lake.url}", corrupt

@@ -181,8 +181,10 @@ def assert_recovered(f: Faults, run_id: str, before: Manifest | None, min_try: i
     rows = f.af.lake.read_table(m).to_pylist()
     assert len(rows) == m.row_count == SEEDS  # one kept sample per seed: none lost, none twice
     assert len({r["doc_id"] for r in rows}) == SEEDS and len({r["parent_ids"][0] for r in rows}) == SEEDS
+    # The killed attempt's half-written files go once its writer's lease has expired (ttl 0 here).
     attempts = Path(f.af.lake.partition_path("synthetic.generated", OUT), "_attempts")
-    assert sorted(os.listdir(attempts)) == [m.attempt]  # the killed attempt's half-written files are gone
+    f.af.lake.collect_garbage("synthetic.generated", OUT, ttl_s=0, grace_s=0)
+    assert sorted(os.listdir(attempts)) == [m.attempt]
     assert len(set(f.asked())) == SEEDS  # every seed's prompt reached the LLM; no other did
     return m
 

@@ -120,3 +120,49 @@ def test_parse_partition() -> None:
     assert parse_partition("snapshot=S1/shard=00001") == PART
     with pytest.raises(ValueError, match="expected key=value"):
         parse_partition("snapshot")
+
+
+def commit_two_datasets(lake: Lake) -> None:
+    lake.commit(write_attempt(lake, [{"doc_id": "a", "n": 1}]))
+    other = write_attempt(lake, [{"doc_id": "x", "n": 1}, {"doc_id": "y", "n": 2}], {"snapshot": "S2", "shard": "1"})
+    lake.commit(other)
+
+
+def phiflow(lake: Lake, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "phiflow.cli", "--lake", lake.url, *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b"[1, 2]", b'{"dataset": "t.ds"}'], ids=["syntax", "list", "fields"])
+def test_status_reports_a_corrupt_manifest_and_goes_on(lake: Lake, damage: bytes) -> None:
+    commit_two_datasets(lake)
+    lake.fs.pipe_file(f"{lake.partition_path('t.ds', PART)}/{MANIFEST_NAME}", damage)
+    out = phiflow(lake, "status")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    broken, healthy = out.stdout.splitlines()
+    assert broken.startswith("t.ds") and "snapshot=S1/shard=00001" in broken and "CORRUPT: " in broken
+    assert healthy.split()[:4] == ["t.ds", "snapshot=S2/shard=1", "2", "rows"] and healthy.split()[5] == "ok"
+    with pytest.raises(ValueError, match="corrupt manifest"):
+        list(lake.partitions("t.ds"))  # a stage reading it fails loudly instead of skipping data
+    summary = phiflow(lake, "summary")
+    assert summary.returncode == 0 and "skipped: t.ds/snapshot=S1/shard=00001: corrupt manifest" in summary.stderr
+
+
+def test_verify_finds_deleted_truncated_and_damaged_files(lake: Lake) -> None:
+    commit_two_datasets(lake)
+    assert phiflow(lake, "verify", "--deep").returncode == 0
+    m = lake.require("t.ds", PART)
+    data = f"{lake.partition_path('t.ds', PART)}/{m.files[0].path}"
+    content = lake.fs.cat_file(data)
+    lake.fs.rm(data)
+    out = phiflow(lake, "verify")
+    assert out.returncode == 1
+    assert f"BROKEN: {m.files[0].path}: missing" in out.stdout
+    assert out.stdout.splitlines()[-1] == "verified 2 partitions of 1 datasets: 1 broken"
+    lake.fs.pipe_file(data, content[:-10])  # truncated
+    assert f"{len(content) - 10} bytes, manifest says {len(content)}" in phiflow(lake, "verify").stdout
+    lake.fs.pipe_file(data, content[:8] + b"\0" * (len(content) - 16) + content[-8:])  # same size, damaged
+    assert phiflow(lake, "verify").returncode == 0  # sizes alone cannot see it ...
+    deep = phiflow(lake, "verify", "--deep", "t.ds")
+    assert deep.returncode == 1 and "unreadable parquet" in deep.stdout  # ... the footers can
+    assert phiflow(lake, "verify", "no.such").returncode == 2
