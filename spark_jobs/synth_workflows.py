@@ -116,6 +116,7 @@ class Job:
     drop: str | None = None
     tokens: int = 0
     done: bool = False
+    cut: list[str] = field(default_factory=list)  # outputs the model stopped at max_tokens (finish_reason "length")
 
 
 class Runner:
@@ -138,6 +139,7 @@ class Runner:
         for j, req, res in zip(live, reqs, results, strict=True):
             j.history.append({"role": "user", "name": name, "content": req.messages[-1]["content"]})
             j.history.extend({"role": "assistant", "name": name, "content": t} for t in res.texts)
+            j.cut += [t.strip() for t, why in zip(res.texts, res.finish_reasons, strict=False) if why == "length"]
             j.tokens += res.completion_tokens
             out[id(j)] = res.texts
         return [out.get(id(j), []) for j in jobs]
@@ -148,6 +150,8 @@ class Runner:
         for j in jobs:
             if not j.drop and not j.text.strip():
                 j.drop = "empty_output"
+            if not j.drop and any(c and c in j.text for c in j.cut):  # the kept text ends mid-thought
+                j.drop = "truncated_output"
             if not j.drop and self.wf.execute:
                 res = run_python(extract_code(j.text), limits(self.sandbox))
                 j.meta["execution"] = {"ok": res.ok, "reason": res.reason}

@@ -6,7 +6,9 @@ injected faults: the test double for every remote LLM endpoint.
         ... LLMConfig(backend="openai", base_url=srv.base_url, ...)
 
 `answer(body, i)` returns the i-th sample's text for a request body (default: a deterministic
-echo). Faults are queued per prompt (matched by substring of the last message), so they hit the
+echo). `trickle_*` send a good answer one byte every 0.1 s (the body, or the status line and
+headers too); `length` serves the answer with finish_reason "length", as a model stopped at
+max_tokens. Faults are queued per prompt (matched by substring of the last message), so they hit the
 same prompts whatever the client's concurrency. `delay_s` slows every good answer (a stage then
 stays mid-run long enough to be broken on purpose); `stop()` makes it vanish. The server records
 what it saw: bodies, the Authorization headers, and how many good completions each prompt was served.
@@ -23,7 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Answer = Callable[[dict[str, Any], int], str]
-FAULTS = {"500", "503", "429", "timeout", "malformed", "truncated", "no_choices"}
+FAULTS = {"500", "503", "429", "timeout", "malformed", "truncated", "no_choices", "trickle_body", "trickle_headers",
+          "length"}
 
 
 def echo_answer(body: dict[str, Any], i: int) -> str:
@@ -124,21 +127,43 @@ class LLMTestServer:
                     # A careless server that echoes what it got: clients must not pass it on verbatim.
                     return self._send(401, json.dumps({"error": f"invalid credentials: {auth}"}).encode())
                 fault = server._next_fault(prompt)
+                if fault in ("trickle_body", "trickle_headers", "length"):
+                    with server._lock:
+                        server.faults_sent[fault] += 1
+                    return self._answer(body, prompt, fault)
                 if fault:
                     with server._lock:
                         server.faults_sent[fault] += 1
                     return self._fault(fault)
+                self._answer(body, prompt, None)
+
+            def _answer(self, body: dict[str, Any], prompt: str, fault: str | None) -> None:
                 time.sleep(server.delay_s)
                 n = int(body.get("n") or 1)
                 n_out = min(n, server.max_choices or n)
                 texts = [server.answer(body, i) for i in range(n_out)]
                 with server._lock:
                     server.served[prompt] += 1
-                choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                finish = "length" if fault == "length" else "stop"
+                choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish}
                            for i, t in enumerate(texts)]
                 usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": sum(len(t.split()) for t in texts)}
-                self._send(200, json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                                            "choices": choices, "usage": usage}).encode())
+                payload = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
+                                      "choices": choices, "usage": usage}).encode()
+                if fault not in ("trickle_body", "trickle_headers"):
+                    return self._send(200, payload)
+                head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(payload)}\r\n\r\n").encode()
+                if fault == "trickle_body":
+                    self.wfile.write(head)
+                    head = b""
+                try:
+                    for byte in head + payload:  # one byte every 0.1 s: each read is quick, the whole is not
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                except OSError:  # the client gave up
+                    self.close_connection = True
 
             def _fault(self, fault: str) -> None:
                 if fault in ("500", "503"):

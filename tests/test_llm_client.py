@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 from llm_server import LLMTestServer, echo_answer
@@ -156,3 +157,55 @@ def test_secret_never_prints() -> None:
 
     s = Secret(KEY)
     assert KEY not in f"{s} {s!r} {[s]}" and s.reveal() == KEY
+
+
+@pytest.mark.parametrize("fault", ["trickle_body", "trickle_headers"])
+def test_timeout_bounds_the_whole_request(tmp_path, key_env, fault: str) -> None:
+    """A server answering one byte every 0.1 s (about 25 s for this answer) never makes a single
+    read wait past the timeout; the request as a whole must still end at timeout_s."""
+    with LLMTestServer(api_key=KEY) as srv:
+        srv.inject("slowly", fault)
+        client = make_client(config(srv, tmp_path, timeout_s=1.0, max_retries=0))
+        started = time.monotonic()
+        with pytest.raises(LLMError, match="gave up after 1 attempts, last: timeout"):
+            client.chat([ask("slowly")])
+        took = time.monotonic() - started
+        assert srv.faults_sent[fault] == 1
+    assert took < 4.0, took  # timeout_s plus the backstop's margin, far from the trickle's ~25 s
+
+
+def test_retry_after_is_capped(tmp_path, key_env, caplog) -> None:
+    caplog.set_level(logging.WARNING)
+    with LLMTestServer(api_key=KEY, retry_after="86400") as srv:  # "come back tomorrow"
+        srv.inject("slow down", "429")
+        [res] = make_client(config(srv, tmp_path, max_retry_after_s=0.3)).chat([ask("slow down")])
+    assert res.texts == ["echo[0]: slow down"]
+    waits = [float(r.args[-1]) for r in caplog.records if "retry" in r.getMessage()]
+    assert waits == [0.3]  # the cap, not a day
+
+
+def test_credentials_in_the_base_url_never_reach_errors_or_logs(tmp_path, monkeypatch, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("PHIFLOW_TEST_KEY", KEY)
+    with LLMTestServer(api_key="the-right-key", retry_after="0") as srv:
+        url = srv.base_url.replace("http://", "http://svc-user:url-pass-9f2e@") + "?token=q-secret-77"
+        with pytest.raises(LLMError, match="HTTP 401") as denied:
+            make_client(config(srv, tmp_path, base_url=url)).chat([ask("hello")])
+    with LLMTestServer(retry_after="0") as srv:
+        srv.inject("doomed", "500", "500")
+        url = srv.base_url.replace("http://", "http://svc-user:url-pass-9f2e@") + "?token=q-secret-77"
+        with pytest.raises(LLMError, match="gave up after 2 attempts") as gave_up:
+            make_client(config(srv, tmp_path, base_url=url, max_retries=1)).chat([ask("doomed")])
+    for err in (denied.value, gave_up.value):
+        text = f"{err} {err.__context__!r}"
+        assert "url-pass-9f2e" not in text and "q-secret-77" not in text and KEY not in text
+        assert f"127.0.0.1:{srv.port}" in str(err) or "127.0.0.1:" in str(err)  # the endpoint is still named
+    logs = all_logs(caplog)
+    assert "url-pass-9f2e" not in logs and "q-secret-77" not in logs and KEY not in logs
+
+
+def test_finish_reason_length_is_reported(tmp_path, key_env) -> None:
+    with LLMTestServer(api_key=KEY) as srv:
+        srv.inject("long story", "length")
+        cut, whole = make_client(config(srv, tmp_path)).chat([ask("long story"), ask("short one")])
+    assert cut.finish_reasons == ["length"] and whole.finish_reasons == ["stop"]

@@ -83,6 +83,14 @@ def test_rewrite_samples_carry_lineage_and_distinct_seeds(client) -> None:
     assert again == rows and len(srv.bodies) == 4  # deterministic, and the rerun came from the cache
 
 
+def test_output_cut_at_max_tokens_is_dropped_as_truncated(client) -> None:
+    c, srv = client
+    srv.inject("REWRITE: Dicts", "length")  # the model ran out of max_tokens on this seed's sample
+    w = wf(name="exercises", kind="rewrite", prompts={"rewrite": "REWRITE: {seed}"})
+    got = {r["parent_ids"][0]: r["drop_reason"] for r in synthesize_seeds(SEEDS, w, c, base_seed=0, sandbox=SANDBOX)}
+    assert got == {"s1": None, "s2": "truncated_output"}
+
+
 def test_self_revision_stops_when_the_critic_accepts_and_keeps_history(client) -> None:
     c, _ = client
     w = wf(name="revised", kind="self_revision", rounds=3, rubric="accuracy",

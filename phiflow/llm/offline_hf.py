@@ -111,8 +111,9 @@ class OfflineHFClient(LLMClient):
         results = []
         for row, req in zip(out[:, width:].tolist(), reqs, strict=True):
             n_gen = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
-            text = cut_at_stop(tok.decode(row[:n_gen], skip_special_tokens=True), req.stop)
-            reason = "stop" if tok.eos_token_id in row else "length"
+            decoded = tok.decode(row[:n_gen], skip_special_tokens=True)
+            text = cut_at_stop(decoded, req.stop)
+            reason = "stop" if tok.eos_token_id in row or text != decoded else "length"  # a stop string is a stop
             results.append(
                 ChatResult(texts=[text.strip()], model=self.model, completion_tokens=n_gen, finish_reasons=[reason])
             )

@@ -1,8 +1,10 @@
 """OpenAI-compatible chat completions over HTTP (vLLM, SGLang, TGI, hosted APIs).
 
-Requests run `max_concurrency` at a time on one pooled connection set. Transient failures
-(timeouts, dropped or truncated responses, malformed JSON, 408/409/429/5xx) are retried with
-exponential backoff and jitter, honouring `Retry-After`; other 4xx fail at once. Servers that
+Requests run `max_concurrency` at a time on one pooled connection set. `timeout_s` bounds each
+whole request (a server trickling its answer byte by byte does not hold a call past it). Transient
+failures (timeouts, dropped or truncated responses, malformed JSON, 408/409/429/5xx) are retried
+with exponential backoff and jitter, honouring `Retry-After` up to `max_retry_after_s`; other 4xx
+fail at once. Error texts name the endpoint without its credentials. Servers that
 return fewer than `n` choices are topped up with further requests (seed advanced by the count
 already received), so `n` samples are always `n` samples.
 """
@@ -10,10 +12,12 @@ already received), so `n` samples are always `n` samples.
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import random
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
@@ -26,7 +30,6 @@ from phiflow.llm.types import ChatRequest, ChatResult, LLMConfig, LLMError
 log = logging.getLogger("phiflow.llm")
 
 RETRY_STATUSES = {408, 409, 429}
-MAX_RETRY_AFTER_S = 600.0  # the server's Retry-After is obeyed (not capped by max_backoff_s), up to this
 
 
 class _Retry(Exception):
@@ -122,30 +125,26 @@ class OpenAIClient(LLMClient):
                 return self._attempt(http, url, headers, payload, endpoint)
             except _Retry as r:
                 if attempt == cfg.max_retries:
-                    raise LLMError(f"{url}: gave up after {attempt + 1} attempts, last: {r.reason}") from None
+                    raise LLMError(f"{endpoint.public_url}/chat/completions: gave up after {attempt + 1} attempts, "
+                                   f"last: {r.reason}") from None
                 backoff = min(cfg.max_backoff_s, cfg.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
-                delay = min(MAX_RETRY_AFTER_S, r.delay) if r.delay is not None else backoff
+                delay = min(cfg.max_retry_after_s, r.delay) if r.delay is not None else backoff
                 self._count(retries=1)
                 log.warning("llm: %s; retry %d/%d in %.2f s", r.reason, attempt + 1, cfg.max_retries, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _attempt(http: httpx.Client, url: str, headers: dict[str, str], payload: dict[str, Any],
+    def _attempt(self, http: httpx.Client, url: str, headers: dict[str, str], payload: dict[str, Any],
                  endpoint: Endpoint) -> dict[str, Any]:
-        try:
-            resp = http.post(url, json=payload, headers=headers)
-        except httpx.TimeoutException:
-            raise _Retry("timeout") from None
-        except httpx.TransportError as err:  # refused, reset, truncated body (RemoteProtocolError)
-            raise _Retry(f"transport error ({type(err).__name__})") from None
-        status = resp.status_code
+        status, retry_header, raw = _bounded(self.config.timeout_s, _post, http, url, headers, payload,
+                                             time.monotonic() + self.config.timeout_s)
         if status in RETRY_STATUSES or status >= 500:
-            raise _Retry(f"HTTP {status}", retry_after(resp.headers.get("retry-after")))
+            raise _Retry(f"HTTP {status}", retry_after(retry_header))
         if status != 200:
-            raise LLMError(f"{url}: HTTP {status}: {endpoint.redact(resp.text[:300])}")
+            text = raw[:300].decode("utf-8", "replace")
+            raise LLMError(f"{endpoint.public_url}/chat/completions: HTTP {status}: {endpoint.redact(text)}")
         try:
-            body = resp.json()
+            body = json.loads(raw)
             for c in body["choices"]:
                 if not isinstance(c["message"]["content"], str | None):
                     raise TypeError("content")
@@ -154,3 +153,42 @@ class OpenAIClient(LLMClient):
         except (ValueError, KeyError, TypeError, IndexError):
             raise _Retry("malformed response") from None
         return body
+
+
+def _post(http: httpx.Client, url: str, headers: dict[str, str], payload: dict[str, Any],
+          deadline: float) -> tuple[int, str | None, bytes]:
+    """POST and read the whole body, giving up at `deadline` even while bytes keep arriving."""
+    try:
+        with http.stream("POST", url, json=payload, headers=headers,
+                         timeout=max(0.001, deadline - time.monotonic())) as resp:
+            chunks = []
+            for chunk in resp.iter_bytes():
+                if time.monotonic() > deadline:
+                    raise _Retry("timeout (the response was still arriving)")
+                chunks.append(chunk)
+            return resp.status_code, resp.headers.get("retry-after"), b"".join(chunks)
+    except httpx.TimeoutException:
+        raise _Retry("timeout") from None
+    except httpx.TransportError as err:  # refused, reset, truncated body (RemoteProtocolError)
+        raise _Retry(f"transport error ({type(err).__name__})") from None
+
+
+def _bounded(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in a daemon thread, abandoned after `seconds`: httpx has no whole-request timeout,
+    and a server trickling its status line or headers is not interrupted by `_post`'s deadline."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+
+    worker = threading.Thread(target=run, daemon=True, name="llm-request")
+    worker.start()
+    worker.join(seconds + 0.5)  # _post's own deadline usually fires first; this is the backstop
+    if worker.is_alive():
+        raise _Retry(f"timeout (no whole response within {seconds:g} s)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

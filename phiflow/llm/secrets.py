@@ -3,8 +3,10 @@ of logs: it lives in a `Secret` whose repr is a mask, and error texts pass throu
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from phiflow.llm.types import LLMConfig, LLMError
 
@@ -30,13 +32,33 @@ class Secret:
 
 @dataclass
 class Endpoint:
-    base_url: str
+    base_url: str  # may carry credentials (https://user:token@host/v1?key=...): never print it
     api_key: Secret | None
 
+    @property
+    def public_url(self) -> str:
+        """The base URL without user info, query or fragment: what error texts and logs may show."""
+        return public_url(self.base_url)
+
     def redact(self, text: str) -> str:
-        if self.api_key and self.api_key.reveal():
-            return text.replace(self.api_key.reveal(), MASK)
+        """`text` with the key, the URL's credentials and its query replaced by the mask."""
+        if self.base_url != self.public_url:
+            text = text.replace(self.base_url, self.public_url)
+        parts = urlsplit(self.base_url)
+        basic = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode() if parts.password else ""
+        secrets = [self.api_key.reveal() if self.api_key else "", parts.password or "", basic, parts.query]
+        for secret in sorted(filter(None, secrets), key=len, reverse=True):
+            text = text.replace(secret, MASK)
         return text
+
+
+def public_url(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _airflow_connection(conn_id: str):  # -> airflow Connection

@@ -35,10 +35,11 @@ class LLMConfig(BaseModel):
     cache_dir: str | None = None  # persistent cache (fsspec URL); stages default it to <lake>/_cache/llm
     max_concurrency: Annotated[int, Field(gt=0)] = 8  # requests in flight (openai) per worker
     batch_size: Annotated[int, Field(gt=0)] = 8  # prompts per generate() call (offline, vllm)
-    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0  # the whole request: connect, send, headers and body
     max_retries: Annotated[int, Field(ge=0)] = 5
     backoff_s: Annotated[float, Field(ge=0)] = 1.0  # first retry delay, doubled each retry
     max_backoff_s: Annotated[float, Field(ge=0)] = 60.0
+    max_retry_after_s: Annotated[float, Field(ge=0)] = 60.0  # a server's Retry-After is obeyed up to this
     threads: Annotated[int | None, Field(gt=0)] = None  # offline: torch CPU threads (None: torch's default)
     engine_args: dict[str, Any] = Field(default_factory=dict)  # vllm: extra vllm.LLM(...) arguments
 
