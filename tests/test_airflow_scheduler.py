@@ -10,6 +10,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 from airflow_services import Airflow
 from conftest import ROOT
@@ -25,6 +26,24 @@ def airflow(tmp_path_factory):
     with af.running(DAG) as printed:
         assert f"http://127.0.0.1:{af.port}" in printed and "password:" in printed
         yield af
+
+
+def test_services_listen_on_loopback_only_and_keep_their_secrets_private(airflow: Airflow) -> None:
+    home = Path(airflow.env["AIRFLOW_HOME"])
+    services = [psutil.Process(int(p.read_text())) for p in (home / "run").glob("*.pid")]
+    assert len(services) == 4
+    procs = [q for p in services for q in [p, *p.children(recursive=True)]]
+    listening = [(q.name(), c.laddr) for q in procs for c in q.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert ("127.0.0.1", airflow.port) in [(a.ip, a.port) for _, a in listening]  # the api-server
+    assert all(a.ip in ("127.0.0.1", "::1") for _, a in listening), listening  # nothing else, nowhere else
+    password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+    for path in [home, *home.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        assert mode & 0o077 == 0, f"{path} is {oct(mode)}"  # the user's alone: 700 folders, 600 files
+        if path.is_file() and path.suffix in (".log", ".json", ".cfg", ""):
+            assert password not in path.read_text(errors="replace") or path.name.startswith("simple_auth"), path
+    assert Path(airflow.env["PHIFLOW_HOME"]).stat().st_mode & 0o077 == 0
 
 
 def test_backfill_then_clear_one_stage(airflow: Airflow) -> None:
