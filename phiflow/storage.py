@@ -145,7 +145,8 @@ class Lake:
         base = self.partition_path(manifest.dataset, manifest.partition)
         target = posixpath.join(base, MANIFEST_NAME)
         attempt_dir = self.attempt_path(manifest.dataset, manifest.partition, manifest.attempt)
-        _LEASES.renew(self.fs, attempt_dir)
+        with contextlib.suppress(FileNotFoundError):  # keep GC off it while the swap runs (if it is a folder)
+            _LEASES.renew(self.fs, attempt_dir)
         missing = self.missing_files(manifest)
         if missing:
             raise CommitError(f"{manifest.dataset}/{manifest.key}: attempt {manifest.attempt} lacks "
