@@ -28,7 +28,7 @@ from phiflow.commit import commit_files, up_to_date
 from phiflow.manifest import Manifest, sha256_json
 from phiflow.recipe import Recipe, load_recipe
 from phiflow.schema import TRAIN_STEPS
-from phiflow.storage import Lake
+from phiflow.storage import LEASE, Lake
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 Run = Literal["pretrain", "midtrain"]
@@ -170,7 +170,8 @@ class MegatronTrainOperator(_ManifestLineage, BaseOperator):
         if mode == "slurm":
             job_id = submit_slurm(recipe, plan["cfg"], work)
             self.log.info("submitted slurm job %s (%s)", job_id, work)
-            self.defer(trigger=SlurmJobTrigger(job_id, recipe.training.cluster.poll_s),  # type: ignore[union-attr]
+            lease = posixpath.join(work, LEASE)  # the trigger renews it while the job waits and runs
+            self.defer(trigger=SlurmJobTrigger(job_id, recipe.training.cluster.poll_s, lease),  # type: ignore[union-attr]
                        method_name="execute_complete", kwargs={"attempt": attempt, "started": started})
         from training.launch import TrainingFailed, launch
 

@@ -2,13 +2,17 @@
 
 The worker slot is free while a pretraining job runs for weeks; the trigger holds only a job id.
 `squeue` answers while the job is pending or running; once it has left the queue, `sacct` gives the
-final state (retried a few times: accounting can lag the queue by seconds).
+final state (retried a few times: accounting can lag the queue by seconds). Each poll renews the
+attempt folder's lease (`lease_path`), so the lake's garbage collection leaves the job's output alone
+while it is queued or running, though the worker that created the attempt is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -46,18 +50,26 @@ async def final_state(job_id: str) -> tuple[str, str] | None:
 class SlurmJobTrigger(BaseTrigger):
     """Fires one event when the job leaves the queue: status success (COMPLETED) or error."""
 
-    def __init__(self, job_id: str, poll_s: float = 60.0) -> None:
+    def __init__(self, job_id: str, poll_s: float = 60.0, lease_path: str | None = None) -> None:
         super().__init__()
         self.job_id = str(job_id)
         self.poll_s = poll_s
+        self.lease_path = lease_path
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return f"{type(self).__module__}.{type(self).__name__}", {"job_id": self.job_id, "poll_s": self.poll_s}
+        return f"{type(self).__module__}.{type(self).__name__}", {
+            "job_id": self.job_id, "poll_s": self.poll_s, "lease_path": self.lease_path}
+
+    def _renew_lease(self) -> None:
+        if self.lease_path:
+            with contextlib.suppress(FileNotFoundError):  # the attempt folder is gone: nothing to hold
+                Path(self.lease_path).touch(exist_ok=True)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         missing = 0
         last = None
         while True:
+            self._renew_lease()
             try:
                 state = await queue_state(self.job_id)
                 if state is None:

@@ -5,6 +5,7 @@ sbatch script is rendered from the run JSON and submitted."""
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
 from pathlib import Path
 
@@ -32,7 +33,7 @@ echo "$@" >> {tmp_path}/squeue.args
 """)
     fake(bin_dir, "sacct", 'echo "$@" >> ' + str(tmp_path) + '/sacct.args; printf "%s\\n" "$SACCT_STATE"\n')
     fake(bin_dir, "sbatch", f'cp "$2" {tmp_path}/submitted.sbatch; echo "4242;cluster"\n')
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     return tmp_path
 
 
@@ -63,8 +64,19 @@ def test_trigger_gives_up_when_accounting_never_records_the_job(slurm: Path, mon
 
 
 def test_trigger_serializes_for_the_triggerer() -> None:
-    path, kwargs = SlurmJobTrigger("7", poll_s=5).serialize()
-    assert path == "operators.triggers.SlurmJobTrigger" and kwargs == {"job_id": "7", "poll_s": 5}
+    path, kwargs = SlurmJobTrigger("7", poll_s=5, lease_path="/lake/a/_LEASE").serialize()
+    assert path == "operators.triggers.SlurmJobTrigger"
+    assert kwargs == {"job_id": "7", "poll_s": 5, "lease_path": "/lake/a/_LEASE"}
+
+
+def test_trigger_renews_the_attempts_lease_while_it_waits(slurm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SACCT_STATE", "COMPLETED|0:0")
+    lease = slurm / "attempt" / "_LEASE"
+    lease.parent.mkdir()
+    lease.write_text("{}")
+    os.utime(lease, (1, 1))  # stale: the worker that created the attempt is long gone
+    asyncio.run(first_event(SlurmJobTrigger("4242", poll_s=0.01, lease_path=str(lease))))
+    assert lease.stat().st_mtime > 1e9  # renewed while the job was queued and running
 
 
 def test_sbatch_script_from_the_phi4_run(slurm: Path) -> None:
