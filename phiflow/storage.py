@@ -249,9 +249,7 @@ class Lake:
         self.fs.invalidate_cache(target)
         try:
             body = json.loads(self.fs.cat_file(target))
-        except FileNotFoundError:
-            return 0, None, token
-        except ValueError:
+        except (FileNotFoundError, ValueError):  # none yet, or not JSON
             return 0, None, token
         if not isinstance(body, dict):
             return 0, None, token
@@ -374,9 +372,16 @@ def _mtime(info: dict[str, Any]) -> float | None:
     return None
 
 
-def _lost_condition(e: Exception) -> bool:
-    text = f"{type(e).__name__} {e} {e.__cause__!r}"
-    return any(code in text for code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"))
+def _lost_condition(e: BaseException) -> bool:
+    """Did a conditional PUT fail because the object changed (412) or a concurrent conditional write
+    was in flight (409)? s3fs raises an OSError whose cause is botocore's ClientError."""
+    for err in (e, e.__cause__, e.__context__):
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
+    return False
 
 
 _warned: set[str] = set()
