@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from megatron.core import parallel_state
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.blended_megatron_dataset_config import parse_and_normalize_split
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from training.config import RunConfig
@@ -56,8 +57,36 @@ def dataset_config(cfg: RunConfig, blend: list[tuple[float, str]] | None = None)
     )
 
 
+SPLITS = ("train", "validation", "test")
+
+
+def empty_splits(cfg: RunConfig, sizes: list[int], blend: list[tuple[float, str]] | None = None) -> list[str]:
+    """The (prefix, split) pairs that would hold no token although the run draws samples from them.
+
+    megatron-core's GPTDataset counts epochs by adding a split's tokens until the requested samples
+    are covered: with none it never returns (a source of 3 documents and split 90,10,0 has an empty
+    validation split). The split bounds are computed exactly as megatron's builder does."""
+    config = dataset_config(cfg, blend)
+    fractions = parse_and_normalize_split(cfg.data.split)
+    bounds = [sum(fractions[:i]) for i in range(len(fractions) + 1)]
+    problems = []
+    for _, prefix in blend if blend is not None else cfg.data.blend:
+        low = GPTDataset.build_low_level_dataset(prefix, config)
+        n = GPTDataset.numel_low_level_dataset(low)
+        for i, (name, size) in enumerate(zip(SPLITS, sizes, strict=True)):
+            beg, end = round(bounds[i] * float(n)), round(bounds[i + 1] * float(n))
+            if size > 0 and int(low.sequence_lengths[beg:end].sum()) == 0:
+                problems.append(f"{prefix}: {n} documents, and split {cfg.data.split} leaves its {name} split "
+                                f"{end - beg} documents with no token")
+    return problems
+
+
 def build_datasets(cfg: RunConfig, train_samples: int, valid_samples: int) -> tuple[Any, Any]:
     """Train and validation datasets sized for the run (every rank builds them; they are cheap)."""
+    problems = empty_splits(cfg, [train_samples, valid_samples, 0])
+    if problems:
+        raise ValueError("data.blend: a source too small to split (more documents, or another data.split): "
+                         + "; ".join(problems))
     builder = BlendedMegatronDatasetBuilder(
         GPTDataset, [train_samples, valid_samples, 0], lambda: True, dataset_config(cfg)
     )
@@ -74,6 +103,10 @@ def source_valid_datasets(cfg: RunConfig, valid_samples: int) -> dict[str, Any]:
         groups.setdefault(name, []).append(entry)
     out = {}
     for name, blend in groups.items():
+        problems = empty_splits(cfg, [1, valid_samples, 0], blend)
+        if problems:
+            log.warning("source %s: no held-out split to evaluate (%s)", name, "; ".join(problems))
+            continue
         try:
             _, valid, _ = BlendedMegatronDatasetBuilder(
                 GPTDataset, [1, valid_samples, 0], lambda: True, dataset_config(cfg, blend)

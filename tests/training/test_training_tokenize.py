@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from training import cpu_compat
@@ -62,3 +63,22 @@ def test_cpu_compat_redirects_only_without_gpu() -> None:
         torch.cuda.current_stream().wait_stream(None)
     assert torch.ones(2).type() == "torch.FloatTensor"
     assert np.asarray(torch.ones(1)).dtype == np.float32
+
+
+def test_a_source_too_small_to_split_fails_clearly_instead_of_hanging(
+    tmp_path: Path, tokenizer: Any, corpus: list[str], make_run: Any
+) -> None:
+    """megatron-core loops forever counting epochs of a split with no token (3 documents at 90,10,0
+    leave validation none): the builder must refuse first and name the source."""
+    from training.data import build_datasets, empty_splits, source_valid_datasets
+
+    tokenize_to_indexed(tmp_path / "tiny", corpus[:3], ["a", "b", "c"], tokenizer)
+    cfg = make_run("tiny", data={"blend": [(0.5, make_run("x").data.blend[0][1]), (0.5, str(tmp_path / "tiny"))],
+                                 "split": "90,10,0", "source_names": ["big", "tiny"]})
+    problems = empty_splits(cfg, [8, 8, 0])
+    assert problems == [f"{tmp_path / 'tiny'}: 3 documents, and split 90,10,0 leaves its validation split 0 "
+                        "documents with no token"]
+    with pytest.raises(ValueError, match="a source too small to split"):
+        build_datasets(cfg, 8, 8)
+    assert set(source_valid_datasets(cfg, 8)) == {"big"}  # the tiny source is left out of per-source loss
+    assert empty_splits(cfg, [8, 0, 0]) == []  # no validation samples asked: nothing to refuse
