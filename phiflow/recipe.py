@@ -277,6 +277,7 @@ class SynthWorkflow(Strict):
     match: Literal["ast", "similarity", "tests"] = "similarity"  # instruction_reversal
     min_similarity: Annotated[float, Field(ge=0, le=1)] = 0.6
     execute: bool = False  # run the code in the output in the sandbox; drop it if it fails
+    drop_truncated: bool = True  # drop a sample whose kept text the model cut at max_tokens (finish_reason length)
     temperature: Annotated[float, Field(ge=0)] = 0.7
     max_tokens: Annotated[int, Field(gt=0)] = 256
 
@@ -456,6 +457,9 @@ class TokenizerSpec(Strict):
 
 class TokenizeParams(Strict):
     shards: Annotated[int, Field(gt=0)] = 2  # .bin/.idx shards per partition (one Spark task each)
+    # ... but no more than one per this many documents: training splits every shard into train and
+    # validation by documents, and a shard of a handful of documents has no held-out part
+    min_docs_per_shard: Annotated[int, Field(gt=0)] = 10
     text_column: str = "text"
     batch_size: Annotated[int, Field(gt=0)] = 1024  # documents per encode_batch call
 

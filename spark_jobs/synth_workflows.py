@@ -150,7 +150,7 @@ class Runner:
         for j in jobs:
             if not j.drop and not j.text.strip():
                 j.drop = "empty_output"
-            if not j.drop and any(c and c in j.text for c in j.cut):  # the kept text ends mid-thought
+            if not j.drop and self.wf.drop_truncated and any(c and c in j.text for c in j.cut):  # ends mid-thought
                 j.drop = "truncated_output"
             if not j.drop and self.wf.execute:
                 res = run_python(extract_code(j.text), limits(self.sandbox))

@@ -49,15 +49,16 @@ def run(spark, ctx: StageContext) -> Manifest:
     artifact = resolve_tokenizer(ctx.recipe, lake)
     stage_params = tokenize_params(ctx.recipe, artifact)
     threshold = stage_params["long_doc_tokens"]
+    shards = max(1, min(params.shards, source.row_count // params.min_docs_per_shard))
     print(f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents, "
-          f"tokenizer {stage_params['tokenizer']['name']} ({artifact.digest[:12]}), {params.shards} shards", flush=True)
+          f"tokenizer {stage_params['tokenizer']['name']} ({artifact.digest[:12]}), {shards} shards", flush=True)
     docs = spark.read.parquet(*lake.data_files(source)).select(
         "doc_id", F.col(params.text_column).alias("text"))
     empty = F.col("text").isNull() | (F.length(F.trim("text")) == 0)
     n_empty = docs.filter(empty).count()
     kept = (docs.filter(~empty)
-            .withColumn("shard", F.pmod(F.xxhash64("doc_id"), F.lit(params.shards)).cast("int"))
-            .repartition(params.shards, "shard")
+            .withColumn("shard", F.pmod(F.xxhash64("doc_id"), F.lit(shards)).cast("int"))
+            .repartition(shards, "shard")
             .sortWithinPartitions("shard", "doc_id")
             .select("shard", "doc_id", "text"))
     attempt = lake.new_attempt(dataset, ctx.partition)

@@ -89,6 +89,10 @@ def test_output_cut_at_max_tokens_is_dropped_as_truncated(client) -> None:
     w = wf(name="exercises", kind="rewrite", prompts={"rewrite": "REWRITE: {seed}"})
     got = {r["parent_ids"][0]: r["drop_reason"] for r in synthesize_seeds(SEEDS, w, c, base_seed=0, sandbox=SANDBOX)}
     assert got == {"s1": None, "s2": "truncated_output"}
+    srv.inject("REWRITE: Dicts", "length")
+    lenient = wf(name="exercises_lenient", kind="rewrite", prompts={"rewrite": "REWRITE: {seed}"}, drop_truncated=False)
+    rows = synthesize_seeds(SEEDS, lenient, c, base_seed=1, sandbox=SANDBOX)
+    assert [r["drop_reason"] for r in rows] == [None, None]  # the recipe's choice, per workflow
 
 
 def test_self_revision_stops_when_the_critic_accepts_and_keeps_history(client) -> None:
