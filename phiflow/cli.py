@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("verify", help="check that every committed partition's files exist with their recorded sizes")
     v.add_argument("datasets", nargs="*", help="datasets to check (default: the whole lake)")
     v.add_argument("--deep", action="store_true", help="also read parquet footers: rows must match the manifest")
+    g = sub.add_parser("gc", help="delete attempt folders of dead writers and superseded attempts past their grace")
+    g.add_argument("datasets", nargs="*", help="datasets to sweep (default: the whole lake)")
+    g.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     t = sub.add_parser("trace", help="follow a document id back through every stage to its origin")
     t.add_argument("doc_id")
     b = sub.add_parser("backfill", help="rerun a stage (or a whole DAG) over a date range through Airflow's REST API")
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(report(verdicts))
         return 0 if all(v.ok for v in verdicts) else 1
+    if args.cmd == "gc":
+        return collect(lake, args.datasets, args.dry_run)
     if args.cmd == "summary":
         entries = [e for d in lake.datasets() for e in lake.entries(d)]
         print(stage_table(e.manifest for e in entries if e.manifest is not None))
@@ -64,6 +69,24 @@ def main(argv: list[str] | None = None) -> int:
         lines = trace(lake, args.doc_id)
         print("\n".join(lines))
         return 1 if lines and "not found" in lines[-1] and len(lines) == 1 else 0
+    return 0
+
+
+def collect(lake: Lake, datasets: list[str], dry_run: bool) -> int:
+    """`phiflow gc`: the collection each commit runs on its own partition, over every partition, so
+    that a crashed attempt of a partition nobody commits again goes too."""
+    unknown = sorted(set(datasets) - set(lake.datasets()))
+    if unknown:
+        print(f"phiflow gc: no such dataset under {lake.url}: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    verb = "would delete" if dry_run else "deleted"
+    total = 0
+    for dataset in datasets or lake.datasets():
+        for partition in lake.partitions_with_attempts(dataset):
+            for path in lake.collect_garbage(dataset, partition, dry_run=dry_run):
+                print(f"{verb} {path}")
+                total += 1
+    print(f"{verb} {total} attempt folders")
     return 0
 
 

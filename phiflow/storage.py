@@ -177,9 +177,10 @@ class Lake:
         return manifest
 
     def collect_garbage(self, dataset: str, partition: dict[str, str], *, ttl_s: float | None = None,
-                        grace_s: float | None = None) -> list[str]:
+                        grace_s: float | None = None, dry_run: bool = False) -> list[str]:
         """Delete attempt folders nobody needs: not the committed one, not a live writer's (lease
-        renewed within `ttl_s`), not one superseded less than `grace_s` ago (readers may be on it)."""
+        renewed within `ttl_s`), not one superseded less than `grace_s` ago (readers may be on it).
+        Returns their paths (`dry_run`: only says which)."""
         ttl_s = settings.attempt_ttl_s() if ttl_s is None else ttl_s
         grace_s = settings.superseded_grace_s() if grace_s is None else grace_s
         base = self.partition_path(dataset, partition)
@@ -199,9 +200,20 @@ class Lake:
                 limit = ttl_s if tomb is None else grace_s
                 if times and now - max(times) > limit:  # no time known (a bare S3 prefix): keep it
                     path = posixpath.join(root, attempt)
-                    self.fs.rm(path, recursive=True)
+                    if not dry_run:
+                        self.fs.rm(path, recursive=True)
                     removed.append(path)
         return removed
+
+    def partitions_with_attempts(self, dataset: str) -> list[dict[str, str]]:
+        """Every partition holding an `_attempts` folder, committed or not (a first attempt that
+        crashed leaves a partition with no manifest): what a lake-wide garbage collection visits."""
+        root = self.dataset_path(dataset)
+        if not self.fs.exists(root):
+            return []
+        found = self.fs.glob(posixpath.join(root, "**", ATTEMPTS))
+        keys = {posixpath.relpath(posixpath.dirname(p.rstrip("/")), root) for p in found if self.fs.isdir(p)}
+        return [parse_partition(k) for k in sorted(keys) if f"/{ATTEMPTS}/" not in f"/{k}/"]
 
     def missing_files(self, manifest: Manifest) -> list[str]:
         """Files the manifest names that are absent or of another size than recorded."""

@@ -13,7 +13,7 @@ import pytest
 from lake_writers import PART, write_attempt
 
 from phiflow.manifest import MANIFEST_NAME
-from phiflow.storage import CommitError, Lake, parse_partition
+from phiflow.storage import _LEASES, CommitError, Lake, parse_partition
 
 
 def rows(lake: Lake) -> list[dict]:
@@ -166,3 +166,24 @@ def test_verify_finds_deleted_truncated_and_damaged_files(lake: Lake) -> None:
     deep = phiflow(lake, "verify", "--deep", "t.ds")
     assert deep.returncode == 1 and "unreadable parquet" in deep.stdout  # ... the footers can
     assert phiflow(lake, "verify", "no.such").returncode == 2
+
+
+def test_gc_sweeps_partitions_no_commit_will_visit_again(lake: Lake, tmp_path) -> None:
+    """A crashed first attempt leaves a partition with no manifest: no later commit collects it, the
+    lake-wide `phiflow gc` does (once the lease expired); live and committed attempts stay."""
+    lost = write_attempt(lake, [{"doc_id": "x", "n": 1}], {"snapshot": "S9", "shard": "1"})
+    committed = lake.commit(write_attempt(lake, [{"doc_id": "a", "n": 1}]))
+    live = write_attempt(lake, [{"doc_id": "live", "n": 2}])  # this process is still writing it
+    lost_dir = lake.attempt_path("t.ds", {"snapshot": "S9", "shard": "1"}, lost.attempt)
+    _LEASES.release(lost_dir)  # its writer died long ago: no more renewals, nothing touched since
+    for path in lake.fs.find(lost_dir, withdirs=True):
+        os.utime(path, (1, 1))
+    assert {p["snapshot"] for p in lake.partitions_with_attempts("t.ds")} == {"S1", "S9"}
+    dry = phiflow(lake, "gc", "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.splitlines()[-1] == "would delete 1 attempt folders"
+    assert lake.fs.exists(lost_dir)
+    out = phiflow(lake, "gc", "t.ds")
+    assert out.returncode == 0 and lost.attempt in out.stdout
+    assert out.stdout.splitlines()[-1] == "deleted 1 attempt folders" and not lake.fs.exists(lost_dir)
+    assert attempts_on_disk(lake) == {committed.attempt, live.attempt}
+    assert phiflow(lake, "gc", "no.such").returncode == 2
