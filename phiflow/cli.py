@@ -75,13 +75,14 @@ def main(argv: list[str] | None = None) -> int:
 def collect(lake: Lake, datasets: list[str], dry_run: bool) -> int:
     """`phiflow gc`: the collection each commit runs on its own partition, over every partition, so
     that a crashed attempt of a partition nobody commits again goes too."""
-    unknown = sorted(set(datasets) - set(lake.datasets()))
-    if unknown:
-        print(f"phiflow gc: no such dataset under {lake.url}: {', '.join(unknown)}", file=sys.stderr)
+    try:
+        names = lake.select_datasets(datasets)
+    except ValueError as e:
+        print(f"phiflow gc: {e}", file=sys.stderr)
         return 2
     verb = "would delete" if dry_run else "deleted"
     total = 0
-    for dataset in datasets or lake.datasets():
+    for dataset in names:
         for partition in lake.partitions_with_attempts(dataset):
             for path in lake.collect_garbage(dataset, partition, dry_run=dry_run):
                 print(f"{verb} {path}")

@@ -346,6 +346,14 @@ class Lake:
         names = (posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False) if self.fs.isdir(p))
         return sorted(n for n in names if not n.startswith(("_", ".")))
 
+    def select_datasets(self, names: list[str] | None) -> list[str]:
+        """`names` (all datasets when empty), each checked to exist: what lake-wide commands sweep."""
+        known = self.datasets()
+        unknown = sorted(set(names or []) - set(known))
+        if unknown:
+            raise ValueError(f"no such dataset under {self.url}: {', '.join(unknown)}")
+        return list(names) if names else known
+
     def read_table(self, manifest: Manifest, columns: list[str] | None = None):  # -> pyarrow.Table
         """Read a committed partition with pyarrow (small data, tests, CLI; Spark reads data_files)."""
         import pyarrow.parquet as pq

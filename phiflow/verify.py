@@ -55,11 +55,7 @@ def _parquet_rows(lake: Lake, m: Manifest) -> list[str]:
 
 
 def verify_lake(lake: Lake, datasets: Iterable[str] | None = None, deep: bool = False) -> list[Verdict]:
-    names = list(datasets) if datasets else lake.datasets()
-    unknown = [d for d in names if d not in lake.datasets()]
-    if unknown:
-        raise ValueError(f"no such dataset under {lake.url}: {', '.join(unknown)}")
-    return [verify_entry(lake, e, deep) for d in names for e in lake.entries(d)]
+    return [verify_entry(lake, e, deep) for d in lake.select_datasets(list(datasets or [])) for e in lake.entries(d)]
 
 
 def report(verdicts: list[Verdict]) -> str:
