@@ -7,7 +7,7 @@
 - `phiflow_synthesis`, scheduled on the clean datasets' Assets: seed selection and synthesis of the
   partitions the triggering asset events name.
 
-No stage logic here: every task is a SparkStageOperator running `spark_jobs/<stage>.py`.
+No stage logic here: the tasks, their order and their datasets come from the stage table (phiflow/stages.py).
 """
 
 from __future__ import annotations
@@ -17,43 +17,35 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from operators.dag_args import dag_args
 from operators.spark_stage import SparkStageOperator, dataset_asset
-from phiflow import settings
-from phiflow.recipe import CommonCrawlSource, WikipediaSource, load_recipe
+from phiflow import settings, stages
+from phiflow.check import require_closed
+from phiflow.recipe import load_recipe
 
 RECIPE_PATH = str(settings.default_recipe())
 recipe = load_recipe(RECIPE_PATH)
+require_closed(recipe)  # a recipe whose graph does not close refuses to load: the UI shows the lines
 
 
-def curation_chain(name: str, src: CommonCrawlSource | WikipediaSource) -> list[SparkStageOperator]:
-    """The tasks of one source, in order. Web pages need language identification; a wiki's language
-    is its dump's. The quality classifier is retrained on every run from all annotations committed so
-    far (one `quality.classifier` partition), and quality scores this run's partitions with it."""
-    web = isinstance(src, CommonCrawlSource)
-    steps = [
-        ("commoncrawl_extract" if web else "wikipedia_extract", f"{name}.extracted", None),
-        *([("langid", f"{name}.langid", None)] if web else []),
-    ]
-    if recipe.stages.quality.classifier:
-        steps += [
-            ("quality_annotate", f"{name}.annotations", None),
-            ("quality_train", "quality.classifier", {"model": recipe.stages.quality_train.name}),
-        ]
-    steps += [
-        ("quality", f"{name}.quality", None),
-        ("dedup", f"{name}.dedup", None),
-        ("decontaminate", f"{name}.clean", None),
-    ]
+def curation_tasks(name: str) -> list[SparkStageOperator]:
+    """The tasks of one source, in the stage table's order. The quality classifier is retrained on
+    every run from all annotations committed so far (one `quality.classifier` partition per model),
+    and quality scores this run's partitions with it."""
+    model = stages.classifier_name(recipe, name)
     return [
         SparkStageOperator(
-            task_id=stage, stage=stage, source=name, output_dataset=out, fixed_partition=fixed, recipe_path=RECIPE_PATH
+            task_id=st.name,
+            stage=st.name,
+            source=name,
+            fixed_partition={"model": model} if st.name == "quality_train" else None,
+            recipe_path=RECIPE_PATH,
         )
-        for stage, out, fixed in steps
+        for st in stages.curation_chain(recipe, name)
     ]
 
 
 for name, src in recipe.sources.items():
-    partition_ids = [s.id for s in src.snapshots] if isinstance(src, CommonCrawlSource) else [d.id for d in src.dumps]
-    key = "snapshot" if isinstance(src, CommonCrawlSource) else "dump"
+    key = src.partition_key
+    chain_names = [st.name for st in stages.curation_chain(recipe, name)]
     with DAG(
         dag_id=f"phiflow_ingest_{name}",
         # Data-interval semantics (Airflow 3 defaults cron schedules to trigger semantics, where a
@@ -61,51 +53,39 @@ for name, src in recipe.sources.items():
         schedule=CronDataIntervalTimetable(src.schedule, timezone="UTC"),
         start_date=src.start_date,
         # one run at a time (dag_args): snapshots in date order, as dedup compares against earlier ones
-        **dag_args(recipe, "ingest", f"{name} -> extracted -> langid -> ... -> {name}.clean"),
+        **dag_args(recipe, "ingest", f"{name} ({src.kind}): {' -> '.join(chain_names)}"),
         params={
             key: Param(
                 None,
                 type=["null", "string"],
-                enum=[None, *partition_ids],
+                enum=[None, *(i for i, _ in src.dated())],
                 description=f"process this {key} (manual runs); empty: the run's interval",
             )
         },
         doc_md=__doc__,
     ) as dag:
-        chain(*curation_chain(name, src))
+        chain(*curation_tasks(name))
     globals()[dag.dag_id] = dag
 
-# Seeds come from web sources (the report seeds from web pages, books and code; wiki text is organic data).
-clean = {
-    name: f"{name}.{recipe.stages.seed_select.input_suffix}"
-    for name, src in recipe.sources.items()
-    if isinstance(src, CommonCrawlSource)
-}
-with DAG(
-    dag_id="phiflow_synthesis",
-    schedule=[dataset_asset(d) for d in clean.values()],
-    start_date=min(src.start_date for src in recipe.sources.values()),
-    **dag_args(recipe, "synthesis", "seed selection and LLM synthesis of newly committed clean partitions"),
-    params={"snapshot": Param(None, type=["null", "string"], description="rerun this partition (manual runs)")},
-    doc_md=__doc__,
-) as synthesis:
-    for name, input_dataset in clean.items():
-        seeds = SparkStageOperator(
-            task_id=f"seed_select_{name}",
-            stage="seed_select",
-            source=name,
-            output_dataset="synthetic.seeds",
-            input_dataset=input_dataset,
-            partition_by_source=True,
-            recipe_path=RECIPE_PATH,
-        )
-        generated = SparkStageOperator(
-            task_id=f"synthesize_{name}",
-            stage="synthesize",
-            source=name,
-            output_dataset="synthetic.generated",
-            input_dataset=input_dataset,
-            partition_by_source=True,
-            recipe_path=RECIPE_PATH,
-        )
-        seeds >> generated
+# Seeds come from web pages, books and code (the report's seeds); wiki text is organic data only.
+seeding = {name: stages.io(recipe, "seed_select", name).input for name in stages.seed_sources(recipe)}
+if seeding and recipe.stages.synthesize.workflows:
+    with DAG(
+        dag_id="phiflow_synthesis",
+        schedule=[dataset_asset(d) for d in seeding.values()],
+        start_date=min(recipe.sources[n].start_date for n in seeding),
+        **dag_args(recipe, "synthesis", "seed selection and LLM synthesis of newly committed clean partitions"),
+        params={
+            key: Param(None, type=["null", "string"], description=f"rerun this {key} (manual runs); empty: the newest")
+            for key in sorted({recipe.sources[n].partition_key for n in seeding})
+        },
+        doc_md=__doc__,
+    ) as synthesis:
+        for name in seeding:
+            seeds = SparkStageOperator(
+                task_id=f"seed_select_{name}", stage="seed_select", source=name, recipe_path=RECIPE_PATH
+            )
+            generated = SparkStageOperator(
+                task_id=f"synthesize_{name}", stage="synthesize", source=name, recipe_path=RECIPE_PATH
+            )
+            seeds >> generated

@@ -13,29 +13,31 @@ from airflow.sdk import DAG
 from operators.dag_args import dag_args
 from operators.spark_stage import SparkStageOperator, dataset_asset
 from operators.training import MegatronTrainOperator, MixOperator, TokenizerOperator, pending_tokenize
-from phiflow import settings
+from phiflow import settings, stages
+from phiflow.check import require_closed
 from phiflow.recipe import load_recipe
 
 RECIPE_PATH = str(settings.default_recipe())
 recipe = load_recipe(RECIPE_PATH)
+require_closed(recipe)
 
 if recipe.mixture is not None and recipe.training is not None:
+    datasets = stages.training_datasets(recipe)
     with DAG(
         dag_id="phiflow_training",
-        schedule=[dataset_asset(d) for d in recipe.mixture.datasets],
-        **dag_args(recipe, "training", f"tokenize {', '.join(recipe.mixture.datasets)} -> mix -> pretrain -> midtrain"),
+        schedule=[dataset_asset(d) for d in datasets],
+        **dag_args(recipe, "training", f"tokenize {', '.join(datasets)} -> mix -> pretrain -> midtrain"),
         doc_md=__doc__,
     ) as dag:
         tokenizer = TokenizerOperator(task_id="tokenizer", recipe_path=RECIPE_PATH)
         mix = MixOperator(task_id="mix", recipe_path=RECIPE_PATH, trigger_rule="none_failed")
-        for dataset in recipe.mixture.datasets:
+        for dataset in datasets:
             (
                 tokenizer
                 >> SparkStageOperator(
                     task_id=f"tokenize_{dataset.replace('.', '_')}",
-                    stage="tokenization",
+                    stage="tokenize",
                     source=dataset,
-                    output_dataset=f"tokens.{dataset}",
                     recipe_path=RECIPE_PATH,
                     partitions_callable=pending_tokenize(dataset),
                 )

@@ -20,13 +20,13 @@ from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from operators.lineage import external_location, input_dataset, output_dataset
-from phiflow import settings
+from phiflow import settings, stages
 from phiflow.intervals import source_partitions
 from phiflow.manifest import Manifest
 from phiflow.recipe import load_recipe
 from phiflow.storage import Lake
 
-JOBS_DIR = Path(__file__).resolve().parents[1] / "spark_jobs"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def dataset_asset(dataset: str, lake: Lake | None = None) -> Asset:
@@ -49,11 +49,10 @@ def stage_env() -> dict[str, str]:
 
 
 class SparkStageOperator(SparkSubmitOperator):
-    """Run `spark_jobs/<stage>.py` for each partition of the run and commit it.
+    """Run a Spark stage of the stage table (phiflow.stages) for each partition of the run and commit it.
 
-    :param stage: stage name, also the job file name and the recipe's `stages.<stage>` block
-    :param source: recipe source the stage reads (names the datasets: `<source>.<suffix>`)
-    :param output_dataset: the dataset the stage commits, e.g. `web.langid`
+    :param stage: the stage's name in the table, which gives its job file, recipe block and datasets
+    :param source: recipe source the stage reads (a dataset for `tokenize`)
     :param recipe_path: the recipe file; passed to the job, which validates it again
     """
 
@@ -64,16 +63,15 @@ class SparkStageOperator(SparkSubmitOperator):
         *,
         stage: str,
         source: str,
-        output_dataset: str,
         recipe_path: str,
-        input_dataset: str | None = None,
-        partition_by_source: bool = False,
         partitions_callable: Callable[[str, Any], list[dict[str, str]]] | None = None,
         fixed_partition: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         recipe = load_recipe(recipe_path)
         lake = Lake()
+        entry = stages.stage(stage)
+        io = entry.io(recipe, source)
         conf = {
             "spark.ui.showConsoleProgress": "false",
             "spark.sql.session.timeZone": "UTC",
@@ -81,25 +79,31 @@ class SparkStageOperator(SparkSubmitOperator):
             **recipe.spark.conf,
         }
         super().__init__(
-            application=str(JOBS_DIR / f"{stage}.py"),
+            application=str(REPO_ROOT / entry.job_file),
             conn_id=recipe.spark.conn_id,
             name=f"phiflow-{stage}-{source}",
             driver_memory=recipe.spark.driver_memory,
             executor_memory=recipe.spark.executor_memory,
             conf=conf,
             env_vars=stage_env(),
-            outlets=[dataset_asset(output_dataset, lake)],
+            outlets=[dataset_asset(d, lake) for d in self._published(io)],
             **kwargs,
         )
         self.stage = stage
         self.source = source
-        self.output_dataset = output_dataset
+        self.output_dataset = io.output
+        self.outputs = self._published(io)
         self.recipe_path = str(recipe_path)
-        self.input_dataset = input_dataset
-        self.partition_by_source = partition_by_source
+        self.input_dataset = io.inputs[0] if io.inputs else None
+        self.partition_by_source = entry.partitioned_by_source
         self.partitions_callable = partitions_callable  # (recipe_path, context) -> partitions: overrides the rest
         self.fixed_partition = fixed_partition  # stages with one partition across intervals (a classifier)
         self._committed: list[Manifest] = []
+
+    @staticmethod
+    def _published(io: stages.StageIO) -> list[str]:
+        """The outputs downstream DAGs schedule on: the main one, and every synthetic dataset."""
+        return [io.output, *(d for d in io.outputs[1:] if d.startswith("synthetic."))]
 
     def partitions(self, context: Any) -> list[dict[str, str]]:
         """The input partitions this run owns: named in params, carried by the asset events that
@@ -109,13 +113,15 @@ class SparkStageOperator(SparkSubmitOperator):
         if self.fixed_partition is not None:
             return [dict(self.fixed_partition)]
         recipe = load_recipe(self.recipe_path)
-        params = context.get("params") or {}
-        requested = params.get("snapshot") or params.get("dump")
+        src = recipe.source(self.source)
+        requested = (context.get("params") or {}).get(src.partition_key)
         events = context.get("triggering_asset_events") or {}
         if not requested and self.input_dataset and events:
             return partitions_from_events(events, self.input_dataset)
+        if not requested and self.partition_by_source:  # an asset-driven stage run by hand: the newest
+            return source_partitions(src, None, None)
         return source_partitions(
-            recipe.source(self.source), context.get("data_interval_start"), context.get("data_interval_end"), requested
+            src, context.get("data_interval_start"), context.get("data_interval_end"), requested
         )
 
     def output_partition(self, partition: dict[str, str]) -> dict[str, str]:
@@ -152,37 +158,41 @@ class SparkStageOperator(SparkSubmitOperator):
             ]
             self._hook = None  # the hook captures application_args when it is built
             super().execute(context)
-            m = lake.require(self.output_dataset, self.output_partition(partition))
-            if m.airflow.get("run_id") != ti.run_id or m.airflow.get("try_number") != ti.try_number:
-                raise AirflowException(
-                    f"{self.output_dataset}/{m.key} was not committed by this try (found {m.airflow})"
+            for dataset in self.outputs:
+                m = lake.require(dataset, self.output_partition(partition))
+                if m.airflow.get("run_id") != ti.run_id or m.airflow.get("try_number") != ti.try_number:
+                    raise AirflowException(f"{dataset}/{m.key} was not committed by this try (found {m.airflow})")
+                self._committed.append(m)
+                self.log.info(
+                    "committed %s/%s: read %s, kept %s, dropped %s (digest %s)",
+                    m.dataset,
+                    m.key,
+                    m.counters.get("read"),
+                    m.row_count,
+                    m.counters.get("dropped"),
+                    m.digest[:16],
                 )
-            self._committed.append(m)
-            self.log.info(
-                "committed %s/%s: read %s, kept %s, dropped %s (digest %s)",
-                m.dataset,
-                m.key,
-                m.counters.get("read"),
-                m.row_count,
-                m.counters.get("dropped"),
-                m.digest[:16],
-            )
         if not self._committed:
             raise AirflowSkipException("every partition is already committed from these inputs and parameters")
         summaries = [summary(m) for m in self._committed]
-        context["outlet_events"][dataset_asset(self.output_dataset, lake)].extra = {"partitions": summaries}
+        for dataset in self.outputs:
+            context["outlet_events"][dataset_asset(dataset, lake)].extra = {
+                "partitions": [s for s in summaries if s["dataset"] == dataset]
+            }
         return summaries
 
     def unchanged_output(self, context: Any, partition: dict[str, str]) -> bool:
         """An asset-triggered run that sees the same committed inputs again does nothing: True when the
         output partition already pins exactly the inputs' current digests and this stage's recipe digest.
-        Only for asset-triggered runs: a clear, a backfill or a manual run is an explicit rerun."""
+        Only for asset-triggered runs: a clear, a backfill or a manual run is an explicit rerun. A
+        `partitions_callable` has already chosen exactly the stale partitions (tokenize's tokenizer-aware
+        check): what it returns is run."""
         dag_run = context.get("dag_run")
-        if getattr(dag_run, "run_type", None) != "asset_triggered":
+        if getattr(dag_run, "run_type", None) != "asset_triggered" or self.partitions_callable is not None:
             return False
         lake = Lake()
         out = lake.manifest(self.output_dataset, self.output_partition(partition))
-        if out is None or out.recipe_digest != load_recipe(self.recipe_path).stage_digest(self.stage):
+        if out is None or out.recipe_digest != stages.stage(self.stage).digest(load_recipe(self.recipe_path)):
             return False
         refs = [r for r in out.inputs if not r.dataset.startswith("external:")]
         if not refs or len(refs) != len(out.inputs):

@@ -6,10 +6,24 @@ import argparse
 import sys
 
 from phiflow.airflow_api import AirflowAPI, AirflowAPIError
+from phiflow.check import check_file, graph_text
 from phiflow.storage import Lake
 from phiflow.summary import lake_status, stage_table
 from phiflow.trace import trace
 from phiflow.verify import report, verify_lake
+
+
+def check(path: str) -> int:
+    recipe, problems = check_file(path)
+    if recipe is not None:
+        print(graph_text(recipe))
+    if problems:
+        print(f"\n{path}: {len(problems)} problem(s)", file=sys.stderr)
+        for line in problems:
+            print(line, file=sys.stderr)
+        return 1
+    print(f"\n{path}: the graph closes")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("gc", help="delete attempt folders of dead writers and superseded attempts past their grace")
     g.add_argument("datasets", nargs="*", help="datasets to sweep (default: the whole lake)")
     g.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    c = sub.add_parser("check", help="prove that a recipe's stage graph closes; print it")
+    c.add_argument("recipe")
     t = sub.add_parser("trace", help="follow a document id back through every stage to its origin")
     t.add_argument("doc_id")
     b = sub.add_parser("backfill", help="rerun a stage (or a whole DAG) over a date range through Airflow's REST API")
@@ -44,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         except AirflowAPIError as e:
             print(f"phiflow backfill: {e}", file=sys.stderr)
             return 1
+    if args.cmd == "check":
+        return check(args.recipe)
     lake = Lake(args.lake)
     if args.cmd == "status":
         text, corrupt = lake_status(lake)

@@ -23,7 +23,7 @@ from phiflow import training_plan
 from phiflow.commit import commit_files, up_to_date
 from phiflow.manifest import InputRef, Manifest, sha256_json
 from phiflow.mixture import Mixture, MixtureError, SourceSpec, compute_mixture, midtraining_mixture
-from phiflow.recipe import Recipe
+from phiflow.recipe import MixtureSource, Recipe
 from phiflow.schema import BLEND_SOURCES
 from phiflow.storage import Lake
 
@@ -61,8 +61,10 @@ def current_tokens(recipe: Recipe, lake: Lake) -> TokenSources:
         raise MixtureError(f"recipe {recipe.name} has no mixture section")
     out: dict[str, list[Manifest]] = {}
     tokenizers: dict[str, dict[str, Any]] = {}
-    for src in recipe.mixture.sources:
-        out[src.name] = []
+    groups = [(s.name, s) for s in recipe.mixture.sources]
+    groups += [(f"long_context:{s.name}", s) for s in long_context_groups(recipe)]
+    for key, src in groups:
+        out[key] = []
         for dataset in src.datasets:
             inputs = list(lake.partitions(dataset))
             if not inputs:
@@ -74,7 +76,7 @@ def current_tokens(recipe: Recipe, lake: Lake) -> TokenSources:
                     raise MixtureError(f"mixture source {src.name!r}: {tokens_dataset(dataset)}/{m_in.key} is "
                                        f"{state}; run tokenize first")
                 tokenizers[t.params["tokenizer"]["digest"]] = t.params["tokenizer"]
-                out[src.name].append(t)
+                out[key].append(t)
     if len(tokenizers) != 1:
         raise MixtureError(f"tokens partitions were written with {len(tokenizers)} different tokenizers; "
                            "re-tokenize so they share one")
@@ -105,6 +107,42 @@ def source_specs(recipe: Recipe, lake: Lake, tokens: TokenSources, kind: str,
     return specs
 
 
+def long_context_groups(recipe: Recipe) -> list[MixtureSource]:
+    return list(recipe.training.midtrain.long_context) if recipe.training is not None else []
+
+
+def long_context_specs(recipe: Recipe, lake: Lake, tokens: TokenSources) -> list[SourceSpec]:
+    """Midtraining's long-context part: the declared long-context groups (every document of their
+    datasets: books, concatenated repositories, synthetic long-context QA) at their shares, and the
+    rest of the part from the pretraining sources' documents longer than `long_doc_tokens`, split by
+    their mixture shares. A part nobody fills goes to the others (printed)."""
+    assert recipe.training is not None
+    mid = recipe.training.midtrain
+    groups = []
+    for g in mid.long_context:
+        shards = tuple(s for m in tokens.manifests[f"long_context:{g.name}"] for s in shard_prefixes(lake, m, "part"))
+        if sum(t for _, t in shards) > 0 and g.share > 0:
+            unique = sum(t for _, t in shards)
+            groups.append(SourceSpec(f"long_context:{g.name}", g.share, unique, g.max_epochs, shards))
+    organic = [s for s in source_specs(recipe, lake, tokens, "long") if s.unique_tokens > 0 and s.share > 0]
+    rest = max(0.0, 1.0 - sum(g.share for g in groups))
+    if organic and rest > 0:
+        weight = sum(s.share for s in organic)
+        organic = [SourceSpec(f"long:{s.name}", rest * s.share / weight, s.unique_tokens, s.max_epochs, s.shards)
+                   for s in organic]
+    else:
+        if rest > 0 and groups:
+            print(f"[phiflow] {STAGE}: no pretraining document is longer than {mid.long_doc_tokens} tokens: "
+                  f"the long-context groups take the whole long-context part")
+        organic = []
+    specs = organic + groups
+    if not specs:
+        raise MixtureError(f"midtrain mixture: no document is longer than training.midtrain.long_doc_tokens="
+                           f"{mid.long_doc_tokens} tokens in any mixture source, and no long_context group has tokens")
+    weight = sum(s.share for s in specs)
+    return [SourceSpec(s.name, s.share / weight, s.unique_tokens, s.max_epochs, s.shards) for s in specs]
+
+
 def compute_blends(recipe: Recipe, lake: Lake, tokens: TokenSources, subsample: Subsampler | None = None,
                    folder: str | None = None) -> dict[str, Mixture]:
     """Pretraining and midtraining mixtures; MixtureError names the run and the source."""
@@ -116,17 +154,10 @@ def compute_blends(recipe: Recipe, lake: Lake, tokens: TokenSources, subsample: 
     out = {"pretrain": pre}
     if recipe.training is None:
         return out
-    mid = recipe.training.midtrain
-    long_specs = [s for s in source_specs(recipe, lake, tokens, "long") if s.unique_tokens > 0 and s.share > 0]
-    if not long_specs:
-        raise MixtureError(f"midtrain mixture: no document is longer than training.midtrain.long_doc_tokens="
-                           f"{mid.long_doc_tokens} tokens in any mixture source")
-    weight = sum(s.share for s in long_specs)
-    long_specs = [SourceSpec(f"long:{s.name}", s.share / weight, s.unique_tokens, s.max_epochs, s.shards)
-                  for s in long_specs]
+    long_specs = long_context_specs(recipe, lake, tokens)
     try:
         out["midtrain"] = midtraining_mixture(pre_specs, long_specs, training_plan.midtrain_tokens(recipe),
-                                              mid.long_context_share)
+                                              recipe.training.midtrain.long_context_share)
     except MixtureError as e:
         raise MixtureError(f"midtrain mixture: {e}") from None
     return out
@@ -194,7 +225,8 @@ def mix_params(recipe: Recipe) -> dict[str, Any]:
     if recipe.training is not None:
         params["midtrain"] = {"tokens": training_plan.midtrain_tokens(recipe),
                               **recipe.training.midtrain.model_dump(mode="json", include={"long_context_share",
-                                                                                           "long_doc_tokens"})}
+                                                                                           "long_doc_tokens",
+                                                                                           "long_context"})}
     return params
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -66,10 +66,18 @@ class CommonCrawlSource(Strict):
                 return s
         raise KeyError(f"unknown snapshot {snapshot_id!r}; known: {[s.id for s in self.snapshots]}")
 
-
     def required_paths(self) -> list[tuple[str, str]]:
         """(recipe field, path relative to base_url) of every input file the source names."""
         return [(f"snapshots[{s.id}].paths", s.paths) for s in self.snapshots]
+
+    # the partition interface every source kind shares (intervals, DAG params, dedup order, lineage)
+    partition_key: ClassVar[str] = "snapshot"
+
+    def dated(self) -> list[tuple[str, dt.date]]:
+        return [(s.id, s.date) for s in self.snapshots]
+
+    def location(self, partition_id: str) -> str:
+        return self.snapshot(partition_id).paths
 
 
 class WikiDump(Strict):
@@ -129,8 +137,78 @@ class WikipediaSource(Strict):
         return [(f"dumps[{d.id}].{name}", path) for d in self.dumps
                 for name, path in (("dump", d.dump_path), ("index", d.index_path))]
 
+    partition_key: ClassVar[str] = "dump"
 
-Source = Annotated[CommonCrawlSource | WikipediaSource, Field(discriminator="kind")]
+    def dated(self) -> list[tuple[str, dt.date]]:
+        return [(d.id, d.date) for d in self.dumps]
+
+    def location(self, partition_id: str) -> str:
+        return self.dump_by_id(partition_id).dump_path
+
+
+class Collection(Strict):
+    """One dated delivery of a code or documents source: a folder (or file) of inputs. Code: git
+    repositories (working trees or bare), source tarballs, The Stack-style Parquet/JSONL; documents:
+    JSONL, Parquet and plain-text files with metadata."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    date: dt.date  # the run whose data interval contains this date processes this collection
+    path: str  # relative to the source's base_url
+    max_files: Annotated[int | None, Field(gt=0)] = None  # take the first N input units (sampling runs)
+
+
+class CollectionSource(Strict):
+    """A source delivered as dated collections of files (code repositories, books)."""
+
+    base_url: str
+    schedule: str = "@monthly"
+    collections: Annotated[list[Collection], Field(min_length=1)]
+    partition_key: ClassVar[str] = "collection"
+
+    @field_validator("collections")
+    @classmethod
+    def _unique(cls, cols: list[Collection]) -> list[Collection]:
+        ids = [c.id for c in cols]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"collection ids must be unique, repeated: {', '.join(dupes)}")
+        return sorted(cols, key=lambda c: (c.date, c.id))
+
+    @property
+    def start_date(self) -> dt.datetime:
+        first = self.collections[0].date
+        return dt.datetime(first.year, first.month, 1, tzinfo=dt.UTC)
+
+    def collection(self, collection_id: str) -> Collection:
+        for c in self.collections:
+            if c.id == collection_id:
+                return c
+        raise KeyError(f"unknown collection {collection_id!r}; known: {[c.id for c in self.collections]}")
+
+    def required_paths(self) -> list[tuple[str, str]]:
+        return [(f"collections[{c.id}].path", c.path) for c in self.collections]
+
+    def dated(self) -> list[tuple[str, dt.date]]:
+        return [(c.id, c.date) for c in self.collections]
+
+    def location(self, partition_id: str) -> str:
+        return self.collection(partition_id).path
+
+
+class CodeSource(CollectionSource):
+    """Code repositories (the report's 20% code share and its code seeds)."""
+
+    kind: Literal["code"]
+
+
+class DocumentsSource(CollectionSource):
+    """Books and other acquired long text (the report's targeted acquisitions and organic data)."""
+
+    kind: Literal["documents"]
+
+
+Source = Annotated[CommonCrawlSource | WikipediaSource | CodeSource | DocumentsSource, Field(discriminator="kind")]
+SOURCE_KINDS = ("commoncrawl", "wikipedia", "code", "documents")
 
 
 # -- stage parameters ------------------------------------------------------------------------
@@ -232,6 +310,50 @@ class DecontaminateParams(Strict):
         return self
 
 
+# -- code and documents sources -----------------------------------------------------------------
+PERMISSIVE_LICENSES = ["MIT", "BSD-2-Clause", "BSD-3-Clause", "Apache-2.0", "ISC", "Zlib", "PSF-2.0",
+                       "Unlicense", "CC0-1.0", "MPL-2.0", "0BSD", "BSL-1.0"]
+
+
+class CodeExtractParams(Strict):
+    """Repositories -> one row per kept source file; every rule is a named drop reason (0 or null
+    switches a threshold off)."""
+
+    licenses: list[str] = Field(default_factory=lambda: list(PERMISSIVE_LICENSES))  # SPDX ids allowed
+    languages: list[str] | None = None  # None: every language of the table
+    min_bytes: Annotated[int, Field(ge=0)] = 100
+    max_bytes: Annotated[int, Field(gt=0)] = 1_000_000
+    max_line_length: Annotated[int, Field(ge=0)] = 1000  # minified / generated one-liners
+    max_mean_line_length: Annotated[float, Field(ge=0)] = 100.0
+    min_alpha_fraction: Annotated[float, Field(ge=0, le=1)] = 0.25  # data-like files: mostly numbers or hex
+    vendored_dirs: list[str] | None = None  # None: the built-in list (vendor, third_party, node_modules...)
+    units_per_task: Annotated[int, Field(gt=0)] = 1  # repositories / tarballs / files per Spark task
+    failure_budget: Annotated[float, Field(ge=0, le=1)] = 0.25  # share of input units allowed unreadable
+
+
+class DocumentsExtractParams(Strict):
+    """Books and acquired documents -> cleaned text; each cleaning rule counted and switchable."""
+
+    gutenberg: bool = True  # Project Gutenberg start/end markers and licence boilerplate
+    page_furniture: bool = True  # running headers, page numbers, form feeds
+    dehyphenate: bool = True  # words hyphenated across line ends
+    reflow: bool = True  # hard-wrapped paragraphs joined into lines
+    normalize_whitespace: bool = True
+    min_text_chars: Annotated[int, Field(ge=0)] = 200
+    max_bytes: Annotated[int, Field(gt=0)] = 200_000_000
+    licenses: list[str] | None = None  # None: keep any licence the metadata gives (acquired under contract)
+    units_per_task: Annotated[int, Field(gt=0)] = 1
+    failure_budget: Annotated[float, Field(ge=0, le=1)] = 0.25
+
+
+class CodeReposParams(Strict):
+    """A repository's clean files concatenated in dependency order: long-context documents."""
+
+    min_files: Annotated[int, Field(ge=1)] = 2
+    max_chars: Annotated[int, Field(gt=0)] = 2_000_000  # a larger repository is cut at a file boundary
+    file_header: str = "# file: {path}"  # written before each file (a comment line in most languages)
+
+
 # -- synthesis (issue 5) ---------------------------------------------------------------------
 class SeedSelectParams(Strict):
     """Two-stage seed curation (Phi-4 2.2): pages scored for educational potential, then passages."""
@@ -244,6 +366,7 @@ class SeedSelectParams(Strict):
     min_passage_chars: Annotated[int, Field(gt=0)] = 200
     min_passage_score: Annotated[float, Field(ge=0, le=1)] = 0.3
     max_passages_per_page: Annotated[int, Field(gt=0)] = 4
+    code_languages: list[str] = Field(default_factory=lambda: ["Python"])  # code sources: files seeded
 
 
 class SynthRole(Strict):
@@ -257,6 +380,7 @@ WORKFLOW_PROMPTS = {  # prompt templates each kind needs (placeholders in braces
     "multi_agent": {"turn"},
     "instruction_reversal": {"instruction", "code"},
     "plurality_vote": {"question", "answer"},
+    "long_context_qa": {"question", "answer"},
 }
 
 
@@ -264,8 +388,10 @@ class SynthWorkflow(Strict):
     """One synthetic dataset type: how seeds are turned into samples, declared in the recipe."""
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
-    kind: Literal["rewrite", "self_revision", "multi_agent", "instruction_reversal", "plurality_vote"]
+    kind: Literal["rewrite", "self_revision", "multi_agent", "instruction_reversal", "plurality_vote",
+                  "long_context_qa"]
     prompts: dict[str, str]
+    output: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")] = "generated"  # its rows go to synthetic.<output>
     seed_kinds: list[Literal["text", "code"]] = Field(default_factory=lambda: ["text"])
     max_seeds: Annotated[int, Field(gt=0)] = 10  # target: best-scored seeds per partition this workflow uses
     samples_per_seed: Annotated[int, Field(gt=0)] = 1
@@ -273,7 +399,8 @@ class SynthWorkflow(Strict):
     roles: list[SynthRole] = Field(default_factory=list)  # multi_agent speakers, in turn order
     rubric: str = ""  # self_revision: what the critique checks
     accept_marker: str = "NO CHANGES"  # self_revision: a critique containing it ends the rounds
-    votes: Annotated[int, Field(ge=3)] = 5  # plurality_vote: k sampled answers
+    votes: Annotated[int, Field(ge=3)] = 5  # plurality_vote, long_context_qa: k sampled answers
+    group_size: Annotated[int, Field(ge=2)] = 4  # long_context_qa: seeds concatenated into one context
     match: Literal["ast", "similarity", "tests"] = "similarity"  # instruction_reversal
     min_similarity: Annotated[float, Field(ge=0, le=1)] = 0.6
     execute: bool = False  # run the code in the output in the sandbox; drop it if it fails
@@ -289,6 +416,11 @@ class SynthWorkflow(Strict):
         if self.kind == "multi_agent" and len(self.roles) < 2:
             raise ValueError(f"workflow {self.name}: multi_agent needs at least two roles")
         return self
+
+    @property
+    def seeds_per_sample(self) -> int:
+        """Seeds behind one sample: a long_context_qa sample reads a group of them, the others one."""
+        return self.group_size if self.kind == "long_context_qa" else 1
 
 
 class SandboxParams(Strict):
@@ -310,6 +442,19 @@ class SynthesizeParams(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"workflow names must be unique: {names}")
         return wfs
+
+    @property
+    def outputs(self) -> dict[str, list[str]]:
+        """Output dataset -> the workflows whose rows it holds, by dataset name: a synthesize run commits
+        each (an empty one too, so that what is scheduled on it runs)."""
+        by_dataset: dict[str, list[str]] = {}
+        for w in self.workflows:
+            by_dataset.setdefault(f"synthetic.{w.output}", []).append(w.name)
+        return dict(sorted(by_dataset.items()))
+
+    @property
+    def output_datasets(self) -> list[str]:
+        return list(self.outputs)
 
 
 class AirflowSettings(Strict):
@@ -405,8 +550,9 @@ class QualityAnnotateParams(Strict):
 
 
 class QualityTrainParams(Strict):
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")] = "edu-v1"  # the model partition
-    sources: list[str] | None = None  # annotations of these sources (None: every source)
+    """Fits each classifier named by `quality.classifier` / `quality.code_classifier` on the annotations
+    of the sources it scores (partition `quality.classifier/model=<name>`)."""
+
     high_grade: Annotated[int, Field(ge=0, le=5)] = 3  # grade >= this is "educational"
     holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     epoch: Annotated[int, Field(gt=0)] = 50
@@ -423,6 +569,7 @@ class QualityParams(Strict):
     outliers: OutlierParams = OutlierParams()
     rules: HeuristicRules = HeuristicRules()
     classifier: str | None = "edu-v1"  # quality_train's model name; None: rules only, everything passes
+    code_classifier: str | None = None  # code sources' model (graded with the code prompt); None: rules only
     keep_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5  # top share by quality_score
     non_stem_quota: Annotated[float, Field(ge=0, le=1)] = 0.1  # extra share for the best non-STEM documents
     non_stem_min_score: Annotated[float, Field(ge=0, le=1)] = 0.5  # quota documents must still be this good
@@ -552,6 +699,19 @@ class MidtrainSpec(Strict):
     steps: int = 4
     warmup_steps: int = 0
     total_tokens: Annotated[int | None, Field(gt=0)] = None  # None: steps x global batch x midtrain seq_length
+    # Long-context data besides the long documents of the pretraining sources: books, repositories
+    # concatenated in dependency order, synthetic long-context QA. Shares are within the long part.
+    long_context: list[MixtureSource] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _long_context_shares(self) -> MidtrainSpec:
+        names = [s.name for s in self.long_context]
+        if len(set(names)) != len(names):
+            raise ValueError(f"long_context group names must be unique: {names}")
+        total = sum(s.share for s in self.long_context)
+        if total > 1 + 1e-6:
+            raise ValueError(f"long_context shares sum to {total:.6g}; they share the long-context part: at most 1")
+        return self
 
 
 class ClusterSpec(Strict):
@@ -623,6 +783,9 @@ class Stages(Strict):
     seed_select: SeedSelectParams = SeedSelectParams()
     synthesize: SynthesizeParams = SynthesizeParams()
     tokenize: TokenizeParams = TokenizeParams()
+    code_extract: CodeExtractParams = CodeExtractParams()
+    documents_extract: DocumentsExtractParams = DocumentsExtractParams()
+    code_repos: CodeReposParams = CodeReposParams()
 
 
 class Recipe(Strict):
@@ -711,7 +874,7 @@ class Recipe(Strict):
 
 # Source kinds: pydantic puts the discriminator tag into error paths (sources.web.commoncrawl.x);
 # users wrote sources.web.x, so the tag is dropped from the path shown to them.
-_SOURCE_KINDS = {"commoncrawl", "wikipedia"}
+_SOURCE_KINDS = set(SOURCE_KINDS)
 
 
 def _format_errors(err: ValidationError) -> str:

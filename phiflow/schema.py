@@ -132,6 +132,64 @@ WIKI_EXTRACTED = pa.schema(
     ]
 )
 
+# -- code and documents sources --------------------------------------------------------------
+# One row per kept source file of a repository; `language` is the programming language (the name
+# the langid column has for text, so quality and seed selection read one column for both).
+CODE_EXTRACTED = pa.schema(
+    [
+        *DOCUMENT_FIELDS,
+        pa.field("repo", pa.string()),
+        pa.field("path", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("license", pa.string()),  # SPDX id or expression
+        pa.field("blob_sha", pa.string()),  # git blob hash of the content
+        pa.field("size_bytes", pa.int64()),
+        pa.field("line_count", pa.int64()),
+        pa.field("max_line_length", pa.int64()),
+        pa.field("alpha_fraction", pa.float32()),
+        pa.field("text", pa.string()),
+        pa.field("text_chars", pa.int64()),
+    ]
+)
+
+# One row per acquired document (a book, a report), its text cleaned by the book rules.
+DOCUMENTS_EXTRACTED = pa.schema(
+    [
+        *DOCUMENT_FIELDS,
+        pa.field("title", pa.string()),
+        pa.field("author", pa.string()),
+        pa.field("license", pa.string()),
+        pa.field("origin_url", pa.string()),  # where the text was acquired
+        pa.field("declared_language", pa.string()),  # from the metadata; langid decides `language`
+        pa.field("text", pa.string()),
+        pa.field("source_chars", pa.int64()),  # before cleaning
+        pa.field("text_chars", pa.int64()),
+        pa.field("cleaning", pa.string()),  # JSON: what each cleaning rule removed or changed
+    ]
+)
+
+# <code source>.repos: a repository's clean files concatenated in dependency order (long-context data).
+CODE_REPOS = pa.schema(
+    [
+        *DOCUMENT_FIELDS,  # parent_ids: the files' doc_ids, in the order they were concatenated
+        pa.field("repo", pa.string()),
+        pa.field("languages", pa.list_(pa.string())),
+        pa.field("files", pa.int32()),
+        pa.field("truncated", pa.bool_()),
+        pa.field("text", pa.string()),
+        pa.field("text_chars", pa.int64()),
+    ]
+)
+
+EXTRACTED = {"commoncrawl": WEB_EXTRACTED, "wikipedia": WIKI_EXTRACTED, "code": CODE_EXTRACTED,
+             "documents": DOCUMENTS_EXTRACTED}
+
+
+def langid_schema(kind: str) -> pa.Schema:
+    """A source kind's rows after language identification."""
+    return with_fields(EXTRACTED[kind], LANGID_FIELDS)
+
+
 # Columns quality adds to its input rows (kept rows only are written).
 QUALITY_FIELDS: list[pa.Field] = [
     pa.field("quality_score", pa.float32()),  # P(educational) from the fastText classifier; null: no model

@@ -44,14 +44,21 @@ def excerpt(text: str | None, max_chars: int) -> str:
     return cut[:space] if space > 0 else cut
 
 
-def messages(text: str, topics: list[str]) -> list[dict[str, str]]:
-    """A short instruction (the answer must fit in a few tokens) and the excerpt."""
-    system = (
-        "You rate web documents as training data for a student model. Grade the educational value from 0 "
-        "(none: spam, navigation, ads) to 5 (excellent: clear, correct, textbook-like explanations), and "
-        f"name the topic, one of: {', '.join(topics)}. Answer in exactly this form:\nGrade: <0-5>\nTopic: <topic>"
-    )
-    return [{"role": "system", "content": system}, {"role": "user", "content": f"Document:\n{text}"}]
+def messages(text: str, topics: list[str], kind: str = "text") -> list[dict[str, str]]:
+    """A short instruction (the answer must fit in a few tokens) and the excerpt. Code is graded for
+    what it teaches a programmer, in the answer shape text uses, so one parser reads both."""
+    if kind == "code":
+        rate = ("You rate source files as training data for a student model that learns to program. Grade the "
+                "educational value from 0 (none: generated, data tables, boilerplate, configuration) to 5 "
+                "(excellent: clear, well-documented code that teaches a concept or algorithm), and ")
+        label = "Source file"
+    else:
+        rate = ("You rate web documents as training data for a student model. Grade the educational value from 0 "
+                "(none: spam, navigation, ads) to 5 (excellent: clear, correct, textbook-like explanations), and ")
+        label = "Document"
+    shape = "Answer in exactly this form:\nGrade: <0-5>\nTopic: <topic>"
+    system = rate + f"name the topic, one of: {', '.join(topics)}. {shape}"
+    return [{"role": "system", "content": system}, {"role": "user", "content": f"{label}:\n{text}"}]
 
 
 def parse_grade(answer: str) -> int | str:

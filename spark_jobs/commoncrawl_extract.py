@@ -110,7 +110,7 @@ def run(spark, ctx: StageContext) -> Manifest:
             spark,
             ctx,
             stage=STAGE,
-            dataset=f"{ctx.source}.extracted",
+            dataset=ctx.io(STAGE).output,
             rows=rows,
             schema=WEB_EXTRACTED,
             inputs=[InputRef(dataset=f"external:{src.kind}", partition={"snapshot": snapshot}, digest=listing_digest)],

@@ -145,7 +145,8 @@ def flag_documents(index):  # -> mapInArrow function over (doc_id, source, sourc
 
 def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     params = ctx.recipe.stages.decontaminate
-    source = ctx.lake.require(f"{ctx.source}.{params.input}", ctx.partition)
+    io = ctx.io(STAGE)
+    source = ctx.lake.require(io.input, ctx.partition)
     docs = spark.read.parquet(*ctx.lake.data_files(source))
     items, bench_refs = load_benchmarks(ctx, params)
     plain = BenchmarkIndex(items, params.long_n, params.short_n, params.overlap_threshold)
@@ -154,7 +155,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
         spark,
         ctx,
         stage=STAGE,
-        dataset=f"{ctx.source}.ngram_allowlist",
+        dataset=io.outputs[2],
         schema=NGRAM_ALLOWLIST,
         rows=allow_df.withColumn("drop_reason", F.lit(None).cast("string")),
         inputs=bench_refs + [m.input_ref() for m in references],
@@ -195,7 +196,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
             spark,
             ctx,
             stage=STAGE,
-            dataset=f"{ctx.source}.contamination",
+            dataset=io.outputs[1],
             rows=report,
             schema=CONTAMINATION,
             inputs=inputs,
@@ -206,7 +207,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
             spark,
             ctx,
             stage=STAGE,
-            dataset=f"{ctx.source}.clean",
+            dataset=io.output,
             rows=rows,
             schema=to_arrow_schema(docs.schema, timezone="UTC"),
             inputs=inputs,

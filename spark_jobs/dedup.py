@@ -33,7 +33,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import ArrayType, IntegerType, LongType, StringType, StructField, StructType
 
 from phiflow.manifest import Manifest, partition_key
-from phiflow.recipe import CommonCrawlSource, DedupParams, WikipediaSource
+from phiflow.recipe import DedupParams, Source
 from phiflow.schema import DUP_CLUSTERS, MINHASH
 from phiflow.storage import Lake
 from spark_jobs.minhash import SIGNATURE_FAMILY, MinHasher
@@ -70,18 +70,16 @@ def signature_batches(mh: MinHasher, keep: list[str]):  # -> mapInArrow function
 
 
 # -- partitions and ordering -------------------------------------------------------------------
-def snapshot_order(src: CommonCrawlSource | WikipediaSource, partition: dict[str, str]) -> int | None:
-    """Position of a partition's snapshot (or dump) in the source's date order (None: not one of its own)."""
-    if isinstance(src, WikipediaSource):
-        ids, key = [d.id for d in src.dumps], "dump"  # sorted by (date, wiki) by the recipe
-    else:
-        ids, key = [s.id for s in src.snapshots], "snapshot"  # sorted by date by the recipe
-    part = partition.get(key)
+def snapshot_order(src: Source, partition: dict[str, str]) -> int | None:
+    """Position of a partition's snapshot (dump, collection) in the source's date order (None: not one
+    of its own). The recipe sorts every source's partitions by date."""
+    ids = [i for i, _ in src.dated()]
+    part = partition.get(src.partition_key)
     return ids.index(part) if part in ids else None
 
 
 def partitions_before(
-    lake: Lake, dataset: str, src: CommonCrawlSource | WikipediaSource, partition: dict[str, str], inclusive: bool
+    lake: Lake, dataset: str, src: Source, partition: dict[str, str], inclusive: bool
 ) -> list[Manifest]:
     """Committed partitions of `dataset` dated before (or at) `partition`'s snapshot.
 
@@ -106,7 +104,7 @@ def earlier_signatures(
     here = snapshot_order(src, ctx.partition)
     prior = [
         m
-        for m in partitions_before(ctx.lake, f"{ctx.source}.minhash", src, ctx.partition, inclusive=False)
+        for m in partitions_before(ctx.lake, ctx.io(STAGE).outputs[2], src, ctx.partition, inclusive=False)
         if m.partition != ctx.partition
     ]
     frames = []
@@ -293,7 +291,8 @@ def merged_by_kind(reasons: dict[str | None, int]) -> dict[str, int]:
 
 def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     params = ctx.recipe.stages.dedup
-    source = ctx.lake.require(f"{ctx.source}.{params.input}", ctx.partition)
+    io = ctx.io(STAGE)
+    source = ctx.lake.require(io.input, ctx.partition)
     docs = spark.read.parquet(*ctx.lake.data_files(source))
     out_schema = to_arrow_schema(docs.schema, timezone="UTC")
     rule_cols, order = survivor_order(params, docs.columns)
@@ -387,7 +386,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                 spark,
                 ctx,
                 stage=STAGE,
-                dataset=f"{ctx.source}.dup_clusters",
+                dataset=io.outputs[1],
                 schema=DUP_CLUSTERS,
                 rows=merged.withColumn("drop_reason", F.lit(None).cast("string")),
                 counters={"read": source.row_count, "clusters": counters["clusters"]},
@@ -398,7 +397,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                 spark,
                 ctx,
                 stage=STAGE,
-                dataset=f"{ctx.source}.dedup",
+                dataset=io.output,
                 schema=out_schema,
                 rows=docs.join(decisions, "doc_id"),
                 counters={**counters, "dup_clusters_digest": clusters.digest},
@@ -409,7 +408,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                 spark,
                 ctx,
                 stage=STAGE,
-                dataset=f"{ctx.source}.minhash",
+                dataset=io.outputs[2],
                 schema=MINHASH,
                 rows=decided,
                 counted=counted,

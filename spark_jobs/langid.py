@@ -1,4 +1,5 @@
-"""langid: `<source>.extracted` partition -> `<source>.langid` partition (language, score).
+"""langid: `<source>.extracted` partition -> `<source>.langid` partition (language, score), for the
+source kinds the stage table gives it (web pages, documents).
 
 spark-submit entry point. Reads exactly the files the input manifest names, applies fastText
 lid.176 to the texts' heads with an Arrow UDF, and pins the input's manifest digest in its own.
@@ -11,12 +12,11 @@ from pyspark.sql import functions as F
 
 from phiflow.manifest import Manifest
 from phiflow.recipe import LangidParams
-from phiflow.schema import LANGID_FIELDS, WEB_EXTRACTED, with_fields
+from phiflow.schema import EXTRACTED, langid_schema
 from spark_jobs.langid_model import DROP_REASONS, LANGID_STRUCT, default_model_path, langid_columns
 from spark_jobs.stage_io import StageContext, commit_written, count_by, spark_schema, stage_main, write_attempt
 
 STAGE = "langid"
-OUT = with_fields(WEB_EXTRACTED, LANGID_FIELDS)
 
 
 def identify(params: LangidParams, model_path: str):  # -> Arrow UDF: text heads -> LANGID_STRUCT
@@ -29,8 +29,9 @@ def identify(params: LangidParams, model_path: str):  # -> Arrow UDF: text heads
 def run(spark, ctx: StageContext) -> Manifest:
     params = ctx.recipe.stages.langid
     model_path = (params.model_path and ctx.recipe.resolve(params.model_path)) or default_model_path()
-    source = ctx.lake.require(f"{ctx.source}.extracted", ctx.partition)
-    docs = spark.read.schema(spark_schema(WEB_EXTRACTED)).parquet(*ctx.lake.data_files(source))
+    io = ctx.io(STAGE)
+    source = ctx.lake.require(io.input, ctx.partition)
+    docs = spark.read.schema(spark_schema(EXTRACTED[ctx.kind])).parquet(*ctx.lake.data_files(source))
     print(
         f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents, model {model_path}", flush=True
     )
@@ -40,7 +41,8 @@ def run(spark, ctx: StageContext) -> Manifest:
     rows = docs.select("*", lid).select(*docs.columns, "lid.*")
     # One pass: the drops are counted while the kept rows are written (no cache of the partition);
     # the language mix is read back from the written files' `language` column.
-    written = write_attempt(ctx, dataset=f"{ctx.source}.langid", rows=rows, schema=OUT, known_reasons=DROP_REASONS)
+    out = langid_schema(ctx.kind)
+    written = write_attempt(ctx, dataset=io.output, rows=rows, schema=out, known_reasons=DROP_REASONS)
     return commit_written(
         ctx,
         written,

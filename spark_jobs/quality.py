@@ -1,4 +1,4 @@
-"""quality: `<source>.langid` (web) or `<source>.extracted` (wiki) -> `<source>.quality`.
+"""quality: `<source>.langid` (web, documents) or `<source>.extracted` (wiki, code) -> `<source>.quality`.
 
 spark-submit entry point. Per Arrow batch: corruption outliers and heuristic rules
 (`quality_rules`), then the fastText classifiers of `quality.classifier/model=<name>`
@@ -14,17 +14,10 @@ from collections.abc import Iterator
 import pyarrow as pa
 from pyspark.sql import functions as F
 
+from phiflow import stages
 from phiflow.manifest import Manifest
-from phiflow.recipe import QualityParams, WikipediaSource
-from phiflow.schema import (
-    LANGID_FIELDS,
-    QUALITY_FIELDS,
-    QUALITY_MODELS,
-    WEB_EXTRACTED,
-    WIKI_EXTRACTED,
-    with_drop_reason,
-    with_fields,
-)
+from phiflow.recipe import QualityParams
+from phiflow.schema import EXTRACTED, QUALITY_FIELDS, QUALITY_MODELS, langid_schema, with_drop_reason, with_fields
 from spark_jobs.quality_classifier import label_probs, load_bytes
 from spark_jobs.quality_rules import drop_reason
 from spark_jobs.stage_io import (
@@ -39,20 +32,24 @@ MODELS = "quality.classifier"
 
 
 def input_of(ctx: StageContext) -> tuple[str, pa.Schema]:
-    """Wiki rows carry their dump's language and skip langid; web rows come from langid."""
-    if isinstance(ctx.recipe.source(ctx.source), WikipediaSource):
-        return f"{ctx.source}.extracted", WIKI_EXTRACTED
-    return f"{ctx.source}.langid", with_fields(WEB_EXTRACTED, LANGID_FIELDS)
+    """Quality's input dataset (the stage table's: langid where it applies, else extracted) and schema."""
+    dataset = stages.quality_input(ctx.recipe, ctx.source)
+    kind = ctx.kind
+    return dataset, langid_schema(kind) if kind in stages.NEEDS_LANGID else EXTRACTED[kind]
 
 
-def score_batches(params: QualityParams, out: pa.Schema, models: dict[str, bytes]):  # -> mapInArrow function
+def score_batches(params: QualityParams, out: pa.Schema, models: dict[str, bytes], text_rules: bool = True):
+    """The mapInArrow function: rules, then the classifiers. Code skips the text rules (words, prose
+    punctuation, boilerplate phrases): its own rules ran at extraction."""
+
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         loaded = {name: load_bytes(data) for name, data in models.items()}
         for batch in batches:
             texts = batch.column("text").to_pylist()
             langs = batch.column("language").to_pylist()
             reasons = [
-                drop_reason(t, lang, params.outliers, params.rules) for t, lang in zip(texts, langs, strict=True)
+                drop_reason(t, lang, params.outliers, params.rules) if text_rules else None
+                for t, lang in zip(texts, langs, strict=True)
             ]
             ok = [i for i, r in enumerate(reasons) if r is None]
             score = [None] * len(texts)
@@ -80,11 +77,12 @@ def score_batches(params: QualityParams, out: pa.Schema, models: dict[str, bytes
     return run
 
 
-def load_models(spark, ctx: StageContext, params: QualityParams):
-    """The committed classifiers (name -> fastText bytes) and the manifest to pin, or none."""
-    if params.classifier is None:
+def load_models(spark, ctx: StageContext):
+    """The committed classifiers (name -> fastText bytes) of this source's model, and the manifest to pin."""
+    model = stages.classifier_name(ctx.recipe, ctx.source)
+    if model is None:
         return {}, None
-    m = ctx.lake.require(MODELS, {"model": params.classifier})
+    m = ctx.lake.require(MODELS, {"model": model})
     table = spark.read.schema(spark_schema(QUALITY_MODELS)).parquet(*ctx.lake.data_files(m)).collect()
     return {r["name"]: bytes(r["model"]) for r in table}, m
 
@@ -144,13 +142,14 @@ def run(spark, ctx: StageContext) -> Manifest:
     dataset, schema = input_of(ctx)
     source = ctx.lake.require(dataset, ctx.partition)
     out = with_fields(schema, QUALITY_FIELDS)
-    models, model_manifest = load_models(spark, ctx, params)
+    models, model_manifest = load_models(spark, ctx)
     docs = spark.read.schema(spark_schema(schema)).parquet(*ctx.lake.data_files(source))
     print(
         f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents, models {sorted(models)}",
         flush=True,
     )
-    scored = docs.mapInArrow(score_batches(params, with_drop_reason(out), models), spark_schema(with_drop_reason(out)))
+    rows_out = with_drop_reason(out)
+    scored = docs.mapInArrow(score_batches(params, rows_out, models, ctx.kind != stages.CODE), spark_schema(rows_out))
     rows = select(scored.persist(), params).persist()
     try:
         before = topic_mix(
@@ -165,7 +164,7 @@ def run(spark, ctx: StageContext) -> Manifest:
             spark,
             ctx,
             stage=STAGE,
-            dataset=f"{ctx.source}.quality",
+            dataset=ctx.io(STAGE).output,
             rows=rows,
             schema=out,
             inputs=inputs,

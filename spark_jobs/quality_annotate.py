@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 from pyspark.sql import functions as F
 
+from phiflow import stages
 from phiflow.llm import ChatRequest, LLMConfig
 from phiflow.manifest import Manifest
 from phiflow.recipe import QualityAnnotateParams
@@ -53,7 +54,9 @@ def with_rank(seed: int):  # -> mapInArrow function
     return run
 
 
-def annotate_batches(params: QualityAnnotateParams, config_json: str):  # -> mapInArrow function
+def annotate_batches(params: QualityAnnotateParams, config_json: str, kind: str = "text"):  # -> mapInArrow
+    """Grade each sampled document (`kind` code: with the code prompt)."""
+
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         client = worker_client(config_json)
         for batch in batches:
@@ -65,7 +68,7 @@ def annotate_batches(params: QualityAnnotateParams, config_json: str):  # -> map
                 t0 = time.time()
                 results = client.chat(
                     [
-                        ChatRequest(messages(t, params.topics), max_tokens=params.max_tokens, seed=params.seed)
+                        ChatRequest(messages(t, params.topics, kind), max_tokens=params.max_tokens, seed=params.seed)
                         for t in texts
                     ]
                 )
@@ -120,7 +123,8 @@ def run(spark, ctx: StageContext) -> Manifest:
         f"{params.sample_size}, backend {cfg.backend} model {cfg.model}",
         flush=True,
     )
-    rows = sample.mapInArrow(annotate_batches(params, cfg.model_dump_json()), spark_schema(OUT))
+    kind = "code" if ctx.kind == stages.CODE else "text"
+    rows = sample.mapInArrow(annotate_batches(params, cfg.model_dump_json(), kind), spark_schema(OUT))
     with persisted(rows):
         kept = rows.filter(F.col("drop_reason").isNull())
         topics = {r["topic"]: int(r["count"]) for r in kept.groupBy("topic").count().collect()}
@@ -129,7 +133,7 @@ def run(spark, ctx: StageContext) -> Manifest:
             spark,
             ctx,
             stage=STAGE,
-            dataset=f"{ctx.source}.annotations",
+            dataset=ctx.io(STAGE).output,
             rows=rows,
             schema=QUALITY_ANNOTATIONS,
             inputs=[source.input_ref()],

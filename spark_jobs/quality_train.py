@@ -1,5 +1,8 @@
 """quality_train: LLM annotations -> fastText classifiers in `quality.classifier/model=<name>`.
 
+Each model is fitted on the annotations of the sources it scores (phiflow.stages.classifier_families):
+code is graded with its own prompt and gets its own model.
+
 spark-submit entry point. Reads every committed `<source>.annotations` partition of the recipe's
 sources, trains the `educational` and `topic` models on the doc_id-hashed training split and
 evaluates them on the held-out split; the model binaries go into the partition's parquet rows,
@@ -12,6 +15,7 @@ import json
 
 import pyarrow as pa
 
+from phiflow import stages
 from phiflow.manifest import Manifest
 from phiflow.recipe import QualityTrainParams
 from phiflow.schema import QUALITY_ANNOTATIONS, QUALITY_MODELS, with_drop_reason
@@ -65,8 +69,12 @@ def fit(rows: list[dict], p: QualityTrainParams, stem_topics: list[str]) -> list
 
 def run(spark, ctx: StageContext) -> Manifest:
     p = ctx.recipe.stages.quality_train
-    sources = p.sources or sorted(ctx.recipe.sources)
-    manifests = [m for s in sources for m in ctx.lake.partitions(f"{s}.annotations")]
+    model = ctx.partition["model"]
+    sources = stages.classifier_families(ctx.recipe).get(model)
+    if not sources:
+        raise ValueError(f"no source is scored by classifier {model!r} (stages.quality.classifier / code_classifier)")
+    annotations = [stages.io(ctx.recipe, "quality_annotate", s).output for s in sources]
+    manifests = [m for d in annotations for m in ctx.lake.partitions(d)]
     if not manifests:
         raise NotEnoughAnnotations(f"no committed annotations of {sources}: run quality_annotate first")
     table = (

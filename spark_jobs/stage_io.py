@@ -27,9 +27,11 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
+from phiflow import stages
 from phiflow.commit import commit_attempt
 from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import Recipe, load_recipe
+from phiflow.stages import StageIO
 from phiflow.storage import Lake
 
 log = logging.getLogger("phiflow.stage")
@@ -45,6 +47,14 @@ class StageContext:
     lake: Lake
     airflow: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+
+    def io(self, stage: str) -> StageIO:
+        """The datasets `stage` reads and commits for this source, from the stage table."""
+        return stages.io(self.recipe, stage, self.source)
+
+    @property
+    def kind(self) -> str:
+        return self.recipe.sources[self.source].kind
 
 
 def parse_args(argv: list[str] | None = None) -> StageContext:

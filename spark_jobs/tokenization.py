@@ -27,10 +27,6 @@ from training.tokenizer_store import TokenizerArtifact, resolve_tokenizer, token
 STAGE = "tokenize"
 
 
-def output_dataset(input_dataset: str) -> str:
-    return f"tokens.{input_dataset}"
-
-
 def shard_writer(artifact: TokenizerArtifact, lake_url: str, target: str, threshold: int, batch_size: int):
     """The mapInArrow function: one task writes the shards of its documents."""
 
@@ -44,7 +40,7 @@ def shard_writer(artifact: TokenizerArtifact, lake_url: str, target: str, thresh
 
 def run(spark, ctx: StageContext) -> Manifest:
     params = ctx.recipe.stages.tokenize
-    lake, dataset = ctx.lake, output_dataset(ctx.source)
+    lake, dataset = ctx.lake, ctx.io(STAGE).output
     source = lake.require(ctx.source, ctx.partition)
     artifact = resolve_tokenizer(ctx.recipe, lake)
     stage_params = tokenize_params(ctx.recipe, artifact)

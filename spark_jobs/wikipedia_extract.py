@@ -184,7 +184,7 @@ def run(spark, ctx: StageContext) -> Manifest:
             spark,
             ctx,
             stage=STAGE,
-            dataset=f"{ctx.source}.extracted",
+            dataset=ctx.io(STAGE).output,
             rows=rows,
             schema=WIKI_EXTRACTED,
             inputs=[InputRef(dataset=f"external:{src.kind}", partition={"dump": dump.id}, digest=index_digest)],

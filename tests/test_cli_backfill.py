@@ -27,8 +27,8 @@ def langid_op(tmp_path, monkeypatch, test_recipe):
     out = manifest("web.langid", FEB, "langid", 9, 9, {})
     out.inputs, out.recipe_digest = [source.input_ref()], test_recipe.stage_digest("langid")
     commit_all(lake, [source, out])
-    op = SparkStageOperator(task_id="langid", stage="langid", source="web", output_dataset="web.langid",
-                            input_dataset="web.extracted", recipe_path=os.environ["PHIFLOW_RECIPE"])
+    op = SparkStageOperator(task_id="langid", stage="langid", source="web",
+                            recipe_path=os.environ["PHIFLOW_RECIPE"])
     return op, lake, source, out
 
 

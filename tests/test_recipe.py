@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from phiflow.intervals import snapshot_partitions
+from phiflow.intervals import source_partitions as snapshot_partitions
 from phiflow.recipe import RecipeError, load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
