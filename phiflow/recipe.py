@@ -417,11 +417,6 @@ class SynthWorkflow(Strict):
             raise ValueError(f"workflow {self.name}: multi_agent needs at least two roles")
         return self
 
-    @property
-    def seeds_per_sample(self) -> int:
-        """Seeds behind one sample: a long_context_qa sample reads a group of them, the others one."""
-        return self.group_size if self.kind == "long_context_qa" else 1
-
 
 class SandboxParams(Strict):
     cpu_s: Annotated[int, Field(gt=0)] = 5
@@ -432,7 +427,7 @@ class SandboxParams(Strict):
 class SynthesizeParams(Strict):
     workflows: list[SynthWorkflow] = Field(default_factory=list)
     seed: int = 0  # sampling seeds derive from it, the seed row and the workflow
-    batch_rows: Annotated[int, Field(gt=0)] = 16  # seeds per workflow step (one batched LLM call each)
+    batch_rows: Annotated[int, Field(gt=0)] = 16  # seeds (long_context_qa: groups) per workflow step (one batched call)
     sandbox: SandboxParams = SandboxParams()
 
     @field_validator("workflows")
@@ -575,6 +570,23 @@ class QualityParams(Strict):
     non_stem_min_score: Annotated[float, Field(ge=0, le=1)] = 0.5  # quota documents must still be this good
     stem_topics: list[str] = Field(default_factory=lambda: ["stem"])
     max_chars: Annotated[int, Field(gt=0)] = 20_000  # text the classifier reads
+    # Per-source changes to these parameters, e.g. books: {rules: {gopher_quality: {max_words: 2000000}}}
+    # (a book is longer than any web page the defaults were set for).
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def for_source(self, source: str) -> QualityParams:
+        """These parameters with the source's overrides merged in (validated like the recipe)."""
+        if source not in self.overrides:
+            return self
+        return QualityParams.model_validate(deep_merge(self.model_dump(exclude={"overrides"}), self.overrides[source]))
+
+
+def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` applied: nested mappings merge, anything else replaces."""
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 # -- tokenization, mixture, training (issue 6) -----------------------------------------------
@@ -811,6 +823,17 @@ class Recipe(Strict):
             if not name.isidentifier() or not name.islower():
                 raise ValueError(f"source name {name!r} must be a lower-case identifier (it names datasets and DAGs)")
         return sources
+
+    @model_validator(mode="after")
+    def _quality_overrides(self) -> Recipe:
+        for name in self.stages.quality.overrides:
+            if name not in self.sources:
+                raise ValueError(f"stages.quality.overrides.{name}: no such source; known: {sorted(self.sources)}")
+            try:
+                self.stages.quality.for_source(name)
+            except ValidationError as e:
+                raise ValueError(f"stages.quality.overrides.{name}: {_format_errors(e)}") from None
+        return self
 
     @model_validator(mode="after")
     def _local_paths_exist(self) -> Recipe:

@@ -53,13 +53,6 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def sweep_spec(recipe: Recipe, name: str) -> SweepSpec:
     for s in recipe.sweeps:
         if s.name == name:
@@ -119,20 +112,20 @@ def point_recipe(recipe: Recipe, sweep_name: str, point_id: str) -> Recipe:
 
 def expand(recipe: Recipe, sweep_name: str) -> list[tuple[Point, Recipe]]:
     """Every point of a sweep with its recipe; the first invalid point raises SweepError."""
-    from phiflow.recipe import RecipeError, parse_recipe
+    from phiflow.recipe import RecipeError, deep_merge, parse_recipe
 
     sweep = sweep_spec(recipe, sweep_name)
     base = recipe.model_dump(mode="json")
     base["sweeps"] = []  # a point does not sweep again
     if base.get("training") is None or base.get("mixture") is None:
         raise SweepError(f"sweeps.{sweep.name}: the recipe needs mixture and training sections to sweep")
-    base["training"]["pretrain"] = _deep_merge(base["training"]["pretrain"], sweep.pretrain)
+    base["training"]["pretrain"] = deep_merge(base["training"]["pretrain"], sweep.pretrain)
     base["mixture"]["total_tokens"] = None  # a point's budget is its own run: steps x batch x seq_length
     out = []
     for i, values in enumerate(grid(sweep)):
         pid = f"p{i}"
         field = f"sweeps.{sweep.name}.points[{pid}]"
-        data = _deep_merge(base, {"name": f"{recipe.name}_{sweep.name}_{pid}"})
+        data = deep_merge(base, {"name": f"{recipe.name}_{sweep.name}_{pid}"})
         pre = data["training"]["pretrain"]
         if "lr" in values:
             pre["optimizer"] = {**pre["optimizer"], "lr": values["lr"],

@@ -43,11 +43,11 @@ def main() -> int:
     t0 = time.time()
     for name, src in recipe.sources.items():
         dag = bag.get_dag(f"phiflow_ingest_{name}")
-        key, parts = ("snapshot", src.snapshots) if hasattr(src, "snapshots") else ("dump", src.dumps)
-        for part in parts:
-            when = datetime(part.date.year, part.date.month, part.date.day, tzinfo=UTC)
-            print(f"\n== {dag.dag_id}: {key} {part.id}", flush=True)
-            if not _ok(dag.test(logical_date=when, run_conf={key: part.id})):
+        key = src.partition_key
+        for part_id, date in src.dated():
+            when = datetime(date.year, date.month, date.day, tzinfo=UTC)
+            print(f"\n== {dag.dag_id}: {key} {part_id}", flush=True)
+            if not _ok(dag.test(logical_date=when, run_conf={key: part_id})):
                 return 1
     # Downstream DAGs follow Assets under the scheduler; here they are run once each, in order.
     synthesis = bag.get_dag("phiflow_synthesis")

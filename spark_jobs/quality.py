@@ -138,7 +138,7 @@ def topic_mix(df) -> dict[str, int]:
 
 
 def run(spark, ctx: StageContext) -> Manifest:
-    params = ctx.recipe.stages.quality
+    params = ctx.recipe.stages.quality.for_source(ctx.source)
     dataset, schema = input_of(ctx)
     source = ctx.lake.require(dataset, ctx.partition)
     out = with_fields(schema, QUALITY_FIELDS)
