@@ -11,7 +11,7 @@ from airflow.providers.common.compat.openlineage.facet import (
 )
 
 from phiflow.manifest import InputRef, Manifest
-from phiflow.recipe import CommonCrawlSource, Recipe, WikipediaSource
+from phiflow.recipe import Recipe
 from phiflow.storage import Lake
 
 
@@ -27,18 +27,15 @@ def _namespace_and_name(url: str) -> tuple[str, str]:
 
 
 def external_location(recipe: Recipe, source: str, ref: InputRef) -> str | None:
-    """Where an `external:*` input lives: a file named in the ref, a WARC listing, a dump."""
+    """Where an `external:*` input lives: a file named in the ref, a WARC listing, a dump, a collection."""
     if not ref.dataset.startswith("external:"):
         return None
     if "path" in ref.partition:
         return recipe.resolve(ref.partition["path"])
     src = recipe.sources.get(source)
-    base = recipe.resolve(src.base_url).rstrip("/") if src else ""
-    if isinstance(src, CommonCrawlSource) and "snapshot" in ref.partition:
-        return f"{base}/{src.snapshot(ref.partition['snapshot']).paths}"
-    if isinstance(src, WikipediaSource) and "dump" in ref.partition:
-        return f"{base}/{src.dump_by_id(ref.partition['dump']).dump_path}"
-    return None
+    if src is None or src.partition_key not in ref.partition:
+        return None
+    return f"{recipe.resolve(src.base_url).rstrip('/')}/{src.location(ref.partition[src.partition_key])}"
 
 
 def dataset_for(lake: Lake, dataset: str) -> Dataset:

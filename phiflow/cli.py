@@ -5,12 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 
+from phiflow import settings
 from phiflow.airflow_api import AirflowAPI, AirflowAPIError
 from phiflow.check import check_file, graph_text
+from phiflow.recipe import Recipe, RecipeError, load_recipe
 from phiflow.storage import Lake
-from phiflow.summary import lake_status, stage_table
+from phiflow.summary import lake_status, pipeline_status, stage_table
 from phiflow.trace import trace
 from phiflow.verify import report, verify_lake
+
+
+def _default_recipe() -> Recipe | None:
+    """PHIFLOW_RECIPE's recipe (the DAGs'), or None when it does not load: status still lists the lake."""
+    try:
+        return load_recipe(settings.default_recipe())
+    except (RecipeError, OSError) as e:
+        print(f"(no pipeline view: {e})", file=sys.stderr)
+        return None
 
 
 def check(path: str) -> int:
@@ -64,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.recipe)
     lake = Lake(args.lake)
     if args.cmd == "status":
+        recipe = _default_recipe()
+        if recipe is not None:
+            print(pipeline_status(recipe, lake) + "\n")
         text, corrupt = lake_status(lake)
         print(text)
         return 1 if corrupt else 0

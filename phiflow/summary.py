@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from phiflow import stages
 from phiflow.manifest import Manifest, partition_key
+from phiflow.recipe import Recipe
 from phiflow.storage import Lake
 
 
@@ -58,3 +60,23 @@ def lake_status(lake: Lake) -> tuple[str, int]:
             f"(run {m.airflow.get('run_id', '-')})"
         )
     return "\n".join(out) or f"no committed partitions under {lake.url}", corrupt
+
+
+def pipeline_status(recipe: Recipe, lake: Lake) -> str:
+    """Per source, every stage of its chain (the stage table's order) and how many of the source's
+    partitions its main output has committed: where a source stands, at a glance."""
+    committed = {d: {partition_key(m.partition) for m in lake.partitions(d)} for d in lake.datasets()}
+    lines = [f"pipeline of recipe {recipe.name} (stage table order; committed / declared partitions)"]
+    for name, src in recipe.sources.items():
+        wanted = {partition_key({src.partition_key: i}) for i, _ in src.dated()}
+        lines.append(f"  {name} ({src.kind})")
+        for st in stages.curation_chain(recipe, name):
+            out = st.io(recipe, name).output
+            if st.scope == "global":
+                have = len(committed.get(out, ()))
+                lines.append(f"    {st.name:<20} {out:<26} {have} partition(s)")
+                continue
+            done = len(wanted & committed.get(out, set()))
+            flag = "done" if done == len(wanted) else f"{len(wanted) - done} to go"
+            lines.append(f"    {st.name:<20} {out:<26} {done}/{len(wanted)}  {flag}")
+    return "\n".join(lines)
