@@ -50,11 +50,11 @@ def main() -> None:
     synthesize.run(spark, StageContext(recipe=warm, source="web", partition=ctx.partition, lake=lake))
 
     t0 = time.perf_counter()
-    first = synthesize.run(spark, ctx)
+    first = synthesize.run(spark, ctx)["synthetic.generated"]
     t_stage = time.perf_counter() - t0
     tokens = first.counters["completion_tokens"]
     t0 = time.perf_counter()
-    again = synthesize.run(spark, ctx)
+    again = synthesize.run(spark, ctx)["synthetic.generated"]
     t_cached = time.perf_counter() - t0
     assert again.counters["llm_cache_hits"] == again.counters["llm_requests"]
 

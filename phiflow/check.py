@@ -200,12 +200,17 @@ def graph_text(recipe: Recipe) -> str:
     return "\n".join(lines)
 
 
+def load_error_lines(e: RecipeError) -> list[str]:
+    """The `field.path: reason` lines of a recipe that does not load (schema, shares, paths)."""
+    return [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
+
+
 def check_file(path: str) -> tuple[Recipe | None, list[str]]:
     """The loaded recipe (None if it does not load) and its problem lines."""
     try:
         recipe = load_recipe(path)
     except RecipeError as e:
-        return None, [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
+        return None, load_error_lines(e)
     return recipe, [str(p) for p in problems(recipe)]
 
 

@@ -41,6 +41,8 @@ def tokens_dataset(dataset: str) -> str:
 
 def shard_prefixes(lake: Lake, m: Manifest, kind: str = "part") -> tuple[tuple[str, int], ...]:
     """(absolute prefix, tokens) of a committed tokens partition's shards of one kind (part | long)."""
+    if not m.files:  # a partition of no documents (an empty synthetic output) has no shards
+        return ()
     base = lake.partition_path(m.dataset, m.partition)
     attempt_dir = posixpath.dirname(m.files[0].path)
     return tuple((posixpath.join(base, attempt_dir, s["prefix"]), int(s["tokens"]))

@@ -393,6 +393,7 @@ class SynthWorkflow(Strict):
     prompts: dict[str, str]
     output: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")] = "generated"  # its rows go to synthetic.<output>
     seed_kinds: list[Literal["text", "code"]] = Field(default_factory=lambda: ["text"])
+    sources: list[str] | None = None  # seed from these sources only (web rewrites: web); None: every one
     max_seeds: Annotated[int, Field(gt=0)] = 10  # target: best-scored seeds per partition this workflow uses
     samples_per_seed: Annotated[int, Field(gt=0)] = 1
     rounds: Annotated[int, Field(gt=0)] = 1  # self_revision: critique/revise rounds; multi_agent: turns
@@ -825,6 +826,15 @@ class Recipe(Strict):
         return sources
 
     @model_validator(mode="after")
+    def _workflow_sources(self) -> Recipe:
+        for i, wf in enumerate(self.stages.synthesize.workflows):
+            unknown = sorted(set(wf.sources or ()) - set(self.sources))
+            if unknown:
+                raise ValueError(f"stages.synthesize.workflows[{i}].sources: no such source {unknown}; "
+                                 f"known: {sorted(self.sources)}")
+        return self
+
+    @model_validator(mode="after")
     def _quality_overrides(self) -> Recipe:
         for name in self.stages.quality.overrides:
             if name not in self.sources:
@@ -907,7 +917,7 @@ def _format_errors(err: ValidationError) -> str:
         if len(parts) > 2 and parts[0] == "sources" and parts[2] in _SOURCE_KINDS:
             del parts[2]
         loc = ".".join(str(p) for p in parts) or "<recipe>"
-        lines.append(f"{loc}: {e['msg']}")
+        lines.append(f"{loc}: {e['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

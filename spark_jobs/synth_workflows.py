@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import difflib
 import hashlib
+import itertools
 import json
 import re
 from collections import Counter
@@ -24,6 +25,7 @@ from phiflow.recipe import SandboxParams, SynthWorkflow
 from phiflow.sandbox import SandboxLimits, run_python
 
 CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
+SOURCES_LINE = re.compile(r"^[\W_]*sources?\b[^:\n]*:(.*)$", re.I | re.M)
 
 
 def sampling_seed(base: int, seed_id: str, workflow: str, *parts: object) -> int:
@@ -103,11 +105,55 @@ def plurality(answers: list[str]) -> tuple[str | None, str | None, dict[str, int
     return answers[finals.index(top)], None, dict(counts)
 
 
+def split_sources(text: str) -> tuple[str, set[int] | None]:
+    """(answer without its `Sources: 1, 3` line, the document numbers it cites; None without the line):
+    the line is taken out before voting, else its last number would be the voted answer."""
+    lines = list(SOURCES_LINE.finditer(text))
+    if not lines:
+        return text.strip(), None
+    last = lines[-1]
+    body = (text[: last.start()] + text[last.end() :]).strip()
+    return body, {int(n) for n in re.findall(r"\d+", last.group(1))}
+
+
+def grounding(cited: set[int] | None, documents: int) -> str | None:
+    """Why an answer is not a long-context answer (None: it is): it must cite documents of the context,
+    at least two, and two of them far apart (not neighbours) unless the context holds only two."""
+    if not cited or not cited <= set(range(1, documents + 1)):
+        return "qa_not_grounded"
+    if len(cited) < 2:
+        return "qa_single_source"
+    if documents > 2 and max(cited) - min(cited) < 2:
+        return "qa_sources_adjacent"
+    return None
+
+
+def seed_groups(seeds: list[dict[str, Any]], wf: SynthWorkflow) -> list[list[dict[str, Any]]]:
+    """The seeds behind each sample: one, or for long_context_qa `group_size` (a trailing group may be smaller).
+
+    Seeds are dealt page by page (each page's first seed by doc_id, then each page's second...), so a
+    group holds passages of different pages where it can; the same groups come out of any input order."""
+    ordered = sorted(seeds, key=lambda s: s["doc_id"])
+    if wf.kind != "long_context_qa":
+        return [[s] for s in ordered]
+    pages: dict[str, list[dict[str, Any]]] = {}
+    for s in ordered:
+        pages.setdefault(s["parent_ids"][0], []).append(s)
+    dealt = [s for tier in itertools.zip_longest(*pages.values()) for s in tier if s is not None]
+    n = wf.group_size
+    return [dealt[i : i + n] for i in range(0, len(dealt), n)]
+
+
+def documents(group: list[dict[str, Any]]) -> str:
+    """The long context: the group's passages as numbered documents, the numbers answers cite."""
+    return "\n\n".join(f"Document {i}:\n{s['text'].strip()}" for i, s in enumerate(group, 1))
+
+
 @dataclass
 class Job:
-    """One sample in progress: its seed, its transcript, and what it has become so far."""
+    """One sample in progress: its seeds, its transcript, and what it has become so far."""
 
-    seed: dict[str, Any]
+    group: list[dict[str, Any]]  # one seed, or a long_context_qa group
     index: int
     history: list[dict[str, str]] = field(default_factory=list)
     text: str = ""
@@ -117,6 +163,15 @@ class Job:
     tokens: int = 0
     done: bool = False
     cut: list[str] = field(default_factory=list)  # outputs the model stopped at max_tokens (finish_reason "length")
+
+    @property
+    def seed(self) -> dict[str, Any]:
+        return self.group[0]
+
+    @property
+    def key(self) -> str:
+        """Names the sample's seeds (a single seed: its doc_id) in sampling seeds and row ids."""
+        return "+".join(s["doc_id"] for s in self.group)
 
 
 class Runner:
@@ -132,7 +187,7 @@ class Runner:
         reqs = [ChatRequest(
             messages=build(j), n=n, max_tokens=self.wf.max_tokens,
             temperature=self.wf.temperature if temperature is None else temperature,
-            seed=sampling_seed(self.base_seed, j.seed["doc_id"], self.wf.name, j.index, name, j.round),
+            seed=sampling_seed(self.base_seed, j.key, self.wf.name, j.index, name, j.round),
         ) for j in live]
         results = self.client.chat(reqs) if reqs else []
         out: dict[int, list[str]] = {}
@@ -144,8 +199,8 @@ class Runner:
             out[id(j)] = res.texts
         return [out.get(id(j), []) for j in jobs]
 
-    def run(self, seeds: list[dict[str, Any]]) -> list[Job]:
-        jobs = [Job(seed=s, index=i) for s in seeds for i in range(self.wf.samples_per_seed)]
+    def run(self, groups: list[list[dict[str, Any]]]) -> list[Job]:
+        jobs = [Job(group=g, index=i) for g in groups for i in range(self.wf.samples_per_seed)]
         getattr(self, self.wf.kind)(jobs)
         for j in jobs:
             if not j.drop and not j.text.strip():
@@ -224,8 +279,7 @@ class Runner:
         qs = self.step(jobs, lambda j: self.user("question", seed=j.seed["text"]), "question")
         for j, q in zip(jobs, qs, strict=True):
             j.meta["question"] = q[0].strip()
-        answers = self.step(jobs, lambda j: self.user("answer", question=j.meta["question"]), "answer",
-                            n=self.wf.votes, temperature=max(self.wf.temperature, 0.7))
+        answers = self.vote(jobs, lambda j: self.user("answer", question=j.meta["question"]))
         for j, a in zip(jobs, answers, strict=True):
             reference, drop, votes = plurality(a)
             j.meta["votes"], j.drop, j.round = votes, drop, 1
@@ -233,17 +287,49 @@ class Runner:
             if reference:
                 j.meta["reference"] = reference
 
+    def vote(self, jobs: list[Job], build: Callable[[Job], list[dict[str, str]]]) -> list[list[str]]:
+        """`votes` sampled answers per job, warm enough to disagree on a question that is not trivial."""
+        return self.step(jobs, build, "answer", n=self.wf.votes, temperature=max(self.wf.temperature, 0.7))
+
+    def long_context_qa(self, jobs: list[Job]) -> None:
+        """Documents -> a question joining far-apart ones -> voted answers that must cite those documents."""
+        for j in jobs:
+            if len(j.group) < 2:  # the trailing seed of an odd count: no multi-document question in one
+                j.drop = "qa_group_too_small"
+        jobs = [j for j in jobs if not j.drop]
+        context = {id(j): documents(j.group) for j in jobs}
+        qs = self.step(jobs, lambda j: self.user("question", documents=context[id(j)]), "question")
+        for j, q in zip(jobs, qs, strict=True):
+            j.meta["question"] = q[0].strip()
+        answers = self.vote(jobs, lambda j: self.user("answer", documents=context[id(j)],
+                                                      question=j.meta["question"]))
+        for j, a in zip(jobs, answers, strict=True):
+            bodies, cited = zip(*map(split_sources, a), strict=True)
+            reference, drop, votes = plurality(list(bodies))
+            j.meta["votes"], j.drop, j.round = votes, drop, 1
+            if reference:  # the kept sample is the whole context: a long-sequence training document
+                pick = bodies.index(reference)
+                j.meta["reference"], j.meta["sources"] = reference, sorted(cited[pick] or [])
+                j.drop = grounding(cited[pick], len(j.group))
+                j.text = f"{context[id(j)]}\n\nQuestion: {j.meta['question']}\n\nAnswer: {a[pick].strip()}"
+
 
 def synthesize_seeds(seeds: list[dict[str, Any]], wf: SynthWorkflow, client: LLMClient, base_seed: int,
                      sandbox: SandboxParams) -> list[dict[str, Any]]:
     """Rows of the SYNTHETIC schema (plus drop_reason) for one workflow over some seeds."""
+    return synthesize_groups(seed_groups(seeds, wf), wf, client, base_seed, sandbox)
+
+
+def synthesize_groups(groups: list[list[dict[str, Any]]], wf: SynthWorkflow, client: LLMClient, base_seed: int,
+                      sandbox: SandboxParams) -> list[dict[str, Any]]:
+    """synthesize_seeds over groups already formed (a stage batches whole groups of all the seeds)."""
     rows = []
-    for j in Runner(wf, client, base_seed, sandbox).run(seeds):
+    for j in Runner(wf, client, base_seed, sandbox).run(groups):
         rows.append({
-            "doc_id": doc_id("synthetic", f"{wf.name}:{j.seed['doc_id']}:{j.index}"),
+            "doc_id": doc_id("synthetic", f"{wf.name}:{j.key}:{j.index}"),
             "source": "synthetic",
             "source_uri": j.seed["source_uri"],
-            "parent_ids": [j.seed["doc_id"]],
+            "parent_ids": [s["doc_id"] for s in j.group],
             "workflow": wf.name, "kind": wf.kind, "sample_index": j.index, "round": j.round,
             "model": client.model, "text": j.text, "history": j.history,
             "meta": json.dumps(j.meta, sort_keys=True, ensure_ascii=False),

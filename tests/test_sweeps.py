@@ -52,7 +52,7 @@ def test_epochs_axis_sets_the_share_of_the_source() -> None:
         assert shares["synthetic"] == pytest.approx(p.values["epochs"] * 480 / total)
         assert sum(shares.values()) == pytest.approx(1)
         subsample = {s.name: s.subsample_tokens for s in x.mixture.sources}
-        assert subsample == {"web": None, "synthetic": 480}  # the mix stage repeats one fixed 480-token subsample
+        assert subsample == {"web": None, "web_rewrites": None, "synthetic": 480, "code": None, "acquired": None}  # the mix stage repeats one fixed 480-token subsample
 
 
 @pytest.mark.parametrize(("axes", "pretrain", "field"), [
@@ -73,7 +73,7 @@ def test_bad_points_are_rejected_at_load_with_the_field(axes, pretrain, field) -
 
 
 def test_sweep_needs_an_axis() -> None:
-    with pytest.raises(RecipeError, match=r"sweeps\.0\.axes: Value error, a sweep needs at least one axis"):
+    with pytest.raises(RecipeError, match=r"sweeps\.0\.axes: a sweep needs at least one axis"):
         with_sweep(axes={})
 
 
@@ -115,9 +115,9 @@ def test_report_joins_current_point_manifests(lake) -> None:
     (path,) = [p for p in lake.data_files(m) if p.endswith("report.json")]
     rows = json.loads(lake.fs.cat_file(path))["points"]
     assert [r["status"] for r in rows] == ["ok", "missing", "ok"]
-    assert rows[2]["valid_loss"] == 5.3 and rows[2]["axis_mixture"] == "web:0.4/synthetic:0.6"
+    assert rows[2]["valid_loss"] == 5.3 and rows[2]["axis_mixture"] == "web:0.15/web_rewrites:0.15/synthetic:0.4/code:0.2/acquired:0.1"
     md = [p for p in lake.data_files(m) if p.endswith("report.md")]
-    assert "| p2 | mixture=web:0.4/synthetic:0.6 | ok | 2 | 5.3000 |" in lake.fs.cat_file(md[0]).decode()
+    assert "| p2 | mixture=web:0.15/web_rewrites:0.15/synthetic:0.4/code:0.2/acquired:0.1 | ok | 2 | 5.3000 |" in lake.fs.cat_file(md[0]).decode()
 
 
 def test_lr_fit_recovers_a_power_law() -> None:

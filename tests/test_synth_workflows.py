@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from llm_server import LLMTestServer
 
 from phiflow.llm import LLMConfig, make_client
-from phiflow.recipe import SandboxParams, SynthWorkflow
-from spark_jobs.synth_workflows import ast_fingerprint, final_answer, plurality, synthesize_seeds
+from phiflow.recipe import RecipeError, SandboxParams, SynthesizeParams, SynthWorkflow, parse_recipe
+from spark_jobs.synth_workflows import (
+    ast_fingerprint,
+    final_answer,
+    grounding,
+    plurality,
+    seed_groups,
+    split_sources,
+    synthesize_seeds,
+)
 
 SANDBOX = SandboxParams(cpu_s=2, wall_s=5, memory_mb=256)
 ADD = "def add(a, b):\n    return a + b\n\nprint(add(2, 3))"
@@ -47,7 +56,31 @@ def script(body: dict, i: int) -> str:
         return f"Q[{rest.strip()[:5]}]"
     if tag == "A":  # Lists: everyone agrees; Dicts: 3 of 5 say 7
         return "The answer is 42." if "Lists" in rest else ["so 7", "so 7", "so 8", "so 7", "so 9"][i % 5]
+    if tag == "LQ":
+        return "Which city links document 1 and document 3?\nSources: 1, 3"
+    if tag == "LA":  # the case is the first document's topic: 3 of 5 votes say Paris, cited as the case has it
+        case = rest.split("Document 1:\n", 1)[1].split()[0]
+        if case == "split":  # five answers, five cities: no plurality
+            return ["Paris", "Rome", "Oslo", "Lima", "Kyiv"][i % 5] + "\nSources: 1, 3"
+        return [LONG_CASES[case], LONG_CASES[case], "Rome\nSources: 2, 4", LONG_CASES[case], "Oslo"][i % 5]
     return "?"
+
+
+LONG_CASES = {  # the voted answer each case's model gives
+    "grounded": "It is Paris.\nSources: 1, 3", "single": "It is Paris.\nSources: 3",
+    "unsourced": "It is Paris.", "adjacent": "It is Paris.\n**Sources:** 2, 3",
+}
+
+
+def long_seeds(case: str, n: int = 4) -> list[dict]:
+    """n seeds of n different pages; the first document names the case."""
+    return [{"doc_id": f"{case}{k}", "parent_ids": [f"page{k}"], "source_uri": f"https://example.org/{k}",
+             "text": f"{case} passage {k}: fact {k}."} for k in range(n)]
+
+
+def long_qa(**kw) -> SynthWorkflow:
+    return wf(name="long_qa", kind="long_context_qa", votes=5,
+              prompts={"question": "LQ: {documents}", "answer": "LA: {documents}\nQ: {question}"}, **kw)
 
 
 @pytest.fixture
@@ -175,3 +208,72 @@ def test_ast_fingerprint_ignores_names_and_docstrings() -> None:
     renamed = 'def plus(x, y):\n    """Sum."""\n    return x + y\n\nprint(plus(2, 3))'
     assert ast_fingerprint(ADD) == ast_fingerprint(renamed)
     assert ast_fingerprint(ADD) != ast_fingerprint(MUL) and ast_fingerprint("def (") is None
+
+
+def test_long_context_qa_keeps_a_grounded_answer_over_the_whole_group(client) -> None:
+    c, srv = client
+    seeds = long_seeds("grounded", 5)  # group_size 4: one group of four, a trailing seed alone
+    rows = synthesize_seeds(seeds, long_qa(), c, base_seed=0, sandbox=SANDBOX)
+    kept, alone = rows
+    assert kept["drop_reason"] is None and kept["parent_ids"] == ["grounded0", "grounded1", "grounded2", "grounded3"]
+    assert kept["text"].startswith("Document 1:\ngrounded passage 0: fact 0.\n\nDocument 2:\ngrounded passage 1")
+    assert "Document 4:\ngrounded passage 3: fact 3." in kept["text"]
+    assert kept["text"].endswith("Question: Which city links document 1 and document 3?\nSources: 1, 3\n\n"
+                                 "Answer: It is Paris.\nSources: 1, 3")
+    meta = json.loads(kept["meta"])
+    assert meta["sources"] == [1, 3] and meta["votes"] == {"it is paris": 3, "rome": 1, "oslo": 1}
+    assert alone["parent_ids"] == ["grounded4"] and alone["drop_reason"] == "qa_group_too_small"
+    assert [(b["messages"][-1]["content"][:3], b["n"]) for b in srv.bodies] == [("LQ:", 1), ("LA:", 5)]
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    ("single", "qa_single_source"), ("unsourced", "qa_not_grounded"), ("adjacent", "qa_sources_adjacent"),
+    ("split", "vote_no_plurality"),
+])
+def test_long_context_qa_drops_answers_not_drawn_from_far_apart_documents(client, case: str, reason: str) -> None:
+    c, _ = client
+    [row] = synthesize_seeds(long_seeds(case), long_qa(), c, base_seed=0, sandbox=SANDBOX)
+    assert row["drop_reason"] == reason and len(row["parent_ids"]) == 4
+
+
+def test_grounding_rules() -> None:
+    assert split_sources("Paris.\nSources: 1, 3\n") == ("Paris.", {1, 3})
+    assert split_sources("Source documents: 2 and 4") == ("", {2, 4}) and split_sources("Paris 3")[1] is None
+    assert grounding({1, 3}, 4) is None and grounding({1, 2, 3}, 4) is None
+    assert grounding({1, 2}, 2) is None  # two documents: the only pair there is
+    assert grounding({1, 2}, 4) == "qa_sources_adjacent" and grounding({4}, 4) == "qa_single_source"
+    assert grounding(None, 4) == grounding(set(), 4) == grounding({1, 5}, 4) == "qa_not_grounded"
+
+
+def test_long_context_groups_are_deterministic_and_mix_pages() -> None:
+    pages = {"a1": "A", "a2": "A", "a3": "A", "b1": "B", "b2": "B", "c1": "C", "d1": "D", "d2": "D"}
+    seeds = [{"doc_id": d, "parent_ids": [p]} for d, p in pages.items()]
+    w = long_qa(group_size=3)
+    expected = [["a1", "b1", "c1"], ["d1", "a2", "b2"], ["d2", "a3"]]  # each page's 1st seed, then 2nd, 3rd
+    for k in range(5):
+        random.Random(k).shuffle(seeds)
+        assert [[s["doc_id"] for s in g] for g in seed_groups(seeds, w)] == expected
+    singles = seed_groups(seeds, wf(name="one", kind="rewrite", prompts={"rewrite": "{seed}"}))
+    assert [[s["doc_id"] for s in g] for g in singles] == [[d] for d in sorted(pages)]
+
+
+def test_outputs_route_workflows_to_their_datasets() -> None:
+    params = SynthesizeParams(workflows=[
+        wf(name="web_rewrite", kind="rewrite", output="web_rewrites", prompts={"rewrite": "{seed}"}),
+        long_qa(), wf(name="qa", kind="plurality_vote", prompts={"question": "{seed}", "answer": "{question}"}),
+    ])
+    assert params.outputs == {"synthetic.generated": ["long_qa", "qa"], "synthetic.web_rewrites": ["web_rewrite"]}
+    assert params.output_datasets == ["synthetic.generated", "synthetic.web_rewrites"]
+
+
+@pytest.mark.parametrize(("change", "error"), [
+    ({"output": "Web-Rewrites"}, "output"), ({"group_size": 1}, "group_size"),
+    ({"prompts": {"question": "q"}}, "answer"),
+])
+def test_long_context_qa_recipe_errors(test_recipe, change: dict, error: str) -> None:
+    data = test_recipe.model_dump(mode="json")
+    workflow = {"name": "long_qa", "kind": "long_context_qa", "prompts": {"question": "{documents}",
+                                                                           "answer": "{documents} {question}"}}
+    data["stages"]["synthesize"] = {"workflows": [{**workflow, **change}]}
+    with pytest.raises(RecipeError, match=error):
+        parse_recipe(data, test_recipe.path)
