@@ -13,6 +13,7 @@ from phiflow.recipe import RecipeError, load_recipe, parse_recipe
 from phiflow.schema import TRAIN_STEPS
 
 DEMO = "recipes/demo.yaml"
+FINAL_MIX = "web:0.15/web_rewrites:0.15/synthetic:0.4/code:0.2/acquired:0.1"  # the demo sweep's last point
 
 
 def with_sweep(**sweep):
@@ -52,7 +53,8 @@ def test_epochs_axis_sets_the_share_of_the_source() -> None:
         assert shares["synthetic"] == pytest.approx(p.values["epochs"] * 480 / total)
         assert sum(shares.values()) == pytest.approx(1)
         subsample = {s.name: s.subsample_tokens for s in x.mixture.sources}
-        assert subsample == {"web": None, "web_rewrites": None, "synthetic": 480, "code": None, "acquired": None}  # the mix stage repeats one fixed 480-token subsample
+        # the mix stage repeats one fixed 480-token subsample
+    assert subsample == {"web": None, "web_rewrites": None, "synthetic": 480, "code": None, "acquired": None}
 
 
 @pytest.mark.parametrize(("axes", "pretrain", "field"), [
@@ -115,9 +117,9 @@ def test_report_joins_current_point_manifests(lake) -> None:
     (path,) = [p for p in lake.data_files(m) if p.endswith("report.json")]
     rows = json.loads(lake.fs.cat_file(path))["points"]
     assert [r["status"] for r in rows] == ["ok", "missing", "ok"]
-    assert rows[2]["valid_loss"] == 5.3 and rows[2]["axis_mixture"] == "web:0.15/web_rewrites:0.15/synthetic:0.4/code:0.2/acquired:0.1"
+    assert rows[2]["valid_loss"] == 5.3 and rows[2]["axis_mixture"] == FINAL_MIX
     md = [p for p in lake.data_files(m) if p.endswith("report.md")]
-    assert "| p2 | mixture=web:0.15/web_rewrites:0.15/synthetic:0.4/code:0.2/acquired:0.1 | ok | 2 | 5.3000 |" in lake.fs.cat_file(md[0]).decode()
+    assert f"| p2 | mixture={FINAL_MIX} | ok | 2 | 5.3000 |" in lake.fs.cat_file(md[0]).decode()
 
 
 def test_lr_fit_recovers_a_power_law() -> None:
