@@ -827,8 +827,8 @@ def readme_section(code: dict[str, Any], books: dict[str, Any], out: Path) -> st
         "",
         f"Files: {sizes}.",
         "",
-        "Rebuild order: `scripts/build_sample_data.py` deletes this whole directory before writing its own "
-        "files, so run `scripts/build_sample_wiki.py` and `scripts/build_sample_code_books.py` after it. "
+        "Rebuild order: `scripts/build_sample_data.py` rewrites this README (not the other scripts' folders), "
+        "so run `scripts/build_sample_wiki.py` and `scripts/build_sample_code_books.py` after it. "
         "Downloads are cached under `.phiflow/cache` (`debs/`, `extract/`, `sources/`).",
         README_END,
         "",

@@ -981,13 +981,22 @@ def write_readme(
     (out / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 
+OWN_OUTPUTS = ("crawl-data", "broken", "labels.jsonl", "manifest.json")  # wiki/, code/, books/: other scripts'
+
+
 def prepare_out(out: Path) -> None:
-    """Start from an empty output directory, refusing to wipe one this script did not make."""
+    """Remove what an earlier build of this script wrote (the other sample scripts' folders stay),
+    refusing to touch a directory this script did not make."""
     if out.exists():
         if any(out.iterdir()) and not (out / "manifest.json").exists():
             raise SystemExit(f"error: {out} is not empty and has no manifest.json; refusing to delete it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+        for name in OWN_OUTPUTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def build(out: Path, cache: Path, full: bool) -> dict[str, Any]:

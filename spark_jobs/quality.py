@@ -28,7 +28,6 @@ from spark_jobs.stage_io import (
 )
 
 STAGE = "quality"
-MODELS = "quality.classifier"
 
 
 def input_of(ctx: StageContext) -> tuple[str, pa.Schema]:
@@ -82,7 +81,8 @@ def load_models(spark, ctx: StageContext):
     model = stages.classifier_name(ctx.recipe, ctx.source)
     if model is None:
         return {}, None
-    m = ctx.lake.require(MODELS, {"model": model})
+    (dataset,) = [d for _, d in ctx.io(STAGE).references]  # the stage table's classifier dataset
+    m = ctx.lake.require(dataset, {"model": model})
     table = spark.read.schema(spark_schema(QUALITY_MODELS)).parquet(*ctx.lake.data_files(m)).collect()
     return {r["name"]: bytes(r["model"]) for r in table}, m
 

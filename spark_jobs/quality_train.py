@@ -23,7 +23,6 @@ from spark_jobs.quality_classifier import binary_metrics, in_holdout, label_prob
 from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, stage_main
 
 STAGE = "quality_train"
-DATASET = "quality.classifier"
 
 
 class NotEnoughAnnotations(RuntimeError):
@@ -95,7 +94,7 @@ def run(spark, ctx: StageContext) -> Manifest:
         spark,
         ctx,
         stage=STAGE,
-        dataset=DATASET,
+        dataset=ctx.io(STAGE).output,
         rows=df,
         schema=QUALITY_MODELS,
         inputs=[m.input_ref() for m in manifests],
