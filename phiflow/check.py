@@ -39,14 +39,8 @@ class Node:
 def nodes(recipe: Recipe) -> list[Node]:
     """Every stage run the recipe's DAGs hold, in DAG order."""
     out: list[Node] = []
-    seen_global: set[str] = set()
     for name in recipe.sources:
-        for st in stages.curation_chain(recipe, name):
-            if st.scope == "global":
-                if st.name in seen_global:
-                    continue
-                seen_global.add(st.name)
-            out.append(Node(st, name, st.io(recipe, name)))
+        out += [Node(st, name, st.io(recipe, name)) for st in stages.curation_chain(recipe, name)]
     for name in stages.seed_sources(recipe):
         for st in map(stages.stage, ("seed_select", "synthesize")):
             if recipe.stages.synthesize.workflows or st.name == "seed_select":
@@ -164,7 +158,8 @@ def relative_paths(recipe: Recipe) -> list[tuple[str, str, str]]:
 
 
 def problems(recipe: Recipe) -> list[Problem]:
-    return graph_problems(recipe) + mixture_problems(recipe) + file_problems(recipe)
+    found = graph_problems(recipe) + mixture_problems(recipe) + file_problems(recipe)
+    return list(dict.fromkeys(found))  # a stage every source runs (quality_train) reports a problem once
 
 
 def graph_text(recipe: Recipe) -> str:

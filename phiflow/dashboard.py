@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phiflow import stages
 from phiflow.manifest import Manifest
 from phiflow.storage import Lake
 
-# Document datasets of one source, in pipeline order: the funnel's columns.
-FUNNEL_STAGES = ("extracted", "langid", "quality", "dedup", "clean")
+# Document datasets of one source, in pipeline order (the stage table's): the funnel's columns.
+FUNNEL_STAGES = stages.funnel_suffixes()
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d")
 
 

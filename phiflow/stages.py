@@ -54,6 +54,7 @@ class Stage:
     io: IOFn
     scope: Scope = "source"
     partitioned_by_source: bool = False  # shared outputs (synthetic.*) key their partitions by source first
+    funnel: str | None = None  # curation stages: their main output's suffix, a column of the dashboard funnel
 
     @property
     def job_file(self) -> str:
@@ -107,9 +108,10 @@ def _quality(r: Recipe, s: str) -> StageIO:
     return _one(quality_input(r, s), f"{s}.quality", refs=refs)
 
 
-def _quality_train(r: Recipe, _s: str) -> StageIO:
-    sources = sorted({s for names in classifier_families(r).values() for s in names})
-    return StageIO(tuple(f"{s}.annotations" for s in sources), ("quality.classifier",))
+def _quality_train(r: Recipe, s: str) -> StageIO:
+    """The classifier that scores `s`, fitted on the annotations of every source it scores."""
+    family = classifier_families(r).get(classifier_name(r, s) or "", [])
+    return StageIO(tuple(f"{name}.annotations" for name in family), ("quality.classifier",))
 
 
 def _dedup(r: Recipe, s: str) -> StageIO:
@@ -138,24 +140,25 @@ def training_datasets(recipe: Recipe) -> list[str]:
 STAGES: tuple[Stage, ...] = (
     # -- curation, per source ------------------------------------------------------------------
     Stage("commoncrawl_extract", "spark_jobs.commoncrawl_extract", "commoncrawl_extract", "spark",
-          frozenset({WEB}), lambda r, s: _one(None, f"{s}.extracted")),
+          frozenset({WEB}), lambda r, s: _one(None, f"{s}.extracted"), funnel="extracted"),
     Stage("wikipedia_extract", "spark_jobs.wikipedia_extract", "wikipedia_extract", "spark",
-          frozenset({WIKI}), lambda r, s: _one(None, f"{s}.extracted")),
+          frozenset({WIKI}), lambda r, s: _one(None, f"{s}.extracted"), funnel="extracted"),
     Stage("code_extract", "spark_jobs.code_extract", "code_extract", "spark",
-          frozenset({CODE}), lambda r, s: _one(None, f"{s}.extracted")),
+          frozenset({CODE}), lambda r, s: _one(None, f"{s}.extracted"), funnel="extracted"),
     Stage("documents_extract", "spark_jobs.documents_extract", "documents_extract", "spark",
-          frozenset({DOCS}), lambda r, s: _one(None, f"{s}.extracted")),
+          frozenset({DOCS}), lambda r, s: _one(None, f"{s}.extracted"), funnel="extracted"),
     Stage("langid", "spark_jobs.langid", "langid", "spark",
-          NEEDS_LANGID, lambda r, s: _one(f"{s}.extracted", f"{s}.langid")),
+          NEEDS_LANGID, lambda r, s: _one(f"{s}.extracted", f"{s}.langid"), funnel="langid"),
     Stage("quality_annotate", "spark_jobs.quality_annotate", "quality_annotate", "spark", ALL_KINDS,
           lambda r, s: _one(quality_input(r, s), f"{s}.annotations")),
     Stage("quality_train", "spark_jobs.quality_train", "quality_train", "spark", ALL_KINDS, _quality_train,
           scope="global"),
-    Stage("quality", "spark_jobs.quality", "quality", "spark", ALL_KINDS, _quality),
-    Stage("dedup", "spark_jobs.dedup", "dedup", "spark", ALL_KINDS, _dedup),
-    Stage("decontaminate", "spark_jobs.decontaminate", "decontaminate", "spark", ALL_KINDS, _decontaminate),
+    Stage("quality", "spark_jobs.quality", "quality", "spark", ALL_KINDS, _quality, funnel="quality"),
+    Stage("dedup", "spark_jobs.dedup", "dedup", "spark", ALL_KINDS, _dedup, funnel="dedup"),
+    Stage("decontaminate", "spark_jobs.decontaminate", "decontaminate", "spark", ALL_KINDS, _decontaminate,
+          funnel="clean"),
     Stage("code_repos", "spark_jobs.code_repos", "code_repos", "spark",
-          frozenset({CODE}), lambda r, s: _one(f"{s}.clean", f"{s}.repos")),
+          frozenset({CODE}), lambda r, s: _one(f"{s}.clean", f"{s}.repos"), funnel="repos"),
     # -- synthesis, per seeding source -----------------------------------------------------------
     Stage("seed_select", "spark_jobs.seed_select", "seed_select", "spark", SEED_KINDS,
           lambda r, s: _one(f"{s}.{r.stages.seed_select.input_suffix}", "synthetic.seeds"),
@@ -205,3 +208,12 @@ def curation_chain(recipe: Recipe, source: str) -> list[Stage]:
 def seed_sources(recipe: Recipe) -> list[str]:
     """Sources the synthesis DAG seeds from."""
     return [n for n, src in recipe.sources.items() if src.kind in SEED_KINDS]
+
+
+def funnel_suffixes() -> tuple[str, ...]:
+    """The curation datasets' suffixes in pipeline order: the dashboard funnel's columns."""
+    out: list[str] = []
+    for st in map(stage, CURATION):
+        if st.funnel and st.funnel not in out:
+            out.append(st.funnel)
+    return tuple(out)

@@ -190,3 +190,11 @@ def test_asset_triggered_tokenize_with_a_stale_partition_does_not_look_up_a_wron
         run_type = "asset_triggered"
 
     assert op.unchanged_output({"dag_run": Run()}, {"snapshot": "CC-MAIN-2024-10"}) is False
+
+
+def test_funnel_columns_are_the_main_outputs_of_the_curation_stages() -> None:
+    recipe, _ = check_file(str(DEMO))
+    for name in recipe.sources:
+        for st in stages.curation_chain(recipe, name):
+            if st.funnel:
+                assert st.io(recipe, name).output == f"{name}.{st.funnel}", st.name
