@@ -67,6 +67,8 @@ airflow-stop:
 # Rebuild the committed sample WARCs from the Debian packages (needs apt-get; the build is committed).
 sample-data: venv
 	$(BIN)/python scripts/build_sample_data.py
+	$(BIN)/python scripts/build_sample_wiki.py
+	$(BIN)/python scripts/build_sample_code_books.py
 
 clean-state:
 	rm -rf .phiflow/lake .phiflow/airflow .phiflow/lineage
