@@ -58,6 +58,13 @@ def write_test_recipe(path: Path, **stage_overrides: dict) -> Path:
     for name in ("code", "books"):
         recipe["sources"].pop(name, None)
     recipe["stages"]["quality"].pop("overrides", None)
+    workflows = []
+    for wf in recipe["stages"]["synthesize"]["workflows"]:
+        if wf.get("sources") is not None:
+            wf["sources"] = [s for s in wf["sources"] if s in recipe["sources"]]
+        if wf.get("sources") != []:  # a workflow seeded only from the removed sources goes with them
+            workflows.append(wf)
+    recipe["stages"]["synthesize"]["workflows"] = workflows
     recipe.get("training", {}).get("midtrain", {}).pop("long_context", None)
     recipe["airflow"] = {"retries": 0, "retry_delay_s": 0}
     for src in recipe["sources"].values():  # the copy lives in a temp dir: make relative paths absolute
