@@ -11,9 +11,11 @@ a new tokenizer makes every tokens partition stale.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.sql import functions as F
 
 from phiflow.commit import commit_files
@@ -61,6 +63,9 @@ def run(spark, ctx: StageContext) -> Manifest:
     target = lake.attempt_path(dataset, ctx.partition, attempt)
     writer = shard_writer(artifact, lake.url, target, threshold, params.batch_size)
     stats = sorted(kept.mapInArrow(writer, spark_schema(SHARD_STATS)).collect(), key=lambda r: (r["kind"], r["shard"]))
+    if not stats:  # no document to tokenize (an empty synthetic output): an empty doc-id table, no shards
+        with lake.fs.open(posixpath.join(target, "empty.docs.parquet"), "wb") as fh:
+            pq.write_table(TOKEN_DOCS.empty_table(), fh)
     part = [s for s in stats if s["kind"] == "part"]
     long = [s for s in stats if s["kind"] == "long"]
     documents = sum(s["documents"] for s in part)
