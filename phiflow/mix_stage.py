@@ -39,14 +39,53 @@ def tokens_dataset(dataset: str) -> str:
     return f"tokens.{dataset}"
 
 
-def shard_prefixes(lake: Lake, m: Manifest, kind: str = "part") -> tuple[tuple[str, int], ...]:
-    """(absolute prefix, tokens) of a committed tokens partition's shards of one kind (part | long)."""
+def shard_entries(lake: Lake, m: Manifest, kind: str = "part") -> tuple[tuple[str, int, int], ...]:
+    """(absolute prefix, tokens, documents) of a committed tokens partition's shards of one kind (part | long)."""
     if not m.files:  # a partition of no documents (an empty synthetic output) has no shards
         return ()
     base = lake.partition_path(m.dataset, m.partition)
     attempt_dir = posixpath.dirname(m.files[0].path)
-    return tuple((posixpath.join(base, attempt_dir, s["prefix"]), int(s["tokens"]))
+    return tuple((posixpath.join(base, attempt_dir, s["prefix"]), int(s["tokens"]), int(s["documents"]))
                  for s in m.counters["shard_list"] if s["kind"] == kind and s["tokens"] > 0)
+
+
+def shard_prefixes(lake: Lake, m: Manifest, kind: str = "part") -> tuple[tuple[str, int], ...]:
+    """(absolute prefix, tokens) of a committed tokens partition's shards of one kind (part | long)."""
+    return tuple((p, t) for p, t, _ in shard_entries(lake, m, kind))
+
+
+def split_min_documents(split: str) -> int:
+    """The fewest documents a shard needs so that every split with a weight holds one (the bounds
+    megatron's builder computes: round(fraction x documents))."""
+    weights = [float(w) for w in split.split(",")]
+    bounds = [sum(weights[:i]) / sum(weights) for i in range(len(weights) + 1)]
+    for n in range(1, 100_000):
+        if all(round(bounds[i + 1] * n) > round(bounds[i] * n) for i, w in enumerate(weights) if w > 0):
+            return n
+    raise MixtureError(f"split {split} leaves a split empty for any shard size")
+
+
+@dataclass(frozen=True)
+class Merger:
+    """Writes one shard out of a group's small shards: training splits every shard into train and
+    validation by documents, and a partition of a few synthetic documents has no held-out part alone."""
+
+    subsample: Subsampler
+    folder: str
+    min_documents: int
+    vocab_size: int
+    eod: int
+
+    def __call__(self, name: str, entries: Sequence[tuple[str, int, int]]) -> tuple[tuple[str, int], ...]:
+        shards = tuple((p, t) for p, t, _ in entries)
+        if len(entries) < 2 or min(d for _, _, d in entries) >= self.min_documents:
+            return shards
+        tokens = sum(t for _, t in shards)
+        out = self.subsample(shards, tokens, posixpath.join(self.folder, f"merged-{name.replace(':', '-')}"),
+                             self.vocab_size, self.eod)
+        print(f"[phiflow] {STAGE}: {name}: {len(entries)} shards of which some hold fewer than "
+              f"{self.min_documents} documents, merged into one ({out[1]} tokens)")
+        return (out,)
 
 
 @dataclass
@@ -91,13 +130,16 @@ Subsampler = Callable[[Sequence[tuple[str, int]], int, str, int, int], tuple[str
 
 
 def source_specs(recipe: Recipe, lake: Lake, tokens: TokenSources, kind: str,
-                 subsample: Subsampler | None = None, folder: str | None = None) -> list[SourceSpec]:
+                 subsample: Subsampler | None = None, folder: str | None = None,
+                 merge: Merger | None = None) -> list[SourceSpec]:
     """Each mixture source's shards of one kind; a pretraining source with `subsample_tokens` gets one
-    shard holding that fixed subsample, written into the blend's attempt `folder`."""
+    shard holding that fixed subsample, written into the blend's attempt `folder`; small shards are
+    merged by `merge`."""
     specs = []
     assert recipe.mixture is not None
     for src in recipe.mixture.sources:
-        shards = tuple(s for m in tokens.manifests[src.name] for s in shard_prefixes(lake, m, kind))
+        entries = tuple(e for m in tokens.manifests[src.name] for e in shard_entries(lake, m, kind))
+        shards = merge(f"{kind}:{src.name}", entries) if merge else tuple((p, t) for p, t, _ in entries)
         unique = sum(t for _, t in shards)
         if kind == "part" and src.subsample_tokens is not None and src.subsample_tokens < unique:
             if subsample is None or folder is None:
@@ -113,7 +155,8 @@ def long_context_groups(recipe: Recipe) -> list[MixtureSource]:
     return list(recipe.training.midtrain.long_context) if recipe.training is not None else []
 
 
-def long_context_specs(recipe: Recipe, lake: Lake, tokens: TokenSources) -> list[SourceSpec]:
+def long_context_specs(recipe: Recipe, lake: Lake, tokens: TokenSources, merge: Merger | None = None
+                       ) -> list[SourceSpec]:
     """Midtraining's long-context part: the declared long-context groups (every document of their
     datasets: books, concatenated repositories, synthetic long-context QA) at their shares, and the
     rest of the part from the pretraining sources' documents longer than `long_doc_tokens`, split by
@@ -122,11 +165,13 @@ def long_context_specs(recipe: Recipe, lake: Lake, tokens: TokenSources) -> list
     mid = recipe.training.midtrain
     groups = []
     for g in mid.long_context:
-        shards = tuple(s for m in tokens.manifests[f"long_context:{g.name}"] for s in shard_prefixes(lake, m, "part"))
+        entries = tuple(e for m in tokens.manifests[f"long_context:{g.name}"] for e in shard_entries(lake, m, "part"))
+        shards = merge(f"long_context:{g.name}", entries) if merge else tuple((p, t) for p, t, _ in entries)
         if sum(t for _, t in shards) > 0 and g.share > 0:
             unique = sum(t for _, t in shards)
             groups.append(SourceSpec(f"long_context:{g.name}", g.share, unique, g.max_epochs, shards))
-    organic = [s for s in source_specs(recipe, lake, tokens, "long") if s.unique_tokens > 0 and s.share > 0]
+    organic = [s for s in source_specs(recipe, lake, tokens, "long", merge=merge)
+               if s.unique_tokens > 0 and s.share > 0]
     rest = max(0.0, 1.0 - sum(g.share for g in groups))
     if organic and rest > 0:
         weight = sum(s.share for s in organic)
@@ -148,7 +193,11 @@ def long_context_specs(recipe: Recipe, lake: Lake, tokens: TokenSources) -> list
 def compute_blends(recipe: Recipe, lake: Lake, tokens: TokenSources, subsample: Subsampler | None = None,
                    folder: str | None = None) -> dict[str, Mixture]:
     """Pretraining and midtraining mixtures; MixtureError names the run and the source."""
-    pre_specs = source_specs(recipe, lake, tokens, "part", subsample, folder)
+    merge = None
+    if subsample is not None and folder is not None and recipe.training is not None:
+        merge = Merger(subsample, folder, split_min_documents(recipe.training.pretrain.split),
+                       int(tokens.tokenizer["vocab_size"]), int(tokens.tokenizer["eod"]))
+    pre_specs = source_specs(recipe, lake, tokens, "part", subsample, folder, merge)
     try:
         pre = compute_mixture(pre_specs, training_plan.pretrain_tokens(recipe))
     except MixtureError as e:
@@ -156,7 +205,7 @@ def compute_blends(recipe: Recipe, lake: Lake, tokens: TokenSources, subsample: 
     out = {"pretrain": pre}
     if recipe.training is None:
         return out
-    long_specs = long_context_specs(recipe, lake, tokens)
+    long_specs = long_context_specs(recipe, lake, tokens, merge)
     try:
         out["midtrain"] = midtraining_mixture(pre_specs, long_specs, training_plan.midtrain_tokens(recipe),
                                               recipe.training.midtrain.long_context_share)
@@ -225,6 +274,8 @@ def mix_params(recipe: Recipe) -> dict[str, Any]:
     params: dict[str, Any] = {"mixture": recipe.mixture.model_dump(mode="json"),
                               "pretrain_tokens": training_plan.pretrain_tokens(recipe)}
     if recipe.training is not None:
+        # shards smaller than the split needs are merged (Merger): the split decides the blend's shards
+        params["merge_min_documents"] = split_min_documents(recipe.training.pretrain.split)
         params["midtrain"] = {"tokens": training_plan.midtrain_tokens(recipe),
                               **recipe.training.midtrain.model_dump(mode="json", include={"long_context_share",
                                                                                            "long_doc_tokens",

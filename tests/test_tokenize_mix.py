@@ -174,3 +174,25 @@ def test_fixed_subsample_is_repeated_for_its_epochs(tokenized, test_recipe, tmp_
     tok = m.params["tokenizer"]
     again = subsample(mix_stage.shard_prefixes(lake, m), target, str(tmp_path / "again"), tok["vocab_size"], tok["eod"])
     assert again[1] == tokens and Path(again[0] + ".bin").read_bytes() == Path(prefix + ".bin").read_bytes()
+
+
+def test_small_shards_of_a_source_are_merged_so_every_split_holds_a_document(tokenized, test_recipe, tmp_path) -> None:
+    """Synthetic datasets have one small partition per seeding source; a shard of 2 documents has no
+    validation document under split 90,10,0, so the mix stage merges a group's shards when one is too
+    small, keeping every document, token for token."""
+    from training.indexed_writer import read_sidecar, subsample
+
+    lake, _ = tokenized
+    m = lake.require("tokens.web.langid", SNAP)
+    tok = m.params["tokenizer"]
+    assert mix_stage.split_min_documents("90,10,0") == 5 and mix_stage.split_min_documents("80,20,0") == 3
+    assert mix_stage.split_min_documents("98,2,0") == 25
+    entries = mix_stage.shard_entries(lake, m)
+    assert sum(d for _, _, d in entries) == m.counters["documents"]
+    merge = mix_stage.Merger(subsample, str(tmp_path), 5, tok["vocab_size"], tok["eod"])
+    assert merge("part:web", entries) == tuple((p, t) for p, t, _ in entries)  # every shard is big enough
+    tiny = (*entries, (entries[0][0], entries[0][1], 2))  # one more shard of 2 documents
+    ((prefix, tokens),) = merge("part:web", tiny)
+    assert tokens == sum(t for _, t, _ in tiny)
+    merged = read_sidecar(prefix).to_pylist()
+    assert len(merged) == sum(len(read_sidecar(p)) for p, _, _ in tiny)
