@@ -35,7 +35,8 @@ class TokenizerInfo:
         )
 
 
-def dataset_config(cfg: RunConfig, blend: list[tuple[float, str]] | None = None) -> GPTDatasetConfig:
+def dataset_config(cfg: RunConfig, blend: list[tuple[float, str]] | None = None,
+                   samples: int | None = None) -> GPTDatasetConfig:
     """GPT dataset config of the run's blend (or of `blend`, a part of it); on CPU the causal attention
     mask is materialized in each sample because megatron's default mask is built on "cuda"."""
     d = cfg.data
@@ -53,11 +54,21 @@ def dataset_config(cfg: RunConfig, blend: list[tuple[float, str]] | None = None)
         reset_attention_mask=False,
         eod_mask_loss=False,
         create_attention_mask=on_cpu(),
-        mid_level_dataset_surplus=0.05,
+        mid_level_dataset_surplus=surplus(weights, samples),
     )
 
 
 SPLITS = ("train", "validation", "test")
+
+
+def surplus(weights: list[float], samples: int | None) -> float:
+    """Margin of samples megatron builds per dataset beyond its blend target. The blend's sampling
+    rounds per dataset, a few samples off the target; 5% covers that for large runs, but a dataset
+    drawn a dozen times (a small source of a short run) needs a few samples more than 5% of its own."""
+    if not samples or not weights:
+        return 0.05
+    smallest = min(weights) / sum(weights) * samples
+    return max(0.05, 4.0 / max(1.0, smallest))
 
 
 def empty_splits(cfg: RunConfig, sizes: list[int], blend: list[tuple[float, str]] | None = None) -> list[str]:
@@ -88,7 +99,8 @@ def build_datasets(cfg: RunConfig, train_samples: int, valid_samples: int) -> tu
         raise ValueError("data.blend: a source too small to split (more documents, or another data.split): "
                          + "; ".join(problems))
     builder = BlendedMegatronDatasetBuilder(
-        GPTDataset, [train_samples, valid_samples, 0], lambda: True, dataset_config(cfg)
+        GPTDataset, [train_samples, valid_samples, 0], lambda: True,
+        dataset_config(cfg, samples=min(s for s in (train_samples, valid_samples) if s > 0))
     )
     train, valid, _ = builder.build()
     return train, valid
@@ -109,7 +121,7 @@ def source_valid_datasets(cfg: RunConfig, valid_samples: int) -> dict[str, Any]:
             continue
         try:
             _, valid, _ = BlendedMegatronDatasetBuilder(
-                GPTDataset, [1, valid_samples, 0], lambda: True, dataset_config(cfg, blend)
+                GPTDataset, [1, valid_samples, 0], lambda: True, dataset_config(cfg, blend, samples=valid_samples)
             ).build()
         except (AssertionError, ValueError, IndexError) as e:  # megatron's complaint about an empty split
             log.warning("source %s: no held-out split to evaluate (%s)", name, e)

@@ -82,3 +82,25 @@ def test_a_source_too_small_to_split_fails_clearly_instead_of_hanging(
         build_datasets(cfg, 8, 8)
     assert set(source_valid_datasets(cfg, 8)) == {"big"}  # the tiny source is left out of per-source loss
     assert empty_splits(cfg, [8, 0, 0]) == []  # no validation samples asked: nothing to refuse
+
+
+def test_a_small_source_of_a_short_run_is_built_with_enough_samples(
+    tmp_path: Path, tokenizer: Any, corpus: list[str], make_run: Any
+) -> None:
+    """A blend of ten sources where the smallest is drawn a dozen times: megatron's per-dataset
+    rounding overshoots a 5% margin (IndexError "oversamples the contributing datasets"); the margin
+    grows for such a source, and stays 5% at scale."""
+    from training.data import build_datasets, surplus
+
+    assert surplus([0.5, 0.5], 10_000_000) == 0.05
+    assert surplus([0.9, 0.1], 100) == pytest.approx(0.4)
+    prefixes = []
+    for i in range(10):
+        prefix = tmp_path / f"s{i}"
+        docs = corpus[i * 6:(i + 1) * 6] or corpus[:6]
+        tokenize_to_indexed(prefix, docs, [f"{i}-{j}" for j in range(len(docs))], tokenizer)
+        prefixes.append(str(prefix))
+    weights = [0.3, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05, 0.04, 0.03, 0.03]
+    cfg = make_run("ten", data={"blend": list(zip(weights, prefixes, strict=True)), "split": "80,20,0"})
+    train, valid = build_datasets(cfg, 64, 16)
+    assert len(train) >= 64 and len(valid) >= 16
