@@ -198,3 +198,21 @@ def test_funnel_columns_are_the_main_outputs_of_the_curation_stages() -> None:
         for st in stages.curation_chain(recipe, name):
             if st.funnel:
                 assert st.io(recipe, name).output == f"{name}.{st.funnel}", st.name
+
+
+def test_code_is_graded_with_its_own_prompt_and_classifier() -> None:
+    """phi4: text sources share edu-v1; code has code-edu-v1, trained on code annotations only, graded
+    with the code prompt, and scored without the prose rules."""
+    from spark_jobs.annotation_prompts import messages
+
+    recipe, _ = check_file(str(PHI4))
+    assert stages.classifier_families(recipe) == {"edu-v1": ["web", "wiki", "books"], "code-edu-v1": ["code"]}
+    assert stages.io(recipe, "quality_train", "code").inputs == ("code.annotations",)
+    assert stages.io(recipe, "quality_train", "books").inputs == ("web.annotations", "wiki.annotations",
+                                                                  "books.annotations")
+    assert [s.name for s in stages.curation_chain(recipe, "code")][:3] == ["code_extract", "quality_annotate",
+                                                                           "quality_train"]
+    code, text = messages("def f(): pass", ["stem"], "code"), messages("Some prose.", ["stem"])
+    assert "learns to program" in code[0]["content"] and code[1]["content"].startswith("Source file:")
+    assert "web documents" in text[0]["content"] and text[1]["content"].startswith("Document:")
+    assert "Grade: <0-5>" in code[0]["content"] and "Grade: <0-5>" in text[0]["content"]  # one parser for both
