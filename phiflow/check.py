@@ -157,8 +157,22 @@ def relative_paths(recipe: Recipe) -> list[tuple[str, str, str]]:
     return [(f, w, r) for f, w, r in out if w != r]
 
 
+def source_name_problems(recipe: Recipe) -> list[Problem]:
+    """Per-source settings naming a source the recipe does not declare (a typo, or a source removed)."""
+    known = sorted(recipe.sources)
+    out = [Problem(f"stages.quality.overrides.{name}", f"no such source; known: {known}")
+           for name in recipe.stages.quality.overrides if name not in recipe.sources]
+    for i, wf in enumerate(recipe.stages.synthesize.workflows):
+        unknown = sorted(set(wf.sources or ()) - set(recipe.sources))
+        if unknown:
+            field = f"stages.synthesize.workflows[{i}].sources"
+            out.append(Problem(field, f"no such source {unknown}; known: {known}"))
+    return out
+
+
 def problems(recipe: Recipe) -> list[Problem]:
-    found = graph_problems(recipe) + mixture_problems(recipe) + file_problems(recipe)
+    found = [*graph_problems(recipe), *mixture_problems(recipe), *file_problems(recipe),
+             *source_name_problems(recipe)]
     return list(dict.fromkeys(found))  # a stage every source runs (quality_train) reports a problem once
 
 

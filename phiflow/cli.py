@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="phiflow", description=__doc__)
     ap.add_argument("--lake", default=None, help="lake root (default: PHIFLOW_LAKE or .phiflow/lake)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("status", help="committed partitions per dataset; stale ones whose inputs changed since")
+    st = sub.add_parser("status", help="committed partitions per dataset; stale ones whose inputs changed since")
+    st.add_argument("--pipeline", action="store_true",
+                    help="first, each source's stage chain (the stage table) with committed / declared partitions")
     sub.add_parser("summary", help="per-stage table: partitions, rows in/out, drops by reason, seconds")
     v = sub.add_parser("verify", help="check that every committed partition's files exist with their recorded sizes")
     v.add_argument("datasets", nargs="*", help="datasets to check (default: the whole lake)")
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.recipe)
     lake = Lake(args.lake)
     if args.cmd == "status":
-        recipe = _default_recipe()
+        recipe = _default_recipe() if args.pipeline else None
         if recipe is not None:
             print(pipeline_status(recipe, lake) + "\n")
         text, corrupt = lake_status(lake)

@@ -65,7 +65,7 @@ def lake_status(lake: Lake) -> tuple[str, int]:
 def pipeline_status(recipe: Recipe, lake: Lake) -> str:
     """Per source, every stage of its chain (the stage table's order) and how many of the source's
     partitions its main output has committed: where a source stands, at a glance."""
-    committed = {d: {partition_key(m.partition) for m in lake.partitions(d)} for d in lake.datasets()}
+    committed = {d: {e.key for e in lake.entries(d) if e.manifest is not None} for d in lake.datasets()}
     lines = [f"pipeline of recipe {recipe.name} (stage table order; committed / declared partitions)"]
     for name, src in recipe.sources.items():
         wanted = {partition_key({src.partition_key: i}) for i, _ in src.dated()}

@@ -47,14 +47,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
-def write_test_recipe(path: Path, **stage_overrides: dict) -> Path:
-    """The demo recipe plus the broken-input snapshot, with retries off so failures surface at once."""
-    import yaml
-
-    recipe = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
-    recipe["name"] = "test"
-    # The web and wiki sources: the code and documents sources have their own tests
-    # (test_collection_stages.py) and would add two ingest DAGs to every Airflow test.
+def web_and_wiki_only(recipe: dict) -> None:
+    """The demo recipe (a dict) without its code and documents sources: those have their own tests
+    (test_collection_stages.py) and would add two ingest DAGs to every Airflow test."""
     for name in ("code", "books"):
         recipe["sources"].pop(name, None)
     recipe["stages"]["quality"].pop("overrides", None)
@@ -66,6 +61,15 @@ def write_test_recipe(path: Path, **stage_overrides: dict) -> Path:
             workflows.append(wf)
     recipe["stages"]["synthesize"]["workflows"] = workflows
     recipe.get("training", {}).get("midtrain", {}).pop("long_context", None)
+
+
+def write_test_recipe(path: Path, **stage_overrides: dict) -> Path:
+    """The demo recipe plus the broken-input snapshot, with retries off so failures surface at once."""
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
+    recipe["name"] = "test"
+    web_and_wiki_only(recipe)
     recipe["airflow"] = {"retries": 0, "retry_delay_s": 0}
     for src in recipe["sources"].values():  # the copy lives in a temp dir: make relative paths absolute
         src["base_url"] = str((ROOT / "recipes" / src["base_url"]).resolve())

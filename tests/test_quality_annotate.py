@@ -110,7 +110,7 @@ def test_annotate_train_and_score_with_cached_rerun(spark, test_recipe, tmp_path
             "backend": "openai", "model": "scripted", "base_url": srv.base_url, "max_concurrency": 4,
             "sample_size": SAMPLE, "max_chars": MAX_CHARS, "max_tokens": 8, "seed": 7,
         }  # fmt: skip
-        data["stages"]["quality_train"] = {"name": "edu-v1", "holdout_fraction": 0.3}
+        data["stages"]["quality_train"] = {"holdout_fraction": 0.3}
         data["stages"]["quality"].update(
             classifier="edu-v1", keep_fraction=0.1, non_stem_quota=0.0, max_chars=MAX_CHARS
         )

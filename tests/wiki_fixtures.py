@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import yaml
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, web_and_wiki_only
 
 from phiflow.recipe import Recipe, load_recipe
 
@@ -20,6 +20,7 @@ def wiki_recipe(path: Path, stages: dict | None = None, **source: object) -> Rec
     recipe = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
     recipe["name"] = "test"
     recipe["airflow"] = {"retries": 0, "retry_delay_s": 0}
+    web_and_wiki_only(recipe)
     recipe["sources"]["web"]["base_url"] = str(SAMPLE)
     recipe["sources"]["wiki"] = {"kind": "wikipedia", "base_url": str(WIKI), "dumps": DUMPS, **source}
     for stage, params in (stages or {}).items():
