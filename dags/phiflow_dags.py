@@ -60,7 +60,14 @@ for name, src in recipe.sources.items():
                 type=["null", "string"],
                 enum=[None, *(i for i, _ in src.dated())],
                 description=f"process this {key} (manual runs); empty: the run's interval",
-            )
+            ),
+            "shards": Param(
+                "missing",
+                type="string",
+                pattern=r"^(missing|all|[0-9]{1,5}(,[0-9]{1,5})*)$",
+                description="sharded stages (a CommonCrawl snapshot): 'missing' runs the shards not committed "
+                "from the current inputs (resume); 'all' or ids such as 3,7 rerun those shards in every stage",
+            ),
         },
         doc_md=__doc__,
     ) as dag:

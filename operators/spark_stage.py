@@ -155,6 +155,8 @@ class SparkStageOperator(SparkSubmitOperator):
                 json.dumps(run),
                 "--lake",
                 lake.url,
+                "--shards",
+                str((context.get("params") or {}).get("shards") or "missing"),
             ]
             self._hook = None  # the hook captures application_args when it is built
             super().execute(context)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 
-from phiflow import settings
+from phiflow import settings, shards, stages
 from phiflow.airflow_api import AirflowAPI, AirflowAPIError
 from phiflow.check import check_file, graph_text
+from phiflow.intervals import source_partitions
+from phiflow.manifest import partition_key
 from phiflow.recipe import Recipe, RecipeError, load_recipe
 from phiflow.storage import Lake
-from phiflow.summary import lake_status, pipeline_status, stage_table
+from phiflow.summary import failed_files, lake_status, pipeline_status, split_shards, stage_table
 from phiflow.trace import trace
 from phiflow.verify import report, verify_lake
 
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--from", dest="start", required=True, help="first logical date (interval start), YYYY-MM-DD")
     b.add_argument("--to", dest="end", required=True, help="last logical date, inclusive, YYYY-MM-DD")
     b.add_argument("--downstream", action="store_true", help="with --stage: also rerun the stages after it")
+    b.add_argument("--shards", help="with --stage of a sharded stage: rewrite only these shards (ids, e.g. 3,7) "
+                   "of the runs' snapshots, even if committed; a plain rerun redoes only uncommitted shards")
     b.add_argument("--max-active-runs", type=int, default=1)
     b.add_argument("--dry-run", action="store_true", help="print what would be rerun, change nothing")
     b.add_argument("--url", help="API server (default PHIFLOW_AIRFLOW_URL or http://$AIRFLOW__API__HOST:PORT)")
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "backfill":
         try:
-            return backfill(args)
+            return backfill(args, Lake(args.lake))
         except AirflowAPIError as e:
             print(f"phiflow backfill: {e}", file=sys.stderr)
             return 1
@@ -95,7 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         return collect(lake, args.datasets, args.dry_run)
     if args.cmd == "summary":
         entries = [e for d in lake.datasets() for e in lake.entries(d)]
-        print(stage_table(e.manifest for e in entries if e.manifest is not None))
+        in_flight, whole = split_shards(entries)
+        manifests = [e.manifest for e in whole if e.manifest is not None]
+        print(stage_table(manifests))
+        for (dataset, key), parts in sorted(in_flight.items()):
+            if (dataset, key) not in {(m.dataset, m.key) for m in manifests}:
+                print(f"in progress: {dataset}/{key}: {len(parts)} shards committed, no roll-up yet")
+        print(failed_files(manifests))
         for e in entries:
             if e.manifest is None:
                 print(f"skipped: {e.error}", file=sys.stderr)
@@ -125,14 +136,20 @@ def collect(lake: Lake, datasets: list[str], dry_run: bool) -> int:
     return 0
 
 
-def backfill(args: argparse.Namespace) -> int:
+def backfill(args: argparse.Namespace, lake: Lake) -> int:
     """Whole DAG: a backfill that reprocesses every run in the range. One stage: clear that task in the
-    runs that exist (the UI shows them cleared, with a note) and backfill the runs that do not."""
+    runs that exist (the UI shows them cleared, with a note) and backfill the runs that do not. With
+    --shards, first leave a rerun request in each named shard of the runs' snapshots."""
     if not (args.stage or args.dag):
         print("phiflow backfill: give --stage, --dag or both", file=sys.stderr)
         return 2
+    if args.shards and not args.stage:
+        print("phiflow backfill: --shards needs --stage (the stage whose shards to rewrite)", file=sys.stderr)
+        return 2
     api = AirflowAPI.from_env(args.url, args.user, args.password)
     dag = args.dag or api.dag_of_task(args.stage)
+    if args.shards:
+        request_shard_reruns(api, lake, dag, args)
     if args.stage is None:
         if args.dry_run:
             print(f"would backfill {dag} over {args.start}..{args.end}, reprocessing every run")
@@ -155,6 +172,30 @@ def backfill(args: argparse.Namespace) -> int:
         print(f"nothing to rerun: {dag} has no interval in {args.start}..{args.end}")
         return 1
     return 0
+
+
+def request_shard_reruns(api: AirflowAPI, lake: Lake, dag: str, args: argparse.Namespace) -> None:
+    """A rerun request in shard folders of the stage's output, for the snapshots of the DAG's runs
+    in the range (their data intervals, as Airflow recorded them)."""
+    recipe = _default_recipe()
+    source = dag.removeprefix("phiflow_ingest_")
+    if recipe is None or source not in recipe.sources:
+        raise AirflowAPIError(f"--shards: {dag} is not the ingest DAG of a source of {settings.default_recipe()}")
+    output = stages.io(recipe, args.stage, source).output
+    ids = [shards.shard_id(int(x)) for x in args.shards.split(",") if x.strip()]
+    src = recipe.sources[source]
+    for run in api.dag_runs(dag):
+        day = str(run.get("logical_date") or "")[:10]
+        if not (args.start <= day <= args.end) or not run.get("data_interval_start"):
+            continue
+        start, end = (datetime.fromisoformat(run[k]) for k in ("data_interval_start", "data_interval_end"))
+        for partition in source_partitions(src, start, end):
+            for sid in ids:
+                shard = shards.of_shard(partition, sid)
+                if not args.dry_run:
+                    lake.request_rerun(output, shard, by=f"phiflow backfill ({run['dag_run_id']})")
+                verb = "would request" if args.dry_run else "requested"
+                print(f"{verb} a rerun of {output}/{partition_key(shard)}")
 
 
 if __name__ == "__main__":

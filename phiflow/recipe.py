@@ -228,7 +228,12 @@ class CommonCrawlExtractParams(Strict):
     max_html_bytes: Annotated[int, Field(gt=0)] = 5_000_000
     min_text_chars: Annotated[int, Field(ge=0)] = 20
     max_binary_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
-    failure_budget: Annotated[float, Field(ge=0, le=1)] = 0.25  # fraction of files allowed to fail
+    failure_budget: Annotated[float, Field(ge=0, le=1)] = 0.25  # fraction of a snapshot's files allowed to fail
+    # A snapshot is extracted and committed in shards of this many WARC files (listing order); a rerun
+    # redoes only the shards not committed. A few hundred on a cluster (phiflow.shards).
+    shard_files: Annotated[int, Field(gt=0)] = 200
+    # ... each shard commits only if at most this fraction of its own files failed
+    shard_failure_budget: Annotated[float, Field(ge=0, le=1)] = 0.5
 
 
 class LangidParams(Strict):

@@ -45,7 +45,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from phiflow import settings
+from phiflow import settings, shards
 from phiflow.manifest import MANIFEST_NAME, DataFile, Manifest, partition_key
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ ATTEMPTS = "_attempts"
 LEASE = "_LEASE"
 SUPERSEDED = "_SUPERSEDED"
 COMMIT_LOCK = "_COMMIT.lock"
+RERUN = "_RERUN"  # a request to rewrite a committed partition (one shard) on its stage's next run
 COMMIT_RETRIES = 25
 
 
@@ -145,8 +146,9 @@ class Lake:
         base = self.partition_path(manifest.dataset, manifest.partition)
         target = posixpath.join(base, MANIFEST_NAME)
         attempt_dir = self.attempt_path(manifest.dataset, manifest.partition, manifest.attempt)
-        with contextlib.suppress(FileNotFoundError):  # keep GC off it while the swap runs (if it is a folder)
-            _LEASES.renew(self.fs, attempt_dir)
+        if not shards.is_rollup(manifest):  # a roll-up's files are its shards' attempts, kept by their GC
+            with contextlib.suppress(FileNotFoundError):  # keep GC off it while the swap runs (if it is a folder)
+                _LEASES.renew(self.fs, attempt_dir)
         missing = self.missing_files(manifest)
         if missing:
             raise CommitError(f"{manifest.dataset}/{manifest.key}: attempt {manifest.attempt} lacks "
@@ -191,9 +193,10 @@ class Lake:
             if not self.fs.exists(root):
                 return removed
             _, current, _ = self._current_head(posixpath.join(base, MANIFEST_NAME))
+            keep = {current} | self._named_by_rollup(dataset, partition)
             now = time.time()
             for attempt, entries in _group_by_attempt(root, self.fs.find(root, detail=True, withdirs=True)).items():
-                if attempt == current:
+                if attempt in keep:
                     continue
                 tomb = entries.get(SUPERSEDED)
                 times = [t for t in map(_mtime, entries.values() if tomb is None else [tomb]) if t is not None]
@@ -204,6 +207,18 @@ class Lake:
                         self.fs.rm(path, recursive=True)
                     removed.append(path)
         return removed
+
+    def _named_by_rollup(self, dataset: str, partition: dict[str, str]) -> set[str]:
+        """Attempts of a shard that its snapshot's roll-up still reads: a shard recommitted after the
+        roll-up (a rerun killed before it rolled up again) must not pull files from under it."""
+        snapshot = shards.parent(partition)
+        if snapshot is None:
+            return set()
+        try:
+            rollup = self.manifest(dataset, snapshot)
+        except ValueError:  # a corrupt roll-up names nothing worth keeping
+            return set()
+        return shards.attempts_named(rollup, partition[shards.SHARD]) if rollup and shards.is_rollup(rollup) else set()
 
     def partitions_with_attempts(self, dataset: str) -> list[dict[str, str]]:
         """Every partition holding an `_attempts` folder, committed or not (a first attempt that
@@ -293,6 +308,20 @@ class Lake:
         note = {"by": manifest.attempt, "generation": manifest.generation, "at": time.time()}
         self.fs.pipe_file(posixpath.join(path, SUPERSEDED), json.dumps(note).encode())
 
+    # -- rerun requests ----------------------------------------------------------------------
+    def request_rerun(self, dataset: str, partition: dict[str, str], by: str) -> None:
+        """Ask the stage's next run to rewrite this partition (a shard) even though it is up to date.
+        Nothing committed changes until that run commits the replacement."""
+        note = {"by": by, "at": time.time()}
+        self.fs.pipe_file(posixpath.join(self.partition_path(dataset, partition), RERUN), json.dumps(note).encode())
+
+    def rerun_requested(self, dataset: str, partition: dict[str, str]) -> bool:
+        return bool(self.fs.exists(posixpath.join(self.partition_path(dataset, partition), RERUN)))
+
+    def clear_rerun(self, dataset: str, partition: dict[str, str]) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(posixpath.join(self.partition_path(dataset, partition), RERUN))
+
     # -- reading ---------------------------------------------------------------------------
     def manifest(self, dataset: str, partition: dict[str, str]) -> Manifest | None:
         """The committed manifest, or None when the partition does not exist (for readers)."""
@@ -315,12 +344,28 @@ class Lake:
         return [self.uri(posixpath.join(base, f.path)) for f in manifest.files]
 
     def partitions(self, dataset: str) -> Iterator[Manifest]:
-        """Committed partitions of a dataset, in key order; a corrupt manifest raises ValueError."""
+        """Committed partitions of a dataset, in key order; a corrupt manifest raises ValueError.
+
+        A sharded partition is its roll-up (phiflow.shards): its shards are not listed here, and a
+        snapshot whose shards are not all committed yet is not listed at all."""
         for entry in self.entries(dataset):
             if entry.error is not None:
                 raise ValueError(entry.error)
-            if entry.manifest is not None:
+            if entry.manifest is not None and shards.SHARD not in entry.manifest.partition:
                 yield entry.manifest
+
+    def shards(self, dataset: str, partition: dict[str, str]) -> list[Manifest]:
+        """The committed shards of a partition, in shard order (progress of a snapshot in flight)."""
+        base = self.partition_path(dataset, partition)
+        self.fs.invalidate_cache(base)
+        found = sorted(self.fs.glob(posixpath.join(base, f"{shards.SHARD}=*", MANIFEST_NAME)))
+        out = []
+        for path in found:
+            key = posixpath.relpath(posixpath.dirname(path), base)
+            m = self.manifest(dataset, {**partition, **parse_partition(key)})
+            if m is not None:
+                out.append(m)
+        return out
 
     def entries(self, dataset: str) -> Iterator[PartitionEntry]:
         """Every partition with a manifest, readable or not: what `status` and `verify` report on."""

@@ -1,36 +1,48 @@
-"""commoncrawl_extract: the WARC files of one crawl snapshot -> one `<source>.extracted` partition.
+"""commoncrawl_extract: the WARC files of one crawl snapshot -> `<source>.extracted`, shard by shard.
 
-spark-submit entry point. The snapshot's paths list is split one file per Spark task; each task
-streams its WARC through fsspec (local, http(s), s3) and maps it with `warc_records.iter_rows`.
-The partition commits only if the files that failed stay within the recipe's failure budget.
+spark-submit entry point. The snapshot's warc.paths listing is cut into shards of
+`stages.commoncrawl_extract.shard_files` files in listing order (phiflow.shards.assign); each shard
+is one Spark job (a task per WARC file) committed as `snapshot=…/shard=…` the moment it is written,
+and when every shard is in, the snapshot's roll-up is committed (spark_jobs.shard_runner).
+
+Memory stays flat: a task streams its WARC through fsspec (local, http(s), s3), yields only the kept
+documents, and writes a small report per file into the attempt folder (`_file-<hash>.json`: records
+per drop reason, and the file's outcome with its error). The driver reads those reports after the
+write to count drops and to name every failed file; nothing of the shard is cached or collected.
+
+Failure budgets: a shard commits only if at most `shard_failure_budget` of its files failed, the
+snapshot's roll-up only if at most `failure_budget` of all its files did. A rejected shard is retried
+whole on the next run (not only its failed files): a shard's rows then come from one attempt of one
+code version, and a shard is a few minutes of a cluster's time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import posixpath
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import fsspec
 import pyarrow as pa
 
+from phiflow import shards
 from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import CommonCrawlExtractParams, CommonCrawlSource
 from phiflow.schema import WEB_EXTRACTED, with_drop_reason
-from spark_jobs.stage_io import (
-    StageContext,
-    commit_partition,
-    persisted,
-    spark_schema,
-    stage_main,
-    tally,
-)
+from spark_jobs.shard_runner import ShardPlan, ShardRejected, run_shards
+from spark_jobs.stage_io import StageContext, commit_written, spark_schema, stage_main, write_attempt
 from spark_jobs.warc_records import FILE_OK, FILE_PREFIX, iter_rows
 
 STAGE = "commoncrawl_extract"
 ROWS = with_drop_reason(WEB_EXTRACTED)
 BATCH_ROWS = 512
+REPORT_PREFIX = "_file-"  # per-file reports in the attempt folder; `_` keeps them out of the data files
+MAX_ERROR_CHARS = 500
 
 
 class FailureBudgetExceeded(RuntimeError):
@@ -48,36 +60,54 @@ def warc_urls(src: CommonCrawlSource, base_url: str, snapshot_id: str) -> list[s
     return [f"{base}/{p}" for p in paths]
 
 
-def extract_files(source: str, params: CommonCrawlExtractParams):  # -> mapInArrow function
-    """The per-task function: WARC URLs in, document rows (kept and dropped) out, in Arrow batches."""
+def listing_digest(urls: list[str]) -> str:
+    return hashlib.sha256("\n".join(urls).encode()).hexdigest()
+
+
+def report_name(url: str) -> str:
+    return f"{REPORT_PREFIX}{hashlib.sha1(url.encode()).hexdigest()[:20]}.json"
+
+
+def extract_files(source: str, params: CommonCrawlExtractParams, report_dir: str):  # -> mapInArrow function
+    """The per-task function: WARC URLs in, kept document rows out in Arrow batches, and one report
+    per file written to `report_dir` (idempotent: a retried or speculative task rewrites the same name)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for url in batch.column("warc_url").to_pylist():
-                t0, n, buf = time.time(), 0, []
+                t0, kept, dropped, buf = time.time(), 0, Counter(), []
+                outcome, error = FILE_OK, None
                 try:
                     with fsspec.open(url, "rb") as fh:
                         for row in iter_rows(fh, url, source, params):
-                            buf.append(row)
-                            n += 1
-                            if len(buf) >= BATCH_ROWS:
-                                yield pa.RecordBatch.from_pylist(buf, schema=ROWS)
-                                buf = []
+                            reason = row["drop_reason"]
+                            if reason is None:
+                                kept += 1
+                                buf.append(row)
+                                if len(buf) >= BATCH_ROWS:
+                                    yield pa.RecordBatch.from_pylist(buf, schema=ROWS)
+                                    buf = []
+                            elif reason.startswith(FILE_PREFIX):
+                                outcome = reason[len(FILE_PREFIX) :]
+                            else:
+                                dropped[reason] += 1
                 except OSError as err:  # cannot open: the whole file is one failure
-                    buf.append(
-                        {
-                            "doc_id": "",
-                            "source": source,
-                            "source_uri": url,
-                            "parent_ids": [],
-                            "drop_reason": f"{FILE_PREFIX}open_error:{type(err).__name__}",
-                        }
-                    )
+                    outcome, error = f"open_error:{type(err).__name__}", str(err)[:MAX_ERROR_CHARS]
                 if buf:
                     yield pa.RecordBatch.from_pylist(buf, schema=ROWS)
-                dt = max(time.time() - t0, 1e-9)
+                report = {
+                    "url": url,
+                    "outcome": outcome,
+                    "error": error or (outcome if outcome != FILE_OK else None),
+                    "kept": kept,
+                    "dropped": dict(dropped),
+                    "seconds": round(time.time() - t0, 3),
+                }
+                with fsspec.open(posixpath.join(report_dir, report_name(url)), "w") as out:
+                    json.dump(report, out)
+                n = report["kept"] + sum(report["dropped"].values())
                 print(
-                    f"[phiflow] {STAGE} {url.rsplit('/', 1)[-1]}: {n - 1} records in {dt:.1f} s ({(n - 1) / dt:.0f}/s)",
+                    f"[phiflow] {STAGE} {url.rsplit('/', 1)[-1]}: {n} records in {report['seconds']:.1f} s, {outcome}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -85,42 +115,111 @@ def extract_files(source: str, params: CommonCrawlExtractParams):  # -> mapInArr
     return run
 
 
+def read_reports(ctx: StageContext, dataset: str, attempt: str, urls: list[str]) -> list[dict[str, Any]]:
+    """The per-file reports of a written attempt, in listing order; a file without one (its task's
+    output was lost) is a failure of its own."""
+    lake = ctx.lake
+    base = lake.attempt_path(dataset, ctx.partition, attempt)
+    out = []
+    for url in urls:
+        try:
+            out.append(json.loads(lake.fs.cat_file(posixpath.join(base, report_name(url)))))
+        except FileNotFoundError:
+            out.append(
+                {"url": url, "outcome": "no_report", "error": "the task wrote no report", "kept": 0, "dropped": {}}
+            )
+    return out
+
+
+def failed_files(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every file that did not read to its end: URL, reason and error (what a retry needs)."""
+    return [{"url": r["url"], "reason": r["outcome"], "error": r["error"]} for r in reports if r["outcome"] != FILE_OK]
+
+
+def extract_shard(spark, ctx: StageContext, plan: ShardPlan) -> Manifest:
+    """One shard: its WARC files -> its committed `snapshot=…/shard=…` partition."""
+    params = ctx.recipe.stages.commoncrawl_extract
+    urls: list[str] = plan.payload
+    dataset = ctx.io(STAGE).output
+    lake = ctx.lake
+    attempt = lake.new_attempt(dataset, ctx.partition)
+    report_dir = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
+    listing = spark.sparkContext.parallelize([(u,) for u in urls], len(urls)).toDF("warc_url string")
+    rows = listing.mapInArrow(extract_files(ctx.source, params, report_dir), spark_schema(ROWS))
+    spark.sparkContext.setJobDescription(f"{STAGE}: {ctx.partition}")
+    written = write_attempt(ctx, dataset=dataset, rows=rows, schema=WEB_EXTRACTED, known_reasons=(), attempt=attempt)
+    reports = read_reports(ctx, dataset, attempt, urls)
+    failed = failed_files(reports)
+    if len(failed) / len(urls) > params.shard_failure_budget:
+        lake.discard_attempt(dataset, ctx.partition, attempt)
+        raise ShardRejected(
+            f"{len(failed)} of {len(urls)} WARC files failed (budget {params.shard_failure_budget:.0%}, "
+            f"stages.commoncrawl_extract.shard_failure_budget): "
+            + "; ".join(f"{f['url'].rsplit('/', 1)[-1]} {f['reason']}" for f in failed[:5])
+        )
+    dropped: Counter[str] = Counter()
+    for r in reports:
+        dropped.update(r["dropped"])
+    if sum(r["kept"] for r in reports) != written.counted.kept:
+        raise RuntimeError(f"{dataset}/{attempt}: the file reports do not add up to the rows written")
+    return commit_written(
+        ctx,
+        written,
+        stage=STAGE,
+        inputs=plan.inputs,
+        counters={
+            "read": written.counted.kept + sum(dropped.values()),
+            "files": {
+                "total": len(urls),
+                "ok": len(urls) - len(failed),
+                "failed": dict(Counter(f["reason"] for f in failed)),
+                "failed_files": failed,
+            },
+        },
+        reasons={None: written.counted.kept, **dropped},
+    )
+
+
+def snapshot_budget(params: CommonCrawlExtractParams):  # -> check of the shards before the roll-up
+    def check(parts: list[Manifest]) -> None:
+        total = sum(int(m.counters["files"]["total"]) for m in parts)
+        failed = [f for m in parts for f in m.counters["files"]["failed_files"]]
+        if total and len(failed) / total > params.failure_budget:
+            raise FailureBudgetExceeded(
+                f"{len(failed)} of {total} WARC files of the snapshot failed "
+                f"({dict(Counter(f['reason'] for f in failed))}); budget is {params.failure_budget:.0%} "
+                "(stages.commoncrawl_extract.failure_budget): the shards stay committed, the snapshot is not"
+            )
+
+    return check
+
+
 def run(spark, ctx: StageContext) -> Manifest:
     src = ctx.recipe.source(ctx.source)
     params = ctx.recipe.stages.commoncrawl_extract
     snapshot = ctx.partition["snapshot"]
     urls = warc_urls(src, ctx.recipe.resolve(src.base_url), snapshot)
-    print(f"[phiflow] {STAGE} {ctx.source} snapshot {snapshot}: {len(urls)} WARC files", flush=True)
-    listing = spark.sparkContext.parallelize([(u,) for u in urls], max(len(urls), 1)).toDF("warc_url string")
-    rows = listing.mapInArrow(extract_files(ctx.source, params), spark_schema(ROWS))
-    with persisted(rows):
-        counted = tally(rows, WEB_EXTRACTED)
-        reasons = counted.reasons
-        file_reasons = {k[len(FILE_PREFIX) :]: v for k, v in reasons.items() if k and k.startswith(FILE_PREFIX)}
-        doc_reasons = {k: v for k, v in reasons.items() if not (k and k.startswith(FILE_PREFIX))}
-        failed = {k: v for k, v in file_reasons.items() if k != FILE_OK}
-        n_failed = sum(failed.values())
-        if urls and n_failed / len(urls) > params.failure_budget:
-            raise FailureBudgetExceeded(
-                f"{n_failed} of {len(urls)} WARC files failed ({failed}); budget is "
-                f"{params.failure_budget:.0%} (stages.commoncrawl_extract.failure_budget): not committing"
-            )
-        listing_digest = hashlib.sha256("\n".join(urls).encode()).hexdigest()
-        return commit_partition(
-            spark,
-            ctx,
-            stage=STAGE,
-            dataset=ctx.io(STAGE).output,
-            rows=rows,
-            schema=WEB_EXTRACTED,
-            inputs=[InputRef(dataset=f"external:{src.kind}", partition={"snapshot": snapshot}, digest=listing_digest)],
-            counters={
-                "read": sum(doc_reasons.values()),
-                "files": {"total": len(urls), "ok": file_reasons.get(FILE_OK, 0), "failed": failed},
-            },
-            counted=counted,
-            reasons=doc_reasons,
-        )
+    if not urls:
+        raise ValueError(f"{ctx.source} snapshot {snapshot}: its warc.paths listing is empty")
+    cut = shards.assign(urls, params.shard_files)
+    print(
+        f"[phiflow] {STAGE} {ctx.source} snapshot {snapshot}: {len(urls)} WARC files in {len(cut)} shards", flush=True
+    )
+    external = f"external:{src.kind}"
+    plans = [
+        ShardPlan(i, [InputRef(external, shards.of_shard(ctx.partition, i), listing_digest(part))], part)
+        for i, part in enumerate(cut)
+    ]
+    return run_shards(
+        spark,
+        ctx,
+        stage=STAGE,
+        output=ctx.io(STAGE).output,
+        plans=plans,
+        run_shard=extract_shard,
+        rollup_inputs=[InputRef(external, dict(ctx.partition), listing_digest(urls))],
+        before_rollup=snapshot_budget(params),
+    )
 
 
 if __name__ == "__main__":

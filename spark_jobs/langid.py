@@ -3,6 +3,7 @@ source kinds the stage table gives it (web pages, documents).
 
 spark-submit entry point. Reads exactly the files the input manifest names, applies fastText
 lid.176 to the texts' heads with an Arrow UDF, and pins the input's manifest digest in its own.
+A sharded input (a CommonCrawl snapshot) is identified shard by shard (spark_jobs.shard_runner).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from phiflow.manifest import Manifest
 from phiflow.recipe import LangidParams
 from phiflow.schema import EXTRACTED, langid_schema
 from spark_jobs.langid_model import DROP_REASONS, LANGID_STRUCT, default_model_path, langid_columns
+from spark_jobs.shard_runner import input_shards
 from spark_jobs.stage_io import StageContext, commit_written, count_by, spark_schema, stage_main, write_attempt
 
 STAGE = "langid"
@@ -27,14 +29,19 @@ def identify(params: LangidParams, model_path: str):  # -> Arrow UDF: text heads
 
 
 def run(spark, ctx: StageContext) -> Manifest:
+    io = ctx.io(STAGE)
+    source = ctx.lake.require(io.input, ctx.partition)
+    return input_shards(ctx, source, identify_partition, stage=STAGE, output=io.output, spark=spark)
+
+
+def identify_partition(spark, ctx: StageContext, source: Manifest) -> Manifest:
+    """One input partition (a shard, or an unsharded partition) -> its langid partition."""
     params = ctx.recipe.stages.langid
     model_path = (params.model_path and ctx.recipe.resolve(params.model_path)) or default_model_path()
     io = ctx.io(STAGE)
-    source = ctx.lake.require(io.input, ctx.partition)
     docs = spark.read.schema(spark_schema(EXTRACTED[ctx.kind])).parquet(*ctx.lake.data_files(source))
-    print(
-        f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents, model {model_path}", flush=True
-    )
+    print(f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents, model {model_path}",
+          flush=True)
     # Only each text's head goes to Python (cut in the JVM) and only the three result columns come
     # back: the documents themselves never leave the JVM.
     lid = identify(params, model_path)(F.substring("text", 1, params.max_chars)).alias("lid")

@@ -15,11 +15,12 @@ import pyarrow as pa
 from pyspark.sql import functions as F
 
 from phiflow import stages
-from phiflow.manifest import Manifest
+from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import QualityParams
 from phiflow.schema import EXTRACTED, QUALITY_FIELDS, QUALITY_MODELS, langid_schema, with_drop_reason, with_fields
 from spark_jobs.quality_classifier import label_probs, load_bytes
 from spark_jobs.quality_rules import drop_reason
+from spark_jobs.shard_runner import input_shards
 from spark_jobs.stage_io import (
     StageContext,
     commit_partition,
@@ -138,11 +139,26 @@ def topic_mix(df) -> dict[str, int]:
 
 
 def run(spark, ctx: StageContext) -> Manifest:
-    params = ctx.recipe.stages.quality.for_source(ctx.source)
-    dataset, schema = input_of(ctx)
+    dataset, _ = input_of(ctx)
     source = ctx.lake.require(dataset, ctx.partition)
-    out = with_fields(schema, QUALITY_FIELDS)
     models, model_manifest = load_models(spark, ctx)
+    pinned = [model_manifest.input_ref()] if model_manifest else []
+
+    def score_partition(spark, sub: StageContext, part: Manifest) -> Manifest:
+        return score(spark, sub, part, models, pinned)
+
+    return input_shards(
+        ctx, source, score_partition, stage=STAGE, output=ctx.io(STAGE).output, spark=spark, extra_inputs=pinned
+    )
+
+
+def score(spark, ctx: StageContext, source: Manifest, models: dict[str, bytes], pinned: list[InputRef]) -> Manifest:
+    """One input partition (a shard, or an unsharded partition) scored and selected: the top fraction
+    is taken within it, so a sharded snapshot keeps the top fraction of each shard (a shard holds
+    millions of documents at report scale: the same threshold, give or take sampling noise)."""
+    params = ctx.recipe.stages.quality.for_source(ctx.source)
+    _, schema = input_of(ctx)
+    out = with_fields(schema, QUALITY_FIELDS)
     docs = spark.read.schema(spark_schema(schema)).parquet(*ctx.lake.data_files(source))
     print(
         f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents, models {sorted(models)}",
@@ -159,7 +175,7 @@ def run(spark, ctx: StageContext) -> Manifest:
         selected = {
             r["selected_by"]: int(r["count"]) for r in rows.groupBy("selected_by").count().collect() if r["selected_by"]
         }
-        inputs = [source.input_ref()] + ([model_manifest.input_ref()] if model_manifest else [])
+        inputs = [source.input_ref(), *pinned]
         manifest = commit_partition(
             spark,
             ctx,

@@ -31,6 +31,7 @@ from phiflow import stages
 from phiflow.commit import commit_attempt
 from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import Recipe, load_recipe
+from phiflow.shards import SHARD_COUNTER
 from phiflow.stages import StageIO
 from phiflow.storage import Lake
 
@@ -47,6 +48,8 @@ class StageContext:
     lake: Lake
     airflow: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    shards: str = "missing"  # sharded stages: which shards to run (spark_jobs.shard_runner.wanted)
+    shard: tuple[int, int] | None = None  # this run is shard i of n (recorded in the shard's counters)
 
     def io(self, stage: str) -> StageIO:
         """The datasets `stage` reads and commits for this source, from the stage table."""
@@ -64,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> StageContext:
     ap.add_argument("--partition", required=True, help='JSON, e.g. {"snapshot": "CC-MAIN-2024-10"}')
     ap.add_argument("--airflow-run", default="{}", help="JSON with dag_id, run_id, task_id, try_number")
     ap.add_argument("--lake", default=None, help="lake root (default: PHIFLOW_LAKE or .phiflow/lake)")
+    ap.add_argument(
+        "--shards",
+        default="missing",
+        help="sharded stages: 'missing' (shards not committed from the current inputs and recipe), 'all', "
+        "or shard ids such as 00003,00007 (rerun exactly those)",
+    )
     a = ap.parse_args(argv)
     recipe = load_recipe(a.recipe)
     if "." not in a.source:  # a dotted name is a dataset (tokenize reads any dataset)
@@ -74,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> StageContext:
         partition=json.loads(a.partition),
         lake=Lake(a.lake),
         airflow=json.loads(a.airflow_run),
+        shards=a.shards,
     )
 
 
@@ -188,15 +198,16 @@ def write_attempt(
     schema: pa.Schema,
     counted: Tally | None = None,
     known_reasons: Sequence[str] | None = None,
+    attempt: str | None = None,
 ) -> Written:
     """Write the kept rows of `rows` (those without a `drop_reason`) into a fresh attempt folder.
 
     The figures come from `counted` if the stage took them first (a failure budget needs them before
     the write); else, when the stage names every drop reason it can give (`known_reasons`), they are
     observed during the write itself, one pass and no cache; else a `tally` pass runs first (persist
-    costly `rows`)."""
+    costly `rows`). `attempt`: a folder the stage opened itself (its tasks write side files there)."""
     lake = ctx.lake
-    attempt = lake.new_attempt(dataset, ctx.partition)
+    attempt = attempt or lake.new_attempt(dataset, ctx.partition)
     uri = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
     observation = None
     try:
@@ -272,13 +283,20 @@ def commit_written(
         inputs=inputs,
         recipe_digest=ctx.recipe.stage_digest(stage),
         params=getattr(ctx.recipe.stages, stage).model_dump(mode="json"),
-        counters=counters,
+        counters={**counters, **_shard_counter(ctx)},
         dropped=dropped,
         airflow=ctx.airflow,
         started=ctx.started,
     )
     print_summary(manifest)
     return manifest
+
+
+def _shard_counter(ctx: StageContext) -> dict[str, Any]:
+    if ctx.shard is None:
+        return {}
+    index, of = ctx.shard
+    return {SHARD_COUNTER: {"index": index, "of": of}}
 
 
 def commit_partition(

@@ -13,6 +13,7 @@ from phiflow.manifest import Manifest
 from phiflow.recipe import load_recipe
 from phiflow.storage import Lake
 from spark_jobs import commoncrawl_extract, langid
+from spark_jobs.shard_runner import ShardsFailed
 from spark_jobs.stage_io import StageContext
 
 pytestmark = pytest.mark.spark
@@ -20,8 +21,12 @@ SNAP = {"snapshot": "CC-MAIN-2024-10"}
 EXPECTED_BROKEN = json.loads((BROKEN / "EXPECTED.json").read_text())
 
 
-def ctx(recipe, lake: Lake, source: str = "web", partition: dict = SNAP, **airflow) -> StageContext:
-    return StageContext(recipe=recipe, source=source, partition=dict(partition), lake=lake, airflow=airflow)
+def ctx(
+    recipe, lake: Lake, source: str = "web", partition: dict = SNAP, shards: str = "missing", **airflow
+) -> StageContext:
+    return StageContext(
+        recipe=recipe, source=source, partition=dict(partition), lake=lake, airflow=airflow, shards=shards
+    )
 
 
 def rows(lake: Lake, m: Manifest, cols: list[str]) -> list[tuple]:
@@ -42,7 +47,8 @@ def test_extract_commits_every_page_of_the_snapshot(committed) -> None:
     # The sample's pages of this snapshot are all good pages: every response record is kept.
     expected = manifest["snapshots"]["CC-MAIN-2024-10"]["responses"]
     assert ex.counters["read"] == expected and ex.row_count == expected - sum(ex.counters["dropped"].values())
-    assert ex.counters["files"] == {"total": 4, "ok": 4, "failed": {}}
+    assert ex.counters["files"] == {"total": 4, "ok": 4, "failed": {}, "failed_files": []}
+    assert ex.counters["shards"] == {"total": 2, "ids": ["00000", "00001"]}  # shard_files: 2
     table = lake.read_table(ex)
     assert table.num_rows == ex.row_count
     assert len(set(table.column("doc_id").to_pylist())) == ex.row_count  # no duplicates
@@ -71,14 +77,20 @@ def test_rerun_is_idempotent_and_layout_independent(spark, committed, test_recip
     lake, ex, li = committed
     cols = ["doc_id", "url", "text", "language", "language_score"]
     first_rows = rows(lake, li, cols)
+    shard_attempts = [m.attempt for m in lake.shards("web.extracted", SNAP)]
+    # A plain rerun finds every shard committed from the same inputs: it rewrites none, re-rolls up.
+    again = commoncrawl_extract.run(spark, ctx(test_recipe, lake, run_id="again"))
+    assert [m.attempt for m in lake.shards("web.extracted", SNAP)] == shard_attempts
+    assert again.digest == ex.digest and again.airflow == {"run_id": "again"}
     spark.conf.set("spark.sql.files.maxPartitionBytes", "64k")  # a different partitioning of the input
     try:
-        li2 = langid.run(spark, ctx(test_recipe, lake, run_id="second"))
+        li2 = langid.run(spark, ctx(test_recipe, lake, shards="all", run_id="second"))
     finally:
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
-    ex2 = commoncrawl_extract.run(spark, ctx(test_recipe, lake, run_id="second"))
+    ex2 = commoncrawl_extract.run(spark, ctx(test_recipe, lake, shards="all", run_id="second"))
     assert ex2.digest == ex.digest and li2.digest == li.digest
-    assert ex2.attempt != ex.attempt  # really rewritten, then replaced whole
+    # really rewritten, then replaced whole
+    assert not set(m.attempt for m in lake.shards("web.extracted", SNAP)) & set(shard_attempts)
     assert rows(lake, li2, cols) == first_rows
     assert lake.require("web.langid", SNAP).row_count == li.row_count  # replaced, not appended
 
@@ -123,43 +135,59 @@ def test_failure_budget_blocks_the_commit(spark, test_recipe, lake, tmp_path) ->
     }
     from phiflow.recipe import parse_recipe
 
-    recipe = parse_recipe(data)
-    with pytest.raises(commoncrawl_extract.FailureBudgetExceeded, match="2 of 3 WARC files failed"):
-        commoncrawl_extract.run(spark, ctx(recipe, lake, source="bad", partition={"snapshot": "CC-MAIN-BAD"}))
-    assert lake.manifest("bad.extracted", {"snapshot": "CC-MAIN-BAD"}) is None
-    lenient = parse_recipe(
-        {
-            **data,
-            "stages": {
-                **data["stages"],
-                "commoncrawl_extract": {**data["stages"]["commoncrawl_extract"], "failure_budget": 0.7},
-            },
-        }
-    )
-    m = commoncrawl_extract.run(spark, ctx(lenient, lake, source="bad", partition={"snapshot": "CC-MAIN-BAD"}))
+    def recipe_with(**extract):
+        stages = {**data["stages"], "commoncrawl_extract": {**data["stages"]["commoncrawl_extract"], **extract}}
+        return parse_recipe({**data, "stages": stages})
+
+    bad = {"snapshot": "CC-MAIN-BAD"}
+    # Shard 00000 holds the two missing files: over its own budget, it is not committed; the good
+    # shard is, and the snapshot waits for the rejected one.
+    with pytest.raises(ShardsFailed, match="shard 00000: 2 of 2 WARC files failed"):
+        commoncrawl_extract.run(spark, ctx(recipe_with(), lake, source="bad", partition=bad))
+    assert [m.key for m in lake.shards("bad.extracted", bad)] == ["snapshot=CC-MAIN-BAD/shard=00001"]
+    assert lake.manifest("bad.extracted", bad) is None
+    # Shards may fail whole; the snapshot's budget still refuses 2 of 3 files lost.
+    with pytest.raises(commoncrawl_extract.FailureBudgetExceeded, match="2 of 3 WARC files of the snapshot failed"):
+        commoncrawl_extract.run(spark, ctx(recipe_with(shard_failure_budget=1.0), lake, source="bad", partition=bad))
+    assert lake.manifest("bad.extracted", bad) is None
+    lenient = recipe_with(shard_failure_budget=1.0, failure_budget=0.7)
+    m = commoncrawl_extract.run(spark, ctx(lenient, lake, source="bad", partition=bad))
     assert m.counters["files"]["failed"] == {"open_error:FileNotFoundError": 2} and m.row_count > 0
+    failed = m.counters["files"]["failed_files"]  # by name: what a retry needs
+    assert [f["url"].rsplit("/", 1)[-1] for f in failed] == ["missing-1.warc.gz", "missing-2.warc.gz"]
+    assert all(f["reason"] == "open_error:FileNotFoundError" and "missing-" in f["error"] for f in failed)
 
 
 def test_crash_mid_write_leaves_no_half_partition(spark, test_recipe, lake, monkeypatch) -> None:
     before = commoncrawl_extract.run(spark, ctx(test_recipe, lake))
+    shard0, shard1 = lake.shards("web.extracted", SNAP)
+    real_commit, commits = Lake.commit, []
 
-    def die(self, manifest):  # the data files are written; the process dies before the manifest
-        raise SystemExit("killed mid-write")
+    def die_on_second(self, manifest):  # shard 00000 commits; the process dies writing shard 00001
+        if commits:
+            raise SystemExit("killed mid-write")
+        commits.append(manifest.key)
+        return real_commit(self, manifest)
 
-    monkeypatch.setattr(Lake, "commit", die)
+    monkeypatch.setattr(Lake, "commit", die_on_second)
     with pytest.raises(SystemExit):
-        commoncrawl_extract.run(spark, ctx(test_recipe, lake, run_id="crashed"))
+        commoncrawl_extract.run(spark, ctx(test_recipe, lake, shards="all", run_id="crashed"))
     monkeypatch.undo()
+    assert commits == [shard0.key]
     seen = lake.require("web.extracted", SNAP)
-    assert seen.attempt == before.attempt and seen.airflow == {}  # readers still see the old commit only
-    attempts = lake.fs.ls(lake.partition_path("web.extracted", SNAP) + "/_attempts", detail=False)
-    assert len(attempts) == 2  # the crashed attempt is on disk, invisible
+    assert seen.attempt == before.attempt and seen.airflow == {}  # readers still see the old roll-up only
+    lake.collect_garbage("web.extracted", shard0.partition, ttl_s=0, grace_s=0)
+    assert lake.missing_files(seen) == []  # ... whose files survive shard 00000's recommit and a GC
+    shard_path = lake.partition_path("web.extracted", shard1.partition)
+    assert len(lake.fs.ls(shard_path + "/_attempts", detail=False)) == 2  # the crashed attempt: on disk, invisible
     after = commoncrawl_extract.run(spark, ctx(test_recipe, lake, run_id="rerun"))
     assert after.digest == before.digest and lake.require("web.extracted", SNAP).airflow == {"run_id": "rerun"}
+    assert lake.shards("web.extracted", SNAP)[0].airflow == {"run_id": "crashed"}  # resumed, not redone
     # The crashed attempt and the superseded one go once the lease and the readers' grace have passed.
-    lake.collect_garbage("web.extracted", SNAP, ttl_s=0, grace_s=0)
-    assert lake.fs.ls(lake.partition_path("web.extracted", SNAP) + "/_attempts", detail=False) == [
-        lake.attempt_path("web.extracted", SNAP, after.attempt)]
+    lake.collect_garbage("web.extracted", shard1.partition, ttl_s=0, grace_s=0)
+    now = lake.shards("web.extracted", SNAP)[1]
+    assert lake.fs.ls(shard_path + "/_attempts", detail=False) == [
+        lake.attempt_path("web.extracted", shard1.partition, now.attempt)]
 
 
 def test_recipe_file_roundtrip(test_recipe) -> None:
