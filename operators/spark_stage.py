@@ -24,6 +24,7 @@ from phiflow import settings, stages
 from phiflow.intervals import source_partitions
 from phiflow.manifest import Manifest
 from phiflow.recipe import load_recipe
+from phiflow.shards import shard_ids
 from phiflow.storage import Lake
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -247,4 +248,5 @@ def summary(m: Manifest) -> dict[str, Any]:
         "read": m.counters.get("read"),
         "dropped": m.counters.get("dropped", {}),
         "seconds": m.timings.get("seconds"),
+        "shards": len(shard_ids(m)),  # a sharded partition's event comes once, when its last shard is in
     }

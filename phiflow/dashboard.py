@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phiflow import stages
-from phiflow.manifest import Manifest
+from phiflow import shards, stages
+from phiflow.manifest import Manifest, partition_key
 from phiflow.storage import Lake
 
 # Document datasets of one source, in pipeline order (the stage table's): the funnel's columns.
@@ -45,6 +45,8 @@ class DashboardData:
     mixture: list[dict[str, Any]] = field(default_factory=list)  # Mixture.to_dict()["sources"]
     training: list[dict[str, Any]] = field(default_factory=list)  # runs: name, status, steps [(step, loss)]
     datasets: list[dict[str, Any]] = field(default_factory=list)  # every dataset: partitions, rows, bytes
+    failed_files: list[dict[str, Any]] = field(default_factory=list)  # input files a stage could not read
+    in_progress: list[dict[str, Any]] = field(default_factory=list)  # sharded partitions without a roll-up yet
     partitions: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,9 +76,12 @@ def _funnel_order(steps: list[FunnelStep]) -> list[FunnelStep]:
     return sorted(steps, key=lambda s: FUNNEL_STAGES.index(_source_and_suffix(s.dataset)[1]))
 
 
-def build(manifests: Iterable[Manifest], metrics: Iterable[dict[str, Any]] = ()) -> DashboardData:
-    """Aggregate manifests into the dashboard's sections (one pass, no data files read)."""
-    d = DashboardData()
+def build(
+    manifests: Iterable[Manifest], metrics: Iterable[dict[str, Any]] = (), in_progress: Iterable[dict[str, Any]] = ()
+) -> DashboardData:
+    """Aggregate manifests into the dashboard's sections (one pass, no data files read). `in_progress`:
+    sharded partitions still missing shards (dataset, partition, committed, total)."""
+    d = DashboardData(in_progress=list(in_progress))
     funnel: dict[str, dict[str, list[FunnelStep]]] = defaultdict(lambda: defaultdict(list))
     totals: dict[str, list[FunnelStep]] = defaultdict(list)
     langs: dict[str, Counter[str]] = defaultdict(Counter)
@@ -93,6 +98,8 @@ def build(manifests: Iterable[Manifest], metrics: Iterable[dict[str, Any]] = ())
         row["seconds"] = round(row["seconds"] + float(m.timings.get("seconds") or 0), 2)
         source, suffix = _source_and_suffix(m.dataset)
         c = m.counters
+        d.failed_files += [{"dataset": m.dataset, "partition": m.key, **f}
+                           for f in (c.get("files") or {}).get("failed_files") or []]
         if suffix in FUNNEL_STAGES:
             _add_step(funnel[source][m.key], m)
             _add_step(totals[source], m)
@@ -146,8 +153,18 @@ def load_metrics(root: Path) -> list[dict[str, Any]]:
 
 def build_from_lake(lake: Lake, metrics_root: Path | None = None) -> DashboardData:
     """The dashboard of a lake: every committed manifest, plus training metrics under `metrics_root`."""
-    manifests = (m for ds in lake.datasets() for m in lake.partitions(ds))
-    return build(manifests, load_metrics(metrics_root) if metrics_root else ())
+    datasets = lake.datasets()
+    manifests = [m for ds in datasets for m in lake.partitions(ds)]
+    whole = {(m.dataset, m.key) for m in manifests}
+    in_progress = []
+    for ds in datasets:
+        parents = {partition_key(p): p for e in lake.entries(ds)
+                   if e.manifest is not None and (p := shards.parent(e.manifest.partition)) is not None}
+        for key, part in sorted(parents.items()):
+            if (ds, key) not in whole:
+                p = shards.progress(lake.shards(ds, part), None)
+                in_progress.append({"dataset": ds, "partition": key, "committed": p.committed, "total": p.total})
+    return build(manifests, load_metrics(metrics_root) if metrics_root else (), in_progress)
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -283,6 +300,22 @@ def render(d: DashboardData, title: str = "phiflow") -> str:
                    f"{_curve(r)}</div>" for r in d.training)
     parts.append(_section("Training curves (loss)", f"<div class='grid'>{runs}</div>" if runs
                           else "<p class='none'>no training metrics</p>"))
+    if d.in_progress:
+        rows = "".join(f"<tr><td>{_e(p['dataset'])}</td><td>{_e(p['partition'])}</td>"
+                       f"<td data-testid='progress:{_e(p['dataset'])}:{_e(p['partition'])}'>{p['committed']} of "
+                       f"{_e(p['total'] or '?')} shards</td></tr>" for p in d.in_progress)
+        parts.append(_section("In progress", "<table><thead><tr><th>dataset</th><th>partition</th><th>committed</th>"
+                              f"</tr></thead><tbody>{rows}</tbody></table>"))
+    if d.failed_files:
+        rows = "".join(f"<tr><td>{_e(f['dataset'])}/{_e(f['partition'])}</td><td>{_e(f['reason'])}</td>"
+                       f"<td data-testid='failed-file'>{_e(f['url'])}</td><td>{_e(f.get('error') or '-')}</td></tr>"
+                       for f in d.failed_files[:200])
+        more = f"<p>and {len(d.failed_files) - 200} more</p>" if len(d.failed_files) > 200 else ""
+        body = ("<table><thead><tr><th>partition</th><th>reason</th><th>file</th><th>error</th></tr></thead>"
+                f"<tbody>{rows}</tbody></table>{more}")
+    else:
+        body = "<p class='none'>no failed input files</p>"
+    parts.append(_section("Failed input files", body))
     rows = "".join(f"<tr><td>{_e(r['dataset'])}</td><td>{_e(r['stage'])}</td><td data-testid='rows:{_e(r['dataset'])}'>"
                    f"{r['rows']}</td><td>{r['partitions']}</td><td>{r['bytes']}</td><td>{r['seconds']}</td></tr>"
                    for r in d.datasets)

@@ -14,7 +14,7 @@ from phiflow.manifest import Manifest
 from phiflow.schema import describe, fingerprint
 from phiflow.storage import CommitError, Lake
 
-PART = {"snapshot": "S1", "shard": "00001"}
+PART = {"snapshot": "S1", "part": "00001"}  # two keys (a shard would be `shard=`, phiflow.shards)
 SCHEMA = pa.schema([("doc_id", pa.string()), ("n", pa.int64())])
 
 

@@ -28,14 +28,18 @@ from airflow_services import Airflow
 from conftest import write_test_recipe
 from llm_server import LLMTestServer
 
+from phiflow import shards
 from phiflow.manifest import Manifest
 from phiflow.recipe import load_recipe
+from phiflow.storage import Lake
 from spark_jobs import commoncrawl_extract, langid
 from spark_jobs.stage_io import StageContext
 
 pytestmark = pytest.mark.airflow
-SYNTH, TRAIN = "phiflow_synthesis", "phiflow_training"
+SYNTH, TRAIN, INGEST = "phiflow_synthesis", "phiflow_training", "phiflow_ingest_web"
 FEB = {"snapshot": "CC-MAIN-2024-10"}
+APR = {"snapshot": "CC-MAIN-2024-18"}
+WARCS = 4  # per snapshot of the sample; one shard each (shard_files: 1)
 OUT = {"source": "web", **FEB}
 SEEDS = 8  # one LLM request each, 1 s apiece: the stage is mid-run for seconds
 
@@ -64,6 +68,7 @@ class Faults:
         data["training"]["pretrain"].update({"steps": 24, "checkpoint_interval": 6})  # killed between 6 and 12
         data["training"]["midtrain"]["steps"] = 2
         data["stages"]["seed_select"]["input_suffix"] = "langid"
+        data["stages"]["commoncrawl_extract"]["shard_files"] = 1
         data["stages"]["synthesize"] = {"seed": seed, "batch_rows": 2, "workflows": [
             {"name": "exercises", "kind": "rewrite", "max_seeds": SEEDS, "samples_per_seed": 1,
              "prompts": {"rewrite": "Turn into an exercise: {seed}"}}]}
@@ -128,7 +133,7 @@ def faults(tmp_path_factory, spark):
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
     })
     try:
-        with f.af.running(SYNTH, TRAIN, unpause=(SYNTH, TRAIN)):
+        with f.af.running(SYNTH, TRAIN, INGEST, unpause=(SYNTH, TRAIN)):
             yield f
     finally:
         f.llm.stop()
@@ -289,3 +294,36 @@ def test_training_killed_between_checkpoints_resumes(faults: Faults) -> None:
     assert c["final_step"] == c["steps"] == steps == len(c["losses"])  # the whole curve, no step twice
     assert c["loss_end_mean"] < c["loss_start_mean"]
     assert faults.af.lake.require("checkpoints.midtrain", {"recipe": recipe.name}).inputs[1] == m.input_ref()
+
+
+def test_snapshot_killed_mid_extract_resumes_from_its_committed_shards(faults: Faults, spark, tmp_path) -> None:
+    """n shards; the extract driver SIGKILLed once k are committed; Airflow's retry processes exactly
+    the n - k others, and the snapshot's rows are an uninterrupted run's."""
+    faults.write_recipe(seed=5)
+    lake = faults.af.lake
+    faults.af.cli("dags", "unpause", INGEST)
+    try:
+        run_id = faults.trigger(INGEST, APR)
+        deadline = time.time() + 300
+        while not lake.shards("web.extracted", APR):
+            assert time.time() < deadline, "no shard of the snapshot was committed"
+            time.sleep(0.05)
+        stage_driver("commoncrawl_extract.py").send_signal(signal.SIGKILL)
+        first = {m.partition[shards.SHARD]: m for m in lake.shards("web.extracted", APR)}  # the driver commits: no more
+        assert 1 <= len(first) < WARCS and lake.manifest("web.extracted", APR) is None  # not complete: no roll-up
+        assert faults.finished(INGEST, run_id, timeout=900) == "success"
+        assert faults.task(INGEST, run_id, "commoncrawl_extract")["try_number"] == 2
+        now = {m.partition[shards.SHARD]: m for m in lake.shards("web.extracted", APR)}
+        assert len(now) == WARCS
+        redone = [sid for sid, m in now.items() if m.airflow["try_number"] == 2]
+        assert len(redone) == WARCS - len(first) and not set(redone) & set(first)
+        assert all(now[sid].attempt == m.attempt for sid, m in first.items())  # never rewritten
+        whole = lake.require("web.extracted", APR)
+        reference = commoncrawl_extract.run(
+            spark, StageContext(load_recipe(faults.recipe_path), "web", dict(APR), Lake(str(tmp_path / "reference")))
+        )
+        assert (whole.row_count, whole.content_digest, whole.digest) == (
+            reference.row_count, reference.content_digest, reference.digest)
+        assert shards.shard_ids(lake.require("web.langid", APR)) == sorted(now)  # langid went shard by shard too
+    finally:
+        faults.af.cli("dags", "pause", INGEST)

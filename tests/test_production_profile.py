@@ -113,7 +113,7 @@ def test_storage_contract_on_s3(s3: MotoS3, s3_lake: Lake, monkeypatch) -> None:
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stderr
     (line,) = status.stdout.splitlines()
-    assert line.split()[:4] == ["t.ds", "snapshot=S1/shard=00001", "1", "rows"] and rerun.digest[:12] in line
+    assert line.split()[:4] == ["t.ds", "snapshot=S1/part=00001", "1", "rows"] and rerun.digest[:12] in line
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ def test_attempt_is_invisible_until_commit(lake: Lake) -> None:
     assert list(lake.partitions("t.ds")) == []
     lake.commit(m)
     assert rows(lake) == [{"doc_id": "a", "n": 1}]
-    assert [p.key for p in lake.partitions("t.ds")] == ["snapshot=S1/shard=00001"]
+    assert [p.key for p in lake.partitions("t.ds")] == ["snapshot=S1/part=00001"]
 
 
 def attempts_on_disk(lake: Lake) -> set[str]:
@@ -117,14 +117,14 @@ def test_lake_root_from_environment(tmp_path, monkeypatch) -> None:
 
 
 def test_parse_partition() -> None:
-    assert parse_partition("snapshot=S1/shard=00001") == PART
+    assert parse_partition("snapshot=S1/part=00001") == PART
     with pytest.raises(ValueError, match="expected key=value"):
         parse_partition("snapshot")
 
 
 def commit_two_datasets(lake: Lake) -> None:
     lake.commit(write_attempt(lake, [{"doc_id": "a", "n": 1}]))
-    other = write_attempt(lake, [{"doc_id": "x", "n": 1}, {"doc_id": "y", "n": 2}], {"snapshot": "S2", "shard": "1"})
+    other = write_attempt(lake, [{"doc_id": "x", "n": 1}, {"doc_id": "y", "n": 2}], {"snapshot": "S2", "part": "1"})
     lake.commit(other)
 
 
@@ -140,12 +140,12 @@ def test_status_reports_a_corrupt_manifest_and_goes_on(lake: Lake, damage: bytes
     out = phiflow(lake, "status")
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     broken, healthy = out.stdout.splitlines()
-    assert broken.startswith("t.ds") and "snapshot=S1/shard=00001" in broken and "CORRUPT: " in broken
-    assert healthy.split()[:4] == ["t.ds", "snapshot=S2/shard=1", "2", "rows"] and healthy.split()[5] == "ok"
+    assert broken.startswith("t.ds") and "snapshot=S1/part=00001" in broken and "CORRUPT: " in broken
+    assert healthy.split()[:4] == ["t.ds", "snapshot=S2/part=1", "2", "rows"] and healthy.split()[5] == "ok"
     with pytest.raises(ValueError, match="corrupt manifest"):
         list(lake.partitions("t.ds"))  # a stage reading it fails loudly instead of skipping data
     summary = phiflow(lake, "summary")
-    assert summary.returncode == 0 and "skipped: t.ds/snapshot=S1/shard=00001: corrupt manifest" in summary.stderr
+    assert summary.returncode == 0 and "skipped: t.ds/snapshot=S1/part=00001: corrupt manifest" in summary.stderr
 
 
 def test_verify_finds_deleted_truncated_and_damaged_files(lake: Lake) -> None:
