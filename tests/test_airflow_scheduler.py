@@ -69,13 +69,16 @@ def test_backfill_then_clear_one_stage(airflow: Airflow) -> None:
 
     def rewritten():
         m = lake.manifest("web.langid", APR)
-        return m if m is not None and m.attempt != apr.attempt else None
+        return m if m is not None and m.generation != apr.generation else None
 
-    again = airflow.wait(rewritten, "langid of April to be rewritten")
+    langid_shards = [m.attempt for m in lake.shards("web.langid", APR)]
+    again = airflow.wait(rewritten, "langid of April to be committed again")
     airflow.wait(lambda: airflow.runs(DAG)["backfill__2024-05-01T00:00:00+00:00"] == "success", "the cleared run")
     assert again.digest == apr.digest and again.airflow["try_number"] == apr.airflow["try_number"] + 1
-    assert lake.require("web.extracted", APR).attempt == extracted_apr.attempt  # upstream stage untouched
-    assert lake.require("web.langid", FEB).attempt == feb.attempt  # other interval untouched
+    # A cleared sharded stage redoes only shards whose inputs or recipe changed: here none (a resume).
+    assert [m.attempt for m in lake.shards("web.langid", APR)] == langid_shards and len(langid_shards) == 2
+    assert lake.require("web.extracted", APR).generation == extracted_apr.generation  # upstream stage untouched
+    assert lake.require("web.langid", FEB).generation == feb.generation  # other interval untouched
     events = [json.loads(line) for line in (Path(airflow.env["PHIFLOW_HOME"]) / "lineage" / "events.jsonl").open()]
     assert any(e["eventType"] == "COMPLETE" and e["job"]["name"] == f"{DAG}.langid" and e["outputs"] for e in events)
 
@@ -108,16 +111,22 @@ def test_phiflow_backfill_creates_missing_runs_and_clears_one_stage(airflow: Air
     assert airflow.runs(DAG)[run_id] == "success"
     assert [b["dag_id"] for b in airflow.api(f"/api/v2/backfills?dag_id={DAG}")["backfills"]] == [DAG, DAG]
 
-    # February has its run: only langid is cleared there and rewritten, extraction is not
-    extracted, langid = airflow.lake.require("web.extracted", FEB), airflow.lake.require("web.langid", FEB)
-    printed = phiflow(airflow, "backfill", "--stage", "langid", "--dag", DAG, *feb)
+    # February has its run: only langid is cleared there, and only its shard 1 rewritten (--shards)
+    lake = airflow.lake
+    extracted, langid = lake.require("web.extracted", FEB), lake.require("web.langid", FEB)
+    shard0, shard1 = lake.shards("web.langid", FEB)
+    printed = phiflow(airflow, "backfill", "--stage", "langid", "--dag", DAG, "--shards", "1", *feb)
     feb_run = "backfill__2024-03-01T00:00:00+00:00"
+    assert f"requested a rerun of web.langid/{shard1.key}" in printed
     assert f"cleared {DAG}.langid in run {feb_run}" in printed and "without a run" not in printed
 
     def rewritten():
-        m = airflow.lake.manifest("web.langid", FEB)
-        return m if m is not None and m.attempt != langid.attempt else None
+        m = lake.manifest("web.langid", FEB)
+        return m if m is not None and m.generation != langid.generation else None
 
-    again = airflow.wait(rewritten, "langid of February to be rewritten")
+    again = airflow.wait(rewritten, "langid of February to be committed again")
     assert again.digest == langid.digest and again.airflow["try_number"] == langid.airflow["try_number"] + 1
-    assert airflow.lake.require("web.extracted", FEB).attempt == extracted.attempt  # only the stage reran
+    now0, now1 = lake.shards("web.langid", FEB)
+    assert now0.attempt == shard0.attempt and now1.attempt != shard1.attempt  # exactly the named shard
+    assert not lake.rerun_requested("web.langid", shard1.partition)  # the request is used up
+    assert lake.require("web.extracted", FEB).generation == extracted.generation  # only the stage reran
