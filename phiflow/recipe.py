@@ -564,6 +564,10 @@ class QualityTrainParams(Strict):
     maxn: Annotated[int, Field(ge=0)] = 4
     bucket: Annotated[int, Field(gt=0)] = 100_000  # n-gram hash buckets: model size = (words + bucket) * dim * 4 B
     seed: int = 0
+    # The driver holds at most this many annotations, each cut to max_chars: a deterministic sample (the
+    # lowest hashes of doc_id) when more are committed, so memory is bounded by this, not by the lake.
+    max_examples: Annotated[int, Field(gt=0)] = 200_000
+    max_chars: Annotated[int, Field(gt=0)] = 5_000
 
 
 class QualityParams(Strict):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+from pyspark.sql import functions as F
 
 from phiflow import stages
 from phiflow.manifest import Manifest
@@ -76,12 +77,17 @@ def run(spark, ctx: StageContext) -> Manifest:
     manifests = [m for d in annotations for m in ctx.lake.partitions(d)]
     if not manifests:
         raise NotEnoughAnnotations(f"no committed annotations of {sources}: run quality_annotate first")
+    total = sum(m.row_count for m in manifests)
     table = (
         spark.read.schema(spark_schema(QUALITY_ANNOTATIONS))
         .parquet(*[f for m in manifests for f in ctx.lake.data_files(m)])
-        .select("doc_id", "text", "grade", "topic")
+        .select("doc_id", F.substring("text", 1, p.max_chars).alias("text"), "grade", "topic")
     )
-    rows = sorted((r.asDict() for r in table.collect()), key=lambda r: r["doc_id"])
+    if total > p.max_examples:  # a top-k by hash: Spark keeps a bounded heap per task, the driver k rows
+        table = table.orderBy(F.xxhash64("doc_id"), "doc_id").limit(p.max_examples)
+        print(f"[phiflow] {STAGE}: {total} annotations; training on a fixed sample of {p.max_examples} "
+              "(stages.quality_train.max_examples)", flush=True)
+    rows = sorted((r.asDict() for r in table.toLocalIterator()), key=lambda r: r["doc_id"])
     fitted = fit(rows, p, ctx.recipe.stages.quality.stem_topics)
     df = spark.createDataFrame(
         pa.Table.from_pylist(
@@ -99,7 +105,7 @@ def run(spark, ctx: StageContext) -> Manifest:
         schema=QUALITY_MODELS,
         inputs=[m.input_ref() for m in manifests],
         reasons={None: len(fitted)},
-        counters={"read": len(rows), "metrics": metrics},
+        counters={"read": len(rows), "annotations": total, "metrics": metrics},
     )
     for name, m in metrics.items():
         print(

@@ -12,6 +12,9 @@ from typing import Any
 from phiflow.ids import doc_id
 from phiflow.recipe import SeedSelectParams
 
+# Every reason a page or passage is not a seed: the stage counts them while it writes (no cache).
+DROP_REASONS = ("seed_language", "seed_page_score_low", "seed_passage_short", "seed_passage_score_low",
+                "seed_code_language", "seed_code_block_long")
 EDU_TERMS = re.compile(
     r"\b(example|examples|definition|define[sd]?|theorem|proof|exercise|explain[s]?|because|therefore|"
     r"function|returns?|argument|parameter|method|class|equation|formula|algorithm|step|note|"

@@ -17,8 +17,8 @@ from phiflow import stages
 from phiflow.manifest import Manifest
 from phiflow.recipe import SeedSelectParams
 from phiflow.schema import SEEDS, with_drop_reason
-from spark_jobs.seed_scoring import code_seed_rows, seed_rows
-from spark_jobs.stage_io import StageContext, commit_partition, persisted, spark_schema, stage_main
+from spark_jobs.seed_scoring import DROP_REASONS, code_seed_rows, seed_rows
+from spark_jobs.stage_io import StageContext, commit_written, count_by, spark_schema, stage_main, write_attempt
 
 STAGE = "seed_select"
 
@@ -52,19 +52,16 @@ def run(spark, ctx: StageContext) -> Manifest:
     print(f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} pages", flush=True)
     code = ctx.kind == stages.CODE
     rows = pages.mapInArrow(seed_partitions(params, code), spark_schema(with_drop_reason(SEEDS)))
-    with persisted(rows):
-        kept = rows.filter("drop_reason is null").groupBy("kind").count().collect()
-        kinds = {r["kind"]: int(r["count"]) for r in kept}
-        return commit_partition(
-            spark,
-            dataclasses.replace(ctx, partition=out_partition(ctx)),
-            stage=STAGE,
-            dataset=io.output,
-            rows=rows,
-            schema=SEEDS,
-            inputs=[source.input_ref()],
-            counters={"read": source.row_count, "seed_kinds": kinds},
-        )
+    # One pass, no cache: drops are counted while the seeds are written, the kinds read back from them.
+    out_ctx = dataclasses.replace(ctx, partition=out_partition(ctx))
+    written = write_attempt(out_ctx, dataset=io.output, rows=rows, schema=SEEDS, known_reasons=DROP_REASONS)
+    return commit_written(
+        out_ctx,
+        written,
+        stage=STAGE,
+        inputs=[source.input_ref()],
+        counters={"read": source.row_count, "seed_kinds": count_by(spark, written, "kind")},
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pyarrow as pa
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
@@ -151,6 +152,46 @@ def tally(rows: DataFrame, schema: pa.Schema, by: str | None = None) -> Tally:
             if by:
                 kept_by[str(g[by])] = int(g["n"])
     return Tally(reasons, _digest(total), dict(sorted(kept_by.items(), key=lambda kv: -kv[1])))
+
+
+TALLY_PREFIX = "_tally-"  # per-task drop counts in an attempt folder (`_` keeps them out of the data)
+
+
+def dropping(fn: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]], report_dir: str):
+    """Wrap a mapInArrow function that yields kept and dropped rows (`drop_reason`): only the kept rows
+    leave the Python task, and the task writes its drop counts to `report_dir` as
+    `_tally-<partition id>.json` (a retried or speculative task rewrites the same file). With the kept
+    rows observed during the write, a stage whose drop reasons are open-ended (`extract_error:<type>`)
+    is counted in one pass, without caching its output."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.compute as pc
+        from pyspark import TaskContext
+
+        counts: dict[str, int] = {}
+        for batch in fn(batches):
+            reason = batch.column("drop_reason")
+            if reason.null_count < len(batch):
+                for item in pc.value_counts(reason.drop_null()).to_pylist():
+                    counts[item["values"]] = counts.get(item["values"], 0) + int(item["counts"])
+                batch = batch.filter(pc.is_null(reason))
+            if len(batch):
+                yield batch
+        name = f"{TALLY_PREFIX}{TaskContext.get().partitionId():06d}.json"
+        with fsspec.open(f"{report_dir.rstrip('/')}/{name}", "w") as out:
+            json.dump(counts, out)
+
+    return run
+
+
+def task_drops(ctx: StageContext, dataset: str, attempt: str) -> dict[str, int]:
+    """The drop counts the tasks of a written attempt reported (`dropping`), summed."""
+    fs = ctx.lake.fs
+    total: dict[str, int] = {}
+    for path in fs.glob(f"{ctx.lake.attempt_path(dataset, ctx.partition, attempt)}/{TALLY_PREFIX}*.json"):
+        for reason, n in json.loads(fs.cat_file(path)).items():
+            total[reason] = total.get(reason, 0) + int(n)
+    return total
 
 
 @contextmanager

@@ -26,10 +26,12 @@ from phiflow.recipe import WikiDump, WikipediaExtractParams, WikipediaSource
 from phiflow.schema import WIKI_EXTRACTED, with_drop_reason
 from spark_jobs.stage_io import (
     StageContext,
-    commit_partition,
+    commit_written,
+    dropping,
     spark_schema,
     stage_main,
-    tally,
+    task_drops,
+    write_attempt,
 )
 from spark_jobs.wikitext import (
     BrokenPage,
@@ -169,39 +171,37 @@ def run(spark, ctx: StageContext) -> Manifest:
     plan = [(url, s, e, n) for s, e, n in ranges]
     tasks = max(1, -(-len(plan) // params.streams_per_task))
     listing = spark.createDataFrame(plan, "url string, start long, end long, pages long").repartition(tasks, "start")
-    rows = listing.mapInArrow(extract_streams(ctx.source, site, params), spark_schema(ROWS)).persist()
-    try:
-        counted = tally(rows, WIKI_EXTRACTED)
-        reasons = counted.reasons
-        pages = sum(n for _, _, n in ranges)
-        lost = {k: v for k, v in reasons.items() if k and k.split(":")[0] in LOST}
-        if pages and sum(lost.values()) / pages > params.failure_budget:
-            raise FailureBudgetExceeded(
-                f"{sum(lost.values())} of {pages} pages of {dump.id} were unreadable ({lost}); budget is "
-                f"{params.failure_budget:.0%} (stages.wikipedia_extract.failure_budget): not committing"
-            )
-        manifest = commit_partition(
-            spark,
-            ctx,
-            stage=STAGE,
-            dataset=ctx.io(STAGE).output,
-            rows=rows,
-            schema=WIKI_EXTRACTED,
-            inputs=[InputRef(dataset=f"external:{src.kind}", partition={"dump": dump.id}, digest=index_digest)],
-            counters={
-                "read": sum(reasons.values()),
-                "index_pages": pages,
-                "wiki": site.dbname,
-                "language": site.language,
-                "streams": len(ranges),
-                "tasks": tasks,
-            },
-            counted=counted,
+    # One pass, nothing cached: only kept pages leave the tasks, which report their drop counts into the
+    # attempt folder; the failure budget is checked on those before the commit.
+    lake, dataset = ctx.lake, ctx.io(STAGE).output
+    attempt = lake.new_attempt(dataset, ctx.partition)
+    report_dir = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
+    rows = listing.mapInArrow(dropping(extract_streams(ctx.source, site, params), report_dir), spark_schema(ROWS))
+    written = write_attempt(ctx, dataset=dataset, rows=rows, schema=WIKI_EXTRACTED, known_reasons=(), attempt=attempt)
+    reasons: dict[str | None, int] = {None: written.counted.kept, **task_drops(ctx, dataset, attempt)}
+    pages = sum(n for _, _, n in ranges)
+    lost = {k: v for k, v in reasons.items() if k and k.split(":")[0] in LOST}
+    if pages and sum(lost.values()) / pages > params.failure_budget:
+        lake.discard_attempt(dataset, ctx.partition, attempt)
+        raise FailureBudgetExceeded(
+            f"{sum(lost.values())} of {pages} pages of {dump.id} were unreadable ({lost}); budget is "
+            f"{params.failure_budget:.0%} (stages.wikipedia_extract.failure_budget): not committing"
         )
-    finally:
-        rows.unpersist()
-    return manifest
-
+    return commit_written(
+        ctx,
+        written,
+        stage=STAGE,
+        inputs=[InputRef(dataset=f"external:{src.kind}", partition={"dump": dump.id}, digest=index_digest)],
+        counters={
+            "read": sum(reasons.values()),
+            "index_pages": pages,
+            "wiki": site.dbname,
+            "language": site.language,
+            "streams": len(ranges),
+            "tasks": tasks,
+        },
+        reasons=reasons,
+    )
 
 if __name__ == "__main__":
     stage_main(STAGE, run)
