@@ -13,7 +13,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
+from time import sleep
 from typing import Any
+
+BUSY_RETRIES = 5  # a 503 (the metadata DB is busy) is retried this many times, 1 s, 2 s, ... apart
 
 
 class AirflowAPIError(RuntimeError):
@@ -56,16 +59,23 @@ class AirflowAPI:
         if auth:
             headers["Authorization"] = f"Bearer {self._token()}"
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.url}{path}", data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:2000]
-            raise AirflowAPIError(f"{method} {path}: HTTP {e.code}: {detail}") from None
-        except urllib.error.URLError as e:
-            raise AirflowAPIError(f"{method} {path}: cannot reach {self.url} ({e.reason})") from None
-        return json.loads(raw) if raw else None
+        attempt = 0
+        while True:
+            req = urllib.request.Request(f"{self.url}{path}", data=data, headers=headers, method=method)
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    raw = resp.read()
+                return json.loads(raw) if raw else None
+            except urllib.error.HTTPError as e:
+                detail = e.read().decode(errors="replace")[:2000]
+                # 503: the metadata database is busy (SQLite under a running scheduler): a moment later it is not
+                if e.code == 503 and attempt < BUSY_RETRIES:
+                    attempt += 1
+                    sleep(attempt)
+                    continue
+                raise AirflowAPIError(f"{method} {path}: HTTP {e.code}: {detail}") from None
+            except urllib.error.URLError as e:
+                raise AirflowAPIError(f"{method} {path}: cannot reach {self.url} ({e.reason})") from None
 
     def _token(self) -> str:
         if not self.token:

@@ -283,7 +283,9 @@ def test_training_killed_between_checkpoints_resumes(faults: Faults) -> None:
         time.sleep(0.1)
     [latest] = [p / "ckpt" / "latest" for p in ckpts.glob("*")]
     assert int(latest.read_text()) == interval  # killed between checkpoints: after the first, before the end
-    agents = processes(lambda cmd: "torch.distributed.run" in cmd)
+    scheduler = psutil.Process(int(Path(faults.af.env["AIRFLOW_HOME"], "run", "scheduler.pid").read_text()))
+    # this scheduler's training only (another test file may be training in parallel under pytest-xdist)
+    agents = [p for p in scheduler.children(recursive=True) if "torch.distributed.run" in command(p)]
     assert len(agents) == 1, agents
     kill_tree(agents[0])
     assert faults.finished(TRAIN, run_id, timeout=600) == "success"
