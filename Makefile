@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ENV := source scripts/env.sh &&
 
-.PHONY: help venv sandbox-deps demo test test-fast lint bench airflow airflow-stop sample-data clean-state
+.PHONY: help venv sandbox-deps demo test test-fast lint bench bench-scale airflow airflow-stop sample-data clean-state
 
 help:
 	@echo "make demo          run the pipeline through Airflow on the sample data and print a per-stage summary"
@@ -14,6 +14,7 @@ help:
 	@echo "make airflow       start Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1:8080"
 	@echo "make airflow-stop  stop exactly those processes"
 	@echo "make bench         speed benchmarks, printed as ratios against baselines run in the same script"
+	@echo "make bench-scale   1x/4x/16x snapshots and 8 snapshots of cross-snapshot dedup (~15 min)"
 	@echo "make lint          ruff"
 
 venv: $(STAMP)
@@ -56,7 +57,10 @@ demo: venv sandbox-deps
 
 bench: venv
 	$(BIN)/pip install -q -e '.[bench]'
-	$(ENV) for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(ENV) for b in bench/bench_*.py; do [ $$b = bench/bench_scale.py ] && continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+bench-scale: venv  # warcio and psutil come with the dev install
+	$(ENV) $(BIN)/python bench/bench_scale.py
 
 airflow: venv
 	$(ENV) scripts/airflow_services.sh start
