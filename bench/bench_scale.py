@@ -130,6 +130,10 @@ def bench_recipe(base: Path, snapshots: list[tuple[str, date]]):
     from phiflow.recipe import load_recipe, parse_recipe
 
     data = load_recipe(ROOT / "recipes" / "demo.yaml").model_dump(mode="json", exclude={"path"})
+    for src in data["sources"].values():  # the demo's relative paths, made absolute (they resolve against cwd)
+        src["base_url"] = str((ROOT / "recipes" / src["base_url"]).resolve())
+    for bench in data["stages"]["decontaminate"]["benchmarks"]:
+        bench["path"] = str((ROOT / "recipes" / bench["path"]).resolve())
     data["sources"]["bench"] = {
         "kind": "commoncrawl",
         "base_url": str(base),
@@ -157,14 +161,17 @@ class Peaks(threading.Thread):
 
         me = psutil.Process()
         while self.running:
-            try:
-                kids = me.children(recursive=True)
-                workers = [p for p in kids if "pyspark" in " ".join(p.cmdline()[1:3])]
-                driver = [me, *(p for p in kids if p not in workers)]
-                self.driver = max(self.driver, sum(p.memory_info().rss for p in driver))
-                self.workers = max(self.workers, sum(p.memory_info().rss for p in workers))
-            except psutil.Error:
-                pass
+            driver = workers = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:  # a worker may end between the listing and the reading: count the others
+                    rss = p.memory_info().rss
+                    if "pyspark" in " ".join(p.cmdline()[1:3]):
+                        workers += rss
+                    else:
+                        driver += rss
+                except psutil.Error:
+                    continue
+            self.driver, self.workers = max(self.driver, driver), max(self.workers, workers)
             time.sleep(0.1)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from phiflow.manifest import InputRef, Manifest
@@ -112,7 +113,7 @@ def extract_collection(
     tasks = max(1, -(-len(units) // units_per_task))
     listing = spark.createDataFrame([(u,) for u in units], "unit string").repartition(tasks, "unit")
     rows = listing.mapInArrow(extract_units(stage, rows_of, schema),
-                              spark_schema(with_drop_reason(schema).append(UNIT))).persist()
+                              spark_schema(with_drop_reason(schema).append(UNIT))).persist(StorageLevel.DISK_ONLY)
     try:
         counted = tally(rows, schema)
         failed = [r["_unit"] for r in

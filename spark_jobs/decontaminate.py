@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import fsspec
 import numpy as np
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -180,7 +181,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     report = (
         docs.select("doc_id", "source", "source_uri", "parent_ids", "text")
         .mapInArrow(flag_documents(spark.sparkContext.broadcast(index)), spark_schema(with_drop_reason(CONTAMINATION)))
-        .persist()
+        .persist(StorageLevel.DISK_ONLY)  # read by the report and the document drops; on disk
     )
     try:
         per_doc = report.groupBy("doc_id").agg(F.min("rule").alias("rule"))  # the long-n rule sorts first

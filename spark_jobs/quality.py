@@ -24,6 +24,7 @@ from spark_jobs.shard_runner import input_shards
 from spark_jobs.stage_io import (
     StageContext,
     commit_partition,
+    persisted,
     spark_schema,
     stage_main,
 )
@@ -166,35 +167,35 @@ def score(spark, ctx: StageContext, source: Manifest, models: dict[str, bytes], 
     )
     rows_out = with_drop_reason(out)
     scored = docs.mapInArrow(score_batches(params, rows_out, models, ctx.kind != stages.CODE), spark_schema(rows_out))
-    rows = select(scored.persist(), params).persist()
-    try:
-        before = topic_mix(
-            rows.filter(F.col("drop_reason").isNull() | (F.col("drop_reason") == "below_quality_threshold"))
-        )
-        after = topic_mix(rows.filter(F.col("drop_reason").isNull()))
-        selected = {
-            r["selected_by"]: int(r["count"]) for r in rows.groupBy("selected_by").count().collect() if r["selected_by"]
-        }
-        inputs = [source.input_ref(), *pinned]
-        manifest = commit_partition(
-            spark,
-            ctx,
-            stage=STAGE,
-            dataset=ctx.io(STAGE).output,
-            rows=rows,
-            schema=out,
-            inputs=inputs,
-            counters={
-                "read": source.row_count,
-                "topics_before": before,
-                "topics_after": after,
-                "selected_by": selected,
-            },
-        )
-    finally:
-        rows.unpersist()
-        scored.unpersist()
-    return manifest
+    # The scores are computed once (fastText) and read by the selection, the topic counts and the
+    # write: kept on local disk, not in executor memory (stage_io.persisted).
+    with persisted(scored):
+        rows = select(scored, params)
+        with persisted(rows):
+            before = topic_mix(
+                rows.filter(F.col("drop_reason").isNull() | (F.col("drop_reason") == "below_quality_threshold"))
+            )
+            after = topic_mix(rows.filter(F.col("drop_reason").isNull()))
+            selected = {
+                r["selected_by"]: int(r["count"])
+                for r in rows.groupBy("selected_by").count().collect()
+                if r["selected_by"]
+            }
+            return commit_partition(
+                spark,
+                ctx,
+                stage=STAGE,
+                dataset=ctx.io(STAGE).output,
+                rows=rows,
+                schema=out,
+                inputs=[source.input_ref(), *pinned],
+                counters={
+                    "read": source.row_count,
+                    "topics_before": before,
+                    "topics_after": after,
+                    "selected_by": selected,
+                },
+            )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
@@ -196,9 +197,10 @@ def task_drops(ctx: StageContext, dataset: str, attempt: str) -> dict[str, int]:
 
 @contextmanager
 def persisted(*frames: DataFrame) -> Iterator[None]:
-    """Cache frames a stage reads twice (tally, then write); release them however it ends."""
+    """Keep frames a stage reads twice (tally, then write) on the executors' local disk, not in their
+    memory (a partition of any size fits, as shuffle files do); release them however it ends."""
     for f in frames:
-        f.persist()
+        f.persist(StorageLevel.DISK_ONLY)
     try:
         yield
     finally:
