@@ -14,7 +14,8 @@ sample (8, 32, 128 WARC files, shards of 8 files); then dedup of 8 equal 1x snap
 (cross-snapshot on), each against all earlier ones.
 
 Printed: a table of documents, seconds, documents/s, peak RSS of the driver (Python + JVM) and of the
-Python workers, spill bytes (Spark REST API), and the line
+Python workers, the driver JVM's live heap (in use after a full GC, the largest after any stage: what
+it retains, where RSS also counts uncollected garbage), spill bytes (Spark REST API), and the line
 `scale: docs/s 16x/1x = R1; peak RSS 16x/1x = R2; dedup snapshot 8/2 = R3`
 (targets: R1 >= 0.8, R2 <= 1.3, R3 <= 1.3).
 
@@ -149,7 +150,8 @@ def bench_recipe(base: Path, snapshots: list[tuple[str, date]]):
 
 # -- measuring ----------------------------------------------------------------------------------
 class Peaks(threading.Thread):
-    """Peak RSS of the driver (this process and the JVM) and, apart, of the Python workers."""
+    """Peak RSS of the driver (this process and the JVM) and, apart, of the Python workers (the
+    `pyspark.daemon` and the workers it forks)."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -165,7 +167,7 @@ class Peaks(threading.Thread):
             for p in [me, *me.children(recursive=True)]:
                 try:  # a worker may end between the listing and the reading: count the others
                     rss = p.memory_info().rss
-                    if "pyspark" in " ".join(p.cmdline()[1:3]):
+                    if any("pyspark.daemon" in a or "pyspark.worker" in a for a in p.cmdline()):
                         workers += rss
                     else:
                         driver += rss
@@ -173,6 +175,14 @@ class Peaks(threading.Thread):
                     continue
             self.driver, self.workers = max(self.driver, driver), max(self.workers, workers)
             time.sleep(0.1)
+
+
+def live_heap(spark) -> int:
+    """The driver JVM's heap in use right after a full GC: what it retains, as opposed to the RSS, which
+    also counts garbage the collector has not needed to return yet."""
+    jvm = spark.sparkContext._jvm
+    jvm.java.lang.System.gc()
+    return int(jvm.java.lang.management.ManagementFactory.getMemoryMXBean().getHeapMemoryUsage().getUsed())
 
 
 def spill_bytes(app: str) -> int:
@@ -211,16 +221,17 @@ def run_scale(scale: int, out: Path) -> None:
         ctx = StageContext(recipe=recipe, source="bench", partition={"snapshot": snap}, lake=lake)
         peaks = Peaks()
         peaks.start()
-        times, docs = {}, 0
+        times, docs, live = {}, 0, 0
         for name, stage in (("extract", commoncrawl_extract), ("langid", langid), ("quality", quality),
                             ("dedup", dedup)):
             t0 = time.perf_counter()
             m = stage.run(spark, ctx)
             times[name] = time.perf_counter() - t0
             docs = docs or int(m.counters["read"])
+            live = max(live, live_heap(spark))
         peaks.running = False
         figures = {"scale": scale, "files": files, "docs": docs, "seconds": sum(times.values()), "stages": times,
-                   "driver_rss": peaks.driver, "worker_rss": peaks.workers,
+                   "driver_rss": peaks.driver, "worker_rss": peaks.workers, "live_heap": live,
                    "spill": spill_bytes(spark.sparkContext.applicationId)}
         spark.stop()
     out.write_text(json.dumps(figures))
@@ -273,10 +284,11 @@ def main() -> None:
         return run_history(a.history, a.out)
     rows = [child("--scale", s) for s in a.scales.split(",")]
     print(f"\n{'scale':>5} {'files':>6} {'docs':>7} {'seconds':>8} {'docs/s':>7} {'driver RSS':>11} "
-          f"{'worker RSS':>11} {'spill':>9}   seconds by stage")
+          f"{'live heap':>10} {'worker RSS':>11} {'spill':>9}   seconds by stage")
     for r in rows:
         print(f"{r['scale']:>4}x {r['files']:>6} {r['docs']:>7} {r['seconds']:>8.1f} {r['docs'] / r['seconds']:>7.1f} "
-              f"{r['driver_rss'] / 2**20:>8.0f} MiB {r['worker_rss'] / 2**20:>8.0f} MiB {r['spill'] / 2**20:>6.1f} MiB"
+              f"{r['driver_rss'] / 2**20:>7.0f} MiB {r['live_heap'] / 2**20:>6.0f} MiB "
+              f"{r['worker_rss'] / 2**20:>7.0f} MiB {r['spill'] / 2**20:>5.1f} MiB"
               f"   " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items()))
     print("\ndedup of 8 equal snapshots in date order (each against all earlier ones):")
     hist = child("--history", "8")["dedup_seconds"]
