@@ -88,7 +88,8 @@ def progress(shard_manifests: Iterable[Manifest], rollup: Manifest | None) -> Pr
     ms = list(shard_manifests)
     totals = {int((m.counters.get(SHARD_COUNTER) or {}).get("of") or 0) for m in ms} - {0}
     total = max(totals) if totals else None
-    complete = rollup is not None and is_rollup(rollup) and len(shard_ids(rollup)) == len(ms)
+    have = {m.partition.get(SHARD) for m in ms}
+    complete = rollup is not None and is_rollup(rollup) and set(shard_ids(rollup)) <= have
     return Progress(len(ms), total, complete)
 
 

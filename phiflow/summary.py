@@ -118,8 +118,8 @@ def pipeline_status(recipe: Recipe, lake: Lake) -> str:
                 continue
             done = len(wanted & committed.get(out, set()))
             flag = "done" if done == len(wanted) else f"{len(wanted) - done} to go"
-            partial = [f"{k}: {shards.progress(lake.shards(out, parse_partition(k)), None).describe()}"
-                       for k in sorted(wanted - committed.get(out, set())) if lake.shards(out, parse_partition(k))]
+            in_flight = {k: lake.shards(out, parse_partition(k)) for k in sorted(wanted - committed.get(out, set()))}
+            partial = [f"{k}: {shards.progress(ms, None).describe()}" for k, ms in in_flight.items() if ms]
             flag += f" ({'; '.join(partial)})" if partial else ""
             lines.append(f"    {st.name:<20} {out:<26} {done}/{len(wanted)}  {flag}")
     return "\n".join(lines)
