@@ -152,18 +152,25 @@ def load_metrics(root: Path) -> list[dict[str, Any]]:
 
 
 def build_from_lake(lake: Lake, metrics_root: Path | None = None) -> DashboardData:
-    """The dashboard of a lake: every committed manifest, plus training metrics under `metrics_root`."""
-    datasets = lake.datasets()
-    manifests = [m for ds in datasets for m in lake.partitions(ds)]
+    """The dashboard of a lake: every committed manifest, plus training metrics under `metrics_root`.
+    Each manifest is read once; shards count only towards the progress of a snapshot without a roll-up."""
+    manifests: list[Manifest] = []
+    by_snapshot: dict[tuple[str, str], list[Manifest]] = {}
+    for ds in lake.datasets():
+        for e in lake.entries(ds):
+            if e.error is not None:
+                raise ValueError(e.error)  # as Lake.partitions: a corrupt manifest is not skipped silently
+            parent = shards.parent(e.manifest.partition)
+            if parent is None:
+                manifests.append(e.manifest)
+            else:
+                by_snapshot.setdefault((ds, partition_key(parent)), []).append(e.manifest)
     whole = {(m.dataset, m.key) for m in manifests}
     in_progress = []
-    for ds in datasets:
-        parents = {partition_key(p): p for e in lake.entries(ds)
-                   if e.manifest is not None and (p := shards.parent(e.manifest.partition)) is not None}
-        for key, part in sorted(parents.items()):
-            if (ds, key) not in whole:
-                p = shards.progress(lake.shards(ds, part), None)
-                in_progress.append({"dataset": ds, "partition": key, "committed": p.committed, "total": p.total})
+    for (ds, key), ms in sorted(by_snapshot.items()):
+        if (ds, key) not in whole:
+            p = shards.progress(ms, None)
+            in_progress.append({"dataset": ds, "partition": key, "committed": p.committed, "total": p.total})
     return build(manifests, load_metrics(metrics_root) if metrics_root else (), in_progress)
 
 

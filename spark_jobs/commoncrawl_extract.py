@@ -35,7 +35,7 @@ from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import CommonCrawlExtractParams, CommonCrawlSource
 from phiflow.schema import WEB_EXTRACTED, with_drop_reason
 from spark_jobs.shard_runner import ShardPlan, ShardRejected, run_shards
-from spark_jobs.stage_io import StageContext, commit_written, spark_schema, stage_main, write_attempt
+from spark_jobs.stage_io import StageContext, commit_written, spark_schema, stage_main, step, write_attempt
 from spark_jobs.warc_records import FILE_OK, FILE_PREFIX, iter_rows
 
 STAGE = "commoncrawl_extract"
@@ -146,8 +146,10 @@ def extract_shard(spark, ctx: StageContext, plan: ShardPlan) -> Manifest:
     report_dir = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
     listing = spark.sparkContext.parallelize([(u,) for u in urls], len(urls)).toDF("warc_url string")
     rows = listing.mapInArrow(extract_files(ctx.source, params, report_dir), spark_schema(ROWS))
-    spark.sparkContext.setJobDescription(f"{STAGE}: {ctx.partition}")
-    written = write_attempt(ctx, dataset=dataset, rows=rows, schema=WEB_EXTRACTED, known_reasons=(), attempt=attempt)
+    with step(spark, STAGE, f"shard {ctx.partition[shards.SHARD]}, {len(urls)} files"):
+        written = write_attempt(
+            ctx, dataset=dataset, rows=rows, schema=WEB_EXTRACTED, known_reasons=(), attempt=attempt
+        )
     reports = read_reports(ctx, dataset, attempt, urls)
     failed = failed_files(reports)
     if len(failed) / len(urls) > params.shard_failure_budget:

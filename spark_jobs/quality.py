@@ -24,6 +24,7 @@ from spark_jobs.shard_runner import input_shards
 from spark_jobs.stage_io import (
     StageContext,
     commit_partition,
+    counts,
     persisted,
     spark_schema,
     stage_main,
@@ -176,11 +177,7 @@ def score(spark, ctx: StageContext, source: Manifest, models: dict[str, bytes], 
                 rows.filter(F.col("drop_reason").isNull() | (F.col("drop_reason") == "below_quality_threshold"))
             )
             after = topic_mix(rows.filter(F.col("drop_reason").isNull()))
-            selected = {
-                r["selected_by"]: int(r["count"])
-                for r in rows.groupBy("selected_by").count().collect()
-                if r["selected_by"]
-            }
+            selected = counts(rows.where(F.col("selected_by").isNotNull()), "selected_by")
             return commit_partition(
                 spark,
                 ctx,
