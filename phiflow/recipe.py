@@ -265,6 +265,10 @@ class DedupParams(Strict):
     survivor: list[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]* (asc|desc)$")]] = Field(
         default_factory=lambda: ["quality_score desc", "fetch_time asc", "doc_id asc"])
     cross_snapshot: bool = True  # dedup against the `<source>.minhash` partitions of earlier snapshots
+    # key-hash buckets of the cross-snapshot history index (spark_jobs/dedup_index.py); one Python task
+    # holds one bucket's entries (~60 bytes per earlier survivor band key / buckets). 0: no index, every
+    # earlier partition is read and joined whole (the reference the index is tested against)
+    history_buckets: Annotated[int, Field(ge=0, le=65536)] = 8
     max_iterations: Annotated[int, Field(ge=1)] = 64  # connected-components rounds before giving up
 
     @model_validator(mode="after")

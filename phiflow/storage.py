@@ -193,7 +193,7 @@ class Lake:
             if not self.fs.exists(root):
                 return removed
             _, current, _ = self._current_head(posixpath.join(base, MANIFEST_NAME))
-            keep = {current} | self._named_by_rollup(dataset, partition)
+            keep = {current} | self._named_by_head(dataset, partition) | self._named_by_rollup(dataset, partition)
             now = time.time()
             for attempt, entries in _group_by_attempt(root, self.fs.find(root, detail=True, withdirs=True)).items():
                 if attempt in keep:
@@ -207,6 +207,17 @@ class Lake:
                         self.fs.rm(path, recursive=True)
                     removed.append(path)
         return removed
+
+    def _named_by_head(self, dataset: str, partition: dict[str, str]) -> set[str]:
+        """Attempts of this partition whose files the committed manifest names: one attempt for a stage's
+        output, several for a manifest that keeps earlier attempts' files (the dedup history index)."""
+        try:
+            head = self.manifest(dataset, partition)
+        except ValueError:
+            return set()
+        prefix = f"{ATTEMPTS}/"
+        files = head.files if head else []
+        return {f.path[len(prefix) :].split("/", 1)[0] for f in files if f.path.startswith(prefix)}
 
     def _named_by_rollup(self, dataset: str, partition: dict[str, str]) -> set[str]:
         """Attempts of a shard that its snapshot's roll-up still reads: a shard recommitted after the

@@ -35,9 +35,10 @@ from pyspark.sql.types import ArrayType, IntegerType, LongType, StringType, Stru
 from phiflow.manifest import Manifest, partition_key
 from phiflow.recipe import DedupParams, Source
 from phiflow.schema import DUP_CLUSTERS, MINHASH
-from phiflow.storage import Lake
+from phiflow.storage import Lake, parse_partition
+from spark_jobs.dedup_index import HistoryIndex, minhash_rows
 from spark_jobs.minhash import SIGNATURE_FAMILY, MinHasher
-from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, stage_main, step, tally
+from spark_jobs.stage_io import StageContext, commit_partition, stage_main, step, tally
 
 STAGE = "dedup"
 FEATURES = [
@@ -96,18 +97,14 @@ def partitions_before(
     return out
 
 
-def earlier_signatures(
-    spark: SparkSession, ctx: StageContext, params: DedupParams
-) -> tuple[list[Manifest], DataFrame | None]:
-    """MinHash rows of the committed partitions of earlier snapshots, tagged with their order."""
+def earlier_minhash(ctx: StageContext, params: DedupParams) -> list[Manifest]:
+    """The committed `minhash` partitions of earlier snapshots, checked to be hashed like this run."""
     src = ctx.recipe.source(ctx.source)
-    here = snapshot_order(src, ctx.partition)
     prior = [
         m
         for m in partitions_before(ctx.lake, ctx.io(STAGE).outputs[2], src, ctx.partition, inclusive=False)
         if m.partition != ctx.partition
     ]
-    frames = []
     for m in prior:
         stale = {
             k: (m.params.get(k), getattr(params, k)) for k in SIGNATURE_PARAMS if m.params.get(k) != getattr(params, k)
@@ -119,37 +116,50 @@ def earlier_signatures(
                 f"{m.dataset}/{m.key} was hashed with other MinHash parameters {stale} (stored, recipe): "
                 "backfill dedup for the earlier snapshots first"
             )
-        pos = snapshot_order(src, m.partition)
-        frames.append(
-            spark.read.schema(spark_schema(MINHASH))
-            .parquet(*ctx.lake.data_files(m))
-            .withColumn("origin", F.lit(-1 if pos is None or here is None else pos - 10**6))
-            .withColumn("origin_partition", F.lit(m.key))
-        )
-    if not frames:
-        return prior, None
-    out = frames[0]
-    for f in frames[1:]:
-        out = out.unionByName(f)
-    return prior, out
+    return prior
 
 
-def related_earlier(current: DataFrame, prior: DataFrame, rule_cols: list[str], schema: StructType) -> DataFrame:
-    """The earlier snapshots' signature rows that share a content hash or a band key with `current`
-    (semi-joins: the history is never grouped or joined whole), in `current`'s columns."""
+def history_index(spark: SparkSession, ctx: StageContext, params: DedupParams) -> HistoryIndex:
+    signature = {k: getattr(params, k) for k in SIGNATURE_PARAMS} | {"family": SIGNATURE_FAMILY}
+    return HistoryIndex(spark, ctx.lake, ctx.io(STAGE).outputs[2], params.history_buckets, signature)
+
+
+def full_history_matches(
+    spark: SparkSession, ctx: StageContext, current: DataFrame, prior: list[Manifest]
+) -> DataFrame:
+    """The earlier `minhash` rows sharing a content hash or a band key with `current`, by reading and
+    exploding every earlier partition (`history_buckets: 0`; the reference the index is tested against)."""
+    rows = minhash_rows(spark, ctx.lake, prior)
     keys = current.select(F.posexplode("bands").alias("band", "key")).distinct()
     hashes = current.select("content_hash").distinct()
-    p_keys = prior.select("doc_id", F.posexplode("bands").alias("band", "key"))
     related = (
-        p_keys.join(keys, ["band", "key"], "left_semi")
+        rows.select("doc_id", F.posexplode("bands").alias("band", "key"))
+        .join(keys, ["band", "key"], "left_semi")
         .select("doc_id")
-        .unionByName(prior.join(hashes, "content_hash", "left_semi").select("doc_id"))
+        .unionByName(rows.join(hashes, "content_hash", "left_semi").select("doc_id"))
         .distinct()
     )
-    prior = prior.join(related, "doc_id", "left_semi").join(current.select("doc_id"), "doc_id", "left_anti")
+    return rows.join(related, "doc_id", "left_semi")
+
+
+def earlier_nodes(
+    ctx: StageContext, matched: DataFrame, current: DataFrame, rule_cols: list[str], schema: StructType
+) -> DataFrame:
+    """Matched earlier rows as graph nodes in `current`'s columns: ordered before it by snapshot date
+    (`origin` < 0), without documents of this partition, with no rule values."""
+    src = ctx.recipe.source(ctx.source)
+    here = snapshot_order(src, ctx.partition)
+    keys = matched.select("origin_partition").distinct().toPandas()["origin_partition"].tolist()
+    order = {
+        k: (-1 if (pos := snapshot_order(src, parse_partition(k))) is None or here is None else pos - 10**6)
+        for k in keys
+    }
+    origin = F.create_map(*[F.lit(x) for kv in order.items() for x in kv]) if order else None
+    prior = matched.withColumn("origin", origin[F.col("origin_partition")] if origin is not None else F.lit(-1))
+    prior = prior.join(current.select("doc_id"), "doc_id", "left_anti")
     for c in rule_cols:
         prior = prior.withColumn(c, F.lit(None).cast(schema[c].dataType))
-    return prior
+    return prior.select(*current.columns)
 
 
 # -- rule ---------------------------------------------------------------------------------------
@@ -302,7 +312,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
         flush=True,
     )
 
-    prior_manifests, prior = earlier_signatures(spark, ctx, params) if params.cross_snapshot else ([], None)
+    prior_manifests = earlier_minhash(ctx, params) if params.cross_snapshot else []
     feat_schema = StructType([docs.schema[c] for c in ["doc_id", *rule_cols]] + FEATURES)
     current = (
         docs.select("doc_id", "text", *rule_cols)
@@ -311,19 +321,28 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
         .withColumn("origin_partition", F.lit(partition_key(ctx.partition)))
     )
     nodes = current
-    if prior is not None:
+    counters: dict = {"read": source.row_count, "earlier_partitions": [m.key for m in prior_manifests]}
+    if prior_manifests:
         with step(spark, STAGE, "hash"):
-            current = _materialize(current)  # read three times by the semi-joins of related_earlier
-        nodes = current.unionByName(related_earlier(current, prior, rule_cols, docs.schema))
+            current = _materialize(current)  # read by the history lookup and by the graph
+        with step(spark, STAGE, "earlier snapshots"):
+            if params.history_buckets:
+                hist = history_index(spark, ctx, params)
+                index, verdict = hist.ensure(prior_manifests)
+                matched = hist.fetch(hist.matches(current, index, counters["earlier_partitions"]), prior_manifests)
+                counters["history_index"] = {
+                    "segments": len(index.counters["segments"]),
+                    "entries": index.row_count,
+                    "verdict": verdict.why,
+                }
+            else:
+                matched = full_history_matches(spark, ctx, current, prior_manifests)
+            nodes = current.unionByName(earlier_nodes(ctx, _materialize(matched), current, rule_cols, docs.schema))
     by_hash = Window.partitionBy("content_hash").orderBy(*order)
     rep = F.first("doc_id").over(by_hash) if params.exact else F.col("doc_id")
-    with step(spark, STAGE, "hash, exact" if prior is None else "earlier snapshots, exact"):
+    with step(spark, STAGE, "exact" if prior_manifests else "hash, exact"):
         nodes = _materialize(nodes.withColumn("rep", rep))  # read by the candidates and the survivors
-    counters: dict = {
-        "read": source.row_count,
-        "earlier_partitions": [m.key for m in prior_manifests],
-        "earlier_candidates": 0 if prior is None else nodes.where("origin < 0").count(),
-    }
+    counters["earlier_candidates"] = nodes.where("origin < 0").count() if prior_manifests else 0
     group = F.col("rep")
     if params.fuzzy:
         with step(spark, STAGE, "candidates"):
@@ -404,17 +423,20 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                 known_reasons=DROP_REASONS,  # counted while written: the documents are read once
                 **common,
             )
-            commit_partition(
+            minhash = commit_partition(
                 spark,
                 ctx,
                 stage=STAGE,
                 dataset=io.outputs[2],
                 schema=MINHASH,
-                rows=decided,
+                rows=decided.sortWithinPartitions("doc_id"),  # the history lookup reads matching row groups
                 counted=counted,
                 counters={"read": source.row_count, "dedup_digest": kept.digest, "signature_family": SIGNATURE_FAMILY},
                 **common,
             )
+        if params.cross_snapshot and params.history_buckets:
+            with step(spark, STAGE, "history index"):
+                history_index(spark, ctx, params).record(minhash)
     finally:
         decided.unpersist()
     print(
