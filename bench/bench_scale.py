@@ -11,7 +11,8 @@ recomputed (warcio), so the stage's digest check passes.
 Runs, each in a fresh Python process with its own local[2] Spark session (so peak memory is that
 run's): extract -> langid -> quality (rules) -> dedup, through the stage code, at 1x, 4x and 16x the
 sample (8, 32, 128 WARC files, shards of 8 files); then dedup of 8 equal 1x snapshots in date order
-(cross-snapshot on), each against all earlier ones.
+(cross-snapshot on), each against all earlier ones, through the history index and, for comparison,
+by reading every earlier partition whole.
 
 Printed: a table of documents, seconds, documents/s, peak RSS of the driver (Python + JVM) and of the
 Python workers, the driver JVM's live heap (in use after a full GC, the largest after any stage: what
@@ -127,7 +128,7 @@ def build_snapshot(root: Path, snap: str, copies: range, day: date) -> int:
     return len(paths)
 
 
-def bench_recipe(base: Path, snapshots: list[tuple[str, date]]):
+def bench_recipe(base: Path, snapshots: list[tuple[str, date]], **dedup: int):
     from phiflow.recipe import load_recipe, parse_recipe
 
     data = load_recipe(ROOT / "recipes" / "demo.yaml").model_dump(mode="json", exclude={"path"})
@@ -145,6 +146,7 @@ def bench_recipe(base: Path, snapshots: list[tuple[str, date]]):
     data["stages"]["commoncrawl_extract"]["shard_files"] = 8
     data["stages"]["quality"]["classifier"] = None  # rules only: the bench measures the engine, not an LLM
     data["stages"]["quality"]["code_classifier"] = None
+    data["stages"]["dedup"].update(dedup)
     return parse_recipe(data)
 
 
@@ -238,7 +240,9 @@ def run_scale(scale: int, out: Path) -> None:
 
 
 def run_history(snapshots: int, out: Path) -> None:
-    """`snapshots` equal 1x snapshots, each through extract -> quality -> dedup in date order; dedup timed."""
+    """`snapshots` equal 1x snapshots, each through extract -> quality -> dedup in date order; dedup timed
+    twice a snapshot: against every earlier partition read whole (`history_buckets: 0`), then through the
+    history index (the recipe's setting; that run's partitions are the ones later snapshots read)."""
     from phiflow.storage import Lake
     from spark_jobs import commoncrawl_extract, dedup, langid, quality
     from spark_jobs.stage_io import StageContext
@@ -249,20 +253,25 @@ def run_history(snapshots: int, out: Path) -> None:
         for k, (snap, day) in enumerate(snaps):
             build_snapshot(base, snap, range(k, k + 1), day)
         recipe = bench_recipe(base, snaps)
+        full = bench_recipe(base, snaps, history_buckets=0)
         spark = session(recipe)
         lake = Lake(str(Path(tmp) / "lake"))
-        dedup_s = []
+        times: dict[str, list[float]] = {"dedup_seconds": [], "full_join_seconds": []}
         for snap, _ in snaps:
             ctx = StageContext(recipe=recipe, source="bench", partition={"snapshot": snap}, lake=lake)
             for stage in (commoncrawl_extract, langid, quality):
                 stage.run(spark, ctx)
-            t0 = time.perf_counter()
-            m = dedup.run(spark, ctx)
-            dedup_s.append(time.perf_counter() - t0)
-            print(f"  {snap}: dedup {dedup_s[-1]:.1f} s, earlier partitions {len(m.counters['earlier_partitions'])}, "
-                  f"merged {m.counters['merged']}", flush=True)
+            for key, r in (("full_join_seconds", full), ("dedup_seconds", recipe)):
+                t0 = time.perf_counter()
+                m = dedup.run(spark, StageContext(recipe=r, source="bench", partition=ctx.partition, lake=lake))
+                times[key].append(time.perf_counter() - t0)
+            indexed, joined = times["dedup_seconds"][-1], times["full_join_seconds"][-1]
+            c = m.counters
+            print(f"  {snap}: dedup {indexed:.1f} s (full join {joined:.1f} s), earlier partitions "
+                  f"{len(c['earlier_partitions'])}, earlier candidates {c['earlier_candidates']}, merged {c['merged']}",
+                  flush=True)
         spark.stop()
-    out.write_text(json.dumps({"dedup_seconds": dedup_s}))
+    out.write_text(json.dumps(times))
 
 
 def child(*args: str) -> dict:
@@ -291,12 +300,15 @@ def main() -> None:
               f"{r['worker_rss'] / 2**20:>7.0f} MiB {r['spill'] / 2**20:>5.1f} MiB"
               f"   " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items()))
     print("\ndedup of 8 equal snapshots in date order (each against all earlier ones):")
-    hist = child("--history", "8")["dedup_seconds"]
+    history = child("--history", "8")
+    hist = history["dedup_seconds"]
     first, last = rows[0], rows[-1]
     r1 = (last["docs"] / last["seconds"]) / (first["docs"] / first["seconds"])
     r2 = (last["driver_rss"] + last["worker_rss"]) / (first["driver_rss"] + first["worker_rss"])
     r3 = hist[7] / hist[1]
-    print(f"  dedup seconds: {', '.join(f'{s:.1f}' for s in hist)}")
+    print(f"  dedup seconds, history index: {', '.join(f'{s:.1f}' for s in hist)}")
+    print(f"  dedup seconds, full join:     {', '.join(f'{s:.1f}' for s in history['full_join_seconds'])}"
+          f" (8/2 = {history['full_join_seconds'][7] / history['full_join_seconds'][1]:.2f})")
     print("targets: R1 >= 0.8, R2 <= 1.3, R3 <= 1.3")
     print(f"scale: docs/s {last['scale']}x/{first['scale']}x = {r1:.2f}; peak RSS {last['scale']}x/{first['scale']}x "
           f"= {r2:.2f}; dedup snapshot 8/2 = {r3:.2f}")

@@ -40,9 +40,8 @@ def test_compaction_keeps_log_k_segments_and_every_partition_once() -> None:
         merged = merge_plan(segments, 1)
         absorbed = segments[len(segments) - merged :]
         rewrites += sum(len(s.partitions) for s in absorbed)
-        segments = segments[: len(segments) - merged] + [
-            Segment(f"a{k}", [p for s in absorbed for p in s.partitions] + [f"p{k}"], 0)
-        ]
+        parts = [*(p for s in absorbed for p in s.partitions), f"p{k}"]
+        segments = [*segments[: len(segments) - merged], Segment(f"a{k}", parts, 0)]
         held = [p for s in segments for p in s.partitions]
         assert sorted(held) == sorted(f"p{i}" for i in range(1, k + 1))  # each once, none lost
         assert len(segments) == bin(k).count("1") <= level_of(k) + 1  # a binary counter
@@ -52,7 +51,8 @@ def test_compaction_keeps_log_k_segments_and_every_partition_once() -> None:
 
 def test_verdict_rebuilds_on_changed_rows_or_parameters_and_adds_what_is_missing() -> None:
     sig = {"num_perm": 128, "family": "f"}
-    state = IndexState(8, sig, {"snapshot=A": "d1", "snapshot=B": "d2"}, [Segment("x", ["snapshot=A", "snapshot=B"], 9)])
+    held = {"snapshot=A": "d1", "snapshot=B": "d2"}
+    state = IndexState(8, sig, held, [Segment("x", list(held), 9)])
     assert verdict(None, {"snapshot=A": "d1"}, 8, sig).rebuild
     assert verdict(state, {"snapshot=A": "d1"}, 16, sig).rebuild
     assert verdict(state, {"snapshot=A": "d1"}, 8, {**sig, "num_perm": 64}).rebuild
