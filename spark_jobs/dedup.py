@@ -429,7 +429,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                 stage=STAGE,
                 dataset=io.outputs[2],
                 schema=MINHASH,
-                rows=decided.sortWithinPartitions("doc_id"),  # the history lookup reads matching row groups
+                rows=decided,
                 counted=counted,
                 counters={"read": source.row_count, "dedup_digest": kept.digest, "signature_family": SIGNATURE_FAMILY},
                 **common,

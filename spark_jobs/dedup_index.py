@@ -6,8 +6,10 @@ Layout. The index of `<source>.minhash` is the lake partition `_index/<source>.m
 (under `_`, so not a dataset of its own; committed with the same compare-and-swap as any partition).
 Its manifest names the files of a few *segments*, one attempt folder each, and says in its counters
 which `minhash` partitions (by digest) each segment holds. A segment's rows are entries
-`(band, key, doc_id, origin_partition)`: one per LSH band key of a survivor, and one with band -1
-whose key is the xxhash64 of its content hash. They are written in `bucket=<key mod buckets>`
+`(band, key, origin_partition, file, row)`: one per LSH band key of a survivor, and one with band -1
+whose key is the xxhash64 of its content hash; `file` and `row` locate the survivor's row in the
+committed `minhash` partition (the manifest's file list, the row's position in the file), which never
+changes while the partition's digest does not. They are written in `bucket=<key mod buckets>`
 folders, sorted by key.
 
 Update and compaction: after dedup commits snapshot k's `minhash` partition, k becomes one new segment,
@@ -16,9 +18,9 @@ most log2(k) + 1 segments, and each entry is rewritten O(log k) times over the w
 
 Lookup (`earlier_matches`): snapshot k's keys are shuffled to their buckets; one Python call per bucket
 reads that bucket's entries from each segment and semi-joins them with k's keys (Arrow's hash join).
-The history is never exploded, shuffled or decoded beyond the bucket's entry columns. The signatures
-of the matched documents only are then read from their `minhash` partitions (row groups whose doc_id
-range holds a match; the partitions are written sorted by doc_id).
+The history is never exploded, shuffled or decoded beyond the bucket's entry columns. The rows of the
+matched documents only are then read from their `minhash` partitions, by position: only the row
+groups that hold a match.
 
 Staleness: the index is derived data. It is rebuilt from the committed `minhash` partitions when it
 is missing, when its MinHash parameters or bucket count differ from the recipe's, or when a partition
@@ -55,19 +57,21 @@ ENTRY = pa.schema(
     [
         pa.field("band", pa.int16()),  # -1: the content-hash entry
         pa.field("key", pa.int64()),
-        pa.field("doc_id", pa.string()),
         pa.field("origin_partition", pa.string()),
+        pa.field("file", pa.int32()),  # index in the partition manifest's file list
+        pa.field("row", pa.int64()),  # position in that file
     ]
 )
 ENTRY_SPARK = StructType(
     [
         StructField("band", ShortType()),
         StructField("key", LongType()),
-        StructField("doc_id", StringType()),
         StructField("origin_partition", StringType()),
+        StructField("file", IntegerType()),
+        StructField("row", LongType()),
     ]
 )
-MATCH_SPARK = StructType([StructField("doc_id", StringType()), StructField("origin_partition", StringType())])
+LOCATION = ["origin_partition", "file", "row"]
 _BUCKET_DIR = re.compile(r"(?:^|/)bucket=(\d+)/")
 
 
@@ -158,41 +162,23 @@ def probe_bucket(entries: pa.Table, keys: pa.Table, allowed: Iterable[str]) -> p
     """Entries of partitions in `allowed` whose (band, key) is among `keys`: the documents to fetch."""
     entries = entries.filter(pc.is_in(entries["origin_partition"], value_set=pa.array(sorted(allowed), pa.string())))
     hits = entries.join(keys.select(["band", "key"]), keys=["band", "key"], join_type="left semi")
-    return hits.select(["doc_id", "origin_partition"])
+    return hits.select(LOCATION)
 
 
-def row_groups_holding(meta: pq.FileMetaData, column: str, wanted: list[str]) -> list[int]:
-    """Row groups whose min/max of `column` admits one of `wanted` (sorted); all of them when a group
-    has no statistics. A file sorted by the column thus gives only the groups that hold a match."""
-    col = meta.schema.names.index(column)
-    out = []
-    for i in range(meta.num_row_groups):
-        stats = meta.row_group(i).column(col).statistics
-        if stats is None or not stats.has_min_max:
-            out.append(i)
-            continue
-        lo, hi = _text(stats.min), _text(stats.max)
-        j = bisect.bisect_left(wanted, lo)
-        if j < len(wanted) and wanted[j] <= hi:
-            out.append(i)
-    return out
-
-
-def _text(v: object) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def read_matches(uri: str, wanted: list[str], columns: list[str]) -> pa.Table | None:
-    """The rows of one parquet file whose doc_id is in `wanted` (sorted), reading only the row groups
-    that can hold them."""
+def read_rows(uri: str, rows: list[int], columns: list[str]) -> pa.Table:
+    """Rows of one parquet file by position (sorted, distinct), reading only the row groups that hold them."""
     fs, path = url_to_fs(uri)
     with fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
-        groups = row_groups_holding(pf.metadata, "doc_id", wanted)
-        if not groups:
-            return None
-        t = pf.read_row_groups(groups, columns=columns)
-    return t.filter(pc.is_in(t["doc_id"], value_set=pa.array(wanted, pa.string())))
+        starts = [0]
+        for i in range(pf.metadata.num_row_groups):
+            starts.append(starts[-1] + pf.metadata.row_group(i).num_rows)
+        parts = []
+        for g in sorted({bisect.bisect_right(starts, r) - 1 for r in rows}):
+            lo, hi = bisect.bisect_left(rows, starts[g]), bisect.bisect_left(rows, starts[g + 1])
+            group = pf.read_row_group(g, columns=columns)
+            parts.append(group.take(pa.array([r - starts[g] for r in rows[lo:hi]], pa.int64())))
+    return pa.concat_tables(parts) if parts else pa.schema([pf.schema_arrow.field(c) for c in columns]).empty_table()
 
 
 def _read_entries(uris: list[str]) -> pa.Table:
@@ -205,12 +191,10 @@ def _read_entries(uris: list[str]) -> pa.Table:
 
 # -- Spark plumbing -----------------------------------------------------------------------------------
 def entries_of(rows: DataFrame, buckets: int) -> DataFrame:
-    """Index entries of `minhash` rows (doc_id, content_hash, bands, origin_partition), with their bucket."""
-    banded = rows.select("doc_id", "origin_partition", F.posexplode("bands").alias("band", "key"))
-    hashed = rows.select("doc_id", "origin_partition", F.lit(-1).alias("band"), F.xxhash64("content_hash").alias("key"))
-    return with_bucket(
-        banded.unionByName(hashed).select(F.col("band").cast("short"), "key", "doc_id", "origin_partition"), buckets
-    )
+    """Index entries of `minhash` rows (content_hash, bands and their location), with their bucket."""
+    banded = rows.select(*LOCATION, F.posexplode("bands").alias("band", "key"))
+    hashed = rows.select(*LOCATION, F.lit(-1).alias("band"), F.xxhash64("content_hash").alias("key"))
+    return with_bucket(banded.unionByName(hashed).select(F.col("band").cast("short"), "key", *LOCATION), buckets)
 
 
 def with_bucket(df: DataFrame, buckets: int) -> DataFrame:
@@ -313,7 +297,25 @@ class HistoryIndex:
             raise
 
     def _minhash_rows(self, partitions: list[Manifest]) -> DataFrame:
-        return entries_of(minhash_rows(self.spark, self.lake, partitions), self.buckets)
+        """Entries of committed `minhash` partitions, located by file (manifest order) and row."""
+        frames = []
+        for m in partitions:
+            names = [x for i, f in enumerate(m.files) for x in (F.lit(posixpath.basename(f.path)), F.lit(i))]
+            frames.append(
+                self.spark.read.schema(spark_schema(MINHASH))
+                .parquet(*self.lake.data_files(m))
+                .select(
+                    "content_hash",
+                    "bands",
+                    F.lit(m.key).alias("origin_partition"),
+                    F.create_map(*names)[F.col("_metadata.file_name")].alias("file"),
+                    F.col("_metadata.row_index").alias("row"),
+                )
+            )
+        rows = frames[0]
+        for f in frames[1:]:
+            rows = rows.unionByName(f)
+        return entries_of(rows, self.buckets)
 
     def _segment_entries(self, current: Manifest, segments: list[Segment]) -> DataFrame:
         uris = [u for s in segments for u in self.segment_files(current, s)]
@@ -348,8 +350,8 @@ class HistoryIndex:
 
     # -- lookup ---------------------------------------------------------------------------------------
     def matches(self, current: DataFrame, index: Manifest, allowed: list[str]) -> DataFrame:
-        """(doc_id, origin_partition) of the earlier survivors sharing a band key or content hash with
-        `current`, among the partitions `allowed` (those dated before the snapshot)."""
+        """Locations (partition, file, row) of the earlier survivors sharing a band key or content hash
+        with `current`, among the partitions `allowed` (those dated before the snapshot)."""
         files: dict[int, list[str]] = {}
         base = self.lake.partition_path(self.dataset, INDEX_PARTITION)
         for f in index.files:
@@ -357,10 +359,11 @@ class HistoryIndex:
             if b is not None:
                 files.setdefault(b, []).append(self.lake.uri(posixpath.join(base, f.path)))
         probe = _bucket_prober(files, allowed)
-        return query_keys(current, self.buckets).groupBy("bucket").applyInArrow(probe, MATCH_SPARK).distinct()
+        located = StructType([f for f in ENTRY_SPARK.fields if f.name in LOCATION])
+        return query_keys(current, self.buckets).groupBy("bucket").applyInArrow(probe, located).distinct()
 
     def fetch(self, matches: DataFrame, partitions: list[Manifest]) -> DataFrame:
-        """The `minhash` rows of the matched documents, read from their partitions' matching row groups."""
+        """The `minhash` rows of the matched documents, read by position from their partitions."""
         files = {m.key: self.lake.data_files(m) for m in partitions}
         schema = StructType([*spark_schema(MINHASH).fields, StructField("origin_partition", StringType())])
         return matches.groupBy("origin_partition").applyInArrow(_partition_fetcher(files), schema)
@@ -379,8 +382,10 @@ def _partition_fetcher(files: dict[str, list[str]]) -> Callable[[pa.Table], pa.T
 
     def run(wanted: pa.Table) -> pa.Table:
         key = wanted["origin_partition"][0].as_py()
-        ids = sorted(set(wanted["doc_id"].to_pylist()))
-        parts = [t for uri in files[key] if (t := read_matches(uri, ids, columns)) is not None]
+        by_file: dict[int, list[int]] = {}
+        for f, r in zip(wanted["file"].to_pylist(), wanted["row"].to_pylist(), strict=True):
+            by_file.setdefault(f, []).append(r)
+        parts = [read_rows(files[key][f], sorted(set(rows)), columns) for f, rows in sorted(by_file.items())]
         t = pa.concat_tables(parts) if parts else MINHASH.empty_table()
         return t.append_column("origin_partition", pa.array([key] * t.num_rows, pa.string()))
 

@@ -22,8 +22,7 @@ from spark_jobs.dedup_index import (
     level_of,
     merge_plan,
     probe_bucket,
-    read_matches,
-    row_groups_holding,
+    read_rows,
     verdict,
 )
 from spark_jobs.minhash import planted_pair
@@ -69,24 +68,26 @@ def test_probe_bucket_joins_on_band_and_key_within_the_allowed_partitions() -> N
         {
             "band": pa.array([0, 1, 0, -1, 0], pa.int16()),
             "key": pa.array([5, 5, 7, 9, 5], pa.int64()),
-            "doc_id": ["a", "b", "c", "d", "e"],
             "origin_partition": ["s=1", "s=1", "s=1", "s=1", "s=3"],
+            "file": pa.array([0, 0, 1, 1, 0], pa.int32()),
+            "row": pa.array([10, 11, 12, 13, 14], pa.int64()),
         }
     )
     keys = pa.table({"band": pa.array([0, -1], pa.int16()), "key": pa.array([5, 9], pa.int64()), "bucket": [1, 1]})
     hits = probe_bucket(entries, keys, ["s=1", "s=2"])
-    assert sorted(hits["doc_id"].to_pylist()) == ["a", "d"]  # b: other band; c: other key; e: a later snapshot
+    assert sorted(hits["row"].to_pylist()) == [10, 13]  # 11: other band; 12: other key; 14: a later snapshot
+    assert hits.column_names == ["origin_partition", "file", "row"]
 
 
-def test_only_the_row_groups_holding_matches_are_read(tmp_path) -> None:
-    ids = [f"doc{i:05d}" for i in range(1000)]
+def test_rows_are_read_by_position_from_the_row_groups_holding_them(tmp_path) -> None:
     path = tmp_path / "m.parquet"
-    pq.write_table(pa.table({"doc_id": ids, "x": list(range(1000))}), path, row_group_size=100)
-    meta = pq.ParquetFile(path).metadata
-    assert row_groups_holding(meta, "doc_id", ["doc00150", "doc00151", "doc00920"]) == [1, 9]
-    assert row_groups_holding(meta, "doc_id", ["zzz"]) == []
-    t = read_matches(path.as_uri(), ["doc00150", "doc00920", "nope"], ["doc_id", "x"])
-    assert t.to_pydict() == {"doc_id": ["doc00150", "doc00920"], "x": [150, 920]}
+    pq.write_table(
+        pa.table({"doc_id": [f"doc{i:05d}" for i in range(1000)], "x": list(range(1000))}), path, row_group_size=100
+    )
+    t = read_rows(path.as_uri(), [0, 150, 151, 920, 999], ["doc_id", "x"])
+    assert t.column("x").to_pylist() == [0, 150, 151, 920, 999]
+    assert t.column("doc_id").to_pylist()[1] == "doc00150"
+    assert read_rows(path.as_uri(), [], ["x"]).num_rows == 0
 
 
 # -- through the stage ------------------------------------------------------------------------------
