@@ -30,9 +30,11 @@ def find(lake: Lake, doc_id: str) -> list[Hit]:
     for dataset in lake.datasets():
         for m in lake.partitions(dataset):
             base = lake.partition_path(m.dataset, m.partition)
-            if not m.files or "doc_id" not in {f["name"] for f in m.schema}:
+            # Token partitions hold Megatron .bin/.idx shards beside their doc-id sidecars (Parquet)
+            tables = [f"{base}/{f.path}" for f in m.files if f.path.endswith(".parquet")]
+            if not tables or "doc_id" not in {f["name"] for f in m.schema}:
                 continue
-            ds = pads.dataset([f"{base}/{f.path}" for f in m.files], filesystem=lake.fs, format="parquet")
+            ds = pads.dataset(tables, filesystem=lake.fs, format="parquet")
             cols = [c for c in ("doc_id", "source", "source_uri", "parent_ids", *ORIGIN_FIELDS) if c in ds.schema.names]
             for row in ds.to_table(columns=cols, filter=pc.field("doc_id") == doc_id).to_pylist():
                 hits.append(Hit(m, row))
@@ -58,9 +60,10 @@ def trace(lake: Lake, doc_id: str, depth: int = 0, seen: set[str] | None = None)
             f"  airflow {af.get('dag_id', '-')}/{af.get('run_id', '-')}/{af.get('task_id', '-')}"
         )
         parents.extend(p for p in h.row.get("parent_ids") or [] if p not in parents)
-    origin = {k: str(v) for k, v in hits[0].row.items() if k in ORIGIN_FIELDS and v is not None}
+    first = next((h.row for h in hits if h.row.get("source_uri")), hits[0].row)  # sidecars carry the id only
+    origin = {k: str(v) for k, v in first.items() if k in ORIGIN_FIELDS and v is not None}
     if not parents:
-        lines.append(f"{pad}  origin: {hits[0].row['source']} {hits[0].row['source_uri']}  {origin}")
+        lines.append(f"{pad}  origin: {first.get('source', '?')} {first.get('source_uri', '?')}  {origin}")
     for p in parents:
         lines.extend(trace(lake, p, depth + 1, seen))
     return lines

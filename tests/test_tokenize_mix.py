@@ -65,6 +65,20 @@ def test_shards_read_back_with_megatron(tokenized, test_recipe) -> None:
     assert m.params["tokenizer"]["vocab_size"] == 512 and ds.index.dtype == np.uint16
 
 
+def test_trace_reads_the_sidecars_of_token_shards_and_reaches_the_warc_record(tokenized) -> None:
+    """`phiflow trace` over a lake with Megatron .bin/.idx shards (it took them for Parquet and crashed)."""
+    from phiflow.trace import trace
+
+    lake, m = tokenized
+    doc = lake.read_table(lake.require("web.langid", SNAP), columns=["doc_id"]).column("doc_id")[0].as_py()
+    lines = trace(lake, doc)
+    assert any(line.strip().startswith(f"{m.dataset}/{m.key}  stage tokenize") for line in lines)
+    assert any(line.strip().startswith("web.extracted/snapshot=CC-MAIN-2024-10") for line in lines)
+    (origin,) = [line for line in lines if "origin:" in line]
+    assert "web warc://" in origin or "origin: web " in origin
+    assert "warc_record_id" in origin and "url" in origin
+
+
 def test_rerun_gives_the_same_partition(spark, tokenized, test_recipe) -> None:
     lake, m = tokenized
     again = tokenization.run(spark, ctx(test_recipe, lake, "web.langid"))
