@@ -7,8 +7,9 @@ and when every shard is in, the snapshot's roll-up is committed (spark_jobs.shar
 
 Memory stays flat: a task streams its WARC through fsspec (local, http(s), s3), yields only the kept
 documents, and writes a small report per file into the attempt folder (`_file-<hash>.json`: records
-per drop reason, and the file's outcome with its error). The driver reads those reports after the
-write to count drops and to name every failed file; nothing of the shard is cached or collected.
+per drop reason and per WARC-Type, HTTP codings undone, and the file's outcome with its error). The
+driver reads those reports after the write to count drops and to name every failed file; nothing of
+the shard is cached or collected.
 
 Failure budgets: a shard commits only if at most `shard_failure_budget` of its files failed, the
 snapshot's roll-up only if at most `failure_budget` of all its files did. A rejected shard is retried
@@ -76,11 +77,14 @@ def extract_files(source: str, params: CommonCrawlExtractParams, report_dir: str
         for batch in batches:
             for url in batch.column("warc_url").to_pylist():
                 t0, kept, dropped, buf = time.time(), 0, Counter(), []
+                decoding: Counter[str] = Counter()
+                records: dict[str, int] = {}
                 outcome, error = FILE_OK, None
                 try:
                     with fsspec.open(url, "rb") as fh:
                         for row in iter_rows(fh, url, source, params):
                             reason = row["drop_reason"]
+                            decoding.update(row.get("_decoding", ()))
                             if reason is None:
                                 kept += 1
                                 buf.append(row)
@@ -88,7 +92,7 @@ def extract_files(source: str, params: CommonCrawlExtractParams, report_dir: str
                                     yield pa.RecordBatch.from_pylist(buf, schema=ROWS)
                                     buf = []
                             elif reason.startswith(FILE_PREFIX):
-                                outcome = reason[len(FILE_PREFIX) :]
+                                outcome, records = reason[len(FILE_PREFIX) :], row["records"]
                             else:
                                 dropped[reason] += 1
                 except OSError as err:  # cannot open: the whole file is one failure
@@ -101,6 +105,8 @@ def extract_files(source: str, params: CommonCrawlExtractParams, report_dir: str
                     "error": error or (outcome if outcome != FILE_OK else None),
                     "kept": kept,
                     "dropped": dict(dropped),
+                    "records": records,  # by WARC-Type
+                    "http_decoding": dict(decoding),  # codings undone, truncated streams, sniffed types
                     "seconds": round(time.time() - t0, 3),
                 }
                 with fsspec.open(posixpath.join(report_dir, report_name(url)), "w") as out:
@@ -160,8 +166,12 @@ def extract_shard(spark, ctx: StageContext, plan: ShardPlan) -> Manifest:
             + "; ".join(f"{f['url'].rsplit('/', 1)[-1]} {f['reason']}" for f in failed[:5])
         )
     dropped: Counter[str] = Counter()
+    records: Counter[str] = Counter()
+    decoding: Counter[str] = Counter()
     for r in reports:
         dropped.update(r["dropped"])
+        records.update(r.get("records", {}))
+        decoding.update(r.get("http_decoding", {}))
     if sum(r["kept"] for r in reports) != written.counted.kept:
         raise RuntimeError(f"{dataset}/{attempt}: the file reports do not add up to the rows written")
     return commit_written(
@@ -171,6 +181,8 @@ def extract_shard(spark, ctx: StageContext, plan: ShardPlan) -> Manifest:
         inputs=plan.inputs,
         counters={
             "read": written.counted.kept + sum(dropped.values()),
+            "records": dict(sorted(records.items())),
+            "http_decoding": dict(sorted(decoding.items())),
             "files": {
                 "total": len(urls),
                 "ok": len(urls) - len(failed),

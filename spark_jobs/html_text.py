@@ -1,7 +1,8 @@
 """HTML bytes -> main text, title and charset: the per-page part of commoncrawl_extract.
 
-Decoding trusts a declared charset only if the bytes actually decode under it (servers mislabel
-pages), then tries <meta charset>, then detects. Extraction uses resiliparse's main-content
+Decoding follows WHATWG's order (a BOM, the HTTP charset, <meta charset>), trusting a declared
+charset only if the bytes actually decode under it and do not turn valid UTF-8 into mojibake
+(servers mislabel pages), then detects. Extraction uses resiliparse's main-content
 heuristics with formatting preserved, so code blocks (<pre>), list structure and table rows keep
 their lines instead of being collapsed into one paragraph.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
@@ -18,6 +20,7 @@ from resiliparse.parse.html import HTMLTree
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
 _CONTROL = bytes(b for b in range(32) if b not in (9, 10, 12, 13))
+_CONTROL_CHARS = frozenset(_CONTROL.decode("ascii"))
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class Extracted:
     text: str
     title: str
     charset: str
-    charset_source: str  # "http", "meta" or "detected": how the charset was chosen
+    charset_source: str  # "bom", "http", "meta", "bytes" (valid UTF-8) or "detected": how it was chosen
 
 
 def _codec(name: str | None) -> str | None:
@@ -48,24 +51,56 @@ def _decode(body: bytes, codec: str | None) -> str | None:
         return None
 
 
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xfe\xff", "utf-16-be"), (b"\xff\xfe", "utf-16-le"))
+
+
+def bom(body: bytes) -> tuple[str, int] | None:
+    """(codec, BOM length) when the payload starts with a byte-order mark."""
+    return next(((codec, len(mark)) for mark, codec in _BOMS if body.startswith(mark)), None)
+
+
+@lru_cache(maxsize=256)
+def single_byte(codec: str) -> bool:
+    """Whether `codec` maps every byte to one character (latin-1, cp1252, koi8-r ...): a legacy codec
+    under which any bytes decode, UTF-8 ones included, as mojibake."""
+    return len(bytes(range(256)).decode(codec, "replace")) == 256
+
+
 def decode_html(body: bytes, declared: str | None) -> tuple[str, str, str]:
-    """Decode a page: (text, codec, source). Never raises on bad bytes."""
-    http = _codec(declared)
-    if (text := _decode(body, http)) is not None:
-        return text, http, "http"
+    """Decode a page: (text, codec, source). Never raises on bad bytes.
+
+    WHATWG's order: a BOM decides (and is not part of the text); then the HTTP charset, then
+    `<meta charset>`, each only if the bytes decode under it. A declared single-byte charset loses to
+    UTF-8 when the bytes are valid UTF-8 with non-ASCII characters (a latin-1 header on a UTF-8 page
+    would give "Ã¼" for "ü"); then UTF-8 if valid, then detection."""
+    if (found := bom(body)) is not None:
+        codec, skip = found
+        return body[skip:].decode(codec, "replace"), codec, "bom"
+    utf8 = _decode(body, "utf-8")
     m = _META_CHARSET.search(body[:4096])
     meta = _codec(m.group(1).decode("ascii", "ignore")) if m else None
-    if (text := _decode(body, meta)) is not None:
-        return text, meta, "meta"
+    for codec, source in ((_codec(declared), "http"), (meta, "meta")):
+        if (text := _decode(body, codec)) is None:
+            continue
+        if codec != "utf-8" and utf8 is not None and not utf8.isascii() and single_byte(codec):
+            return utf8, "utf-8", "bytes"
+        return text, codec, source
+    if utf8 is not None:
+        return utf8, "utf-8", "bytes"
     detected = _codec(detect_encoding(body)) or "utf-8"
     return bytes_to_str(body, detected), detected, "detected"
 
 
-def binary_fraction(body: bytes, sample: int = 8192) -> float:
-    """Share of control bytes (NUL and friends) in the head of a payload: high for binary data."""
+def binary_fraction(body: bytes, declared: str | None = None, sample: int = 8192) -> float:
+    """Share of control characters (NUL and friends) in the head of a payload: high for binary data.
+    UTF-16/32 text (by BOM or declared charset) is judged on its characters, not its NUL-rich bytes."""
     head = body[:sample]
     if not head:
         return 0.0
+    codec = found[0] if (found := bom(head)) is not None else _codec(declared)
+    if codec and codec.startswith(("utf-16", "utf-32")):
+        text = head.decode(codec, "replace")
+        return sum(c in _CONTROL_CHARS for c in text) / max(len(text), 1)
     return (len(head) - len(head.translate(None, _CONTROL))) / len(head)  # one C pass
 
 

@@ -3,23 +3,30 @@
 The rules are plain functions over a `Page` (what the WARC response says) so they are unit-tested
 without Spark; `iter_rows` applies them record by record and never lets one bad record stop the
 file: a record that fails is a row with a reason, a file that breaks midway keeps what was read
-before the break and ends with a file-level row saying why.
+before the break and ends with a file-level row saying why (and counting the file's records by type).
+
+Between the integrity rules (digest, status: on the body as stored) and the content rules, the HTTP
+body is decoded (spark_jobs.http_body: chunked, gzip, deflate, br) and a missing Content-Type is
+sniffed; each row carries what was undone in `_decoding`, which the stage counts and never commits.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from fastwarc.warc import ArchiveIterator, WarcRecordType
+from fastwarc.warc import ArchiveIterator
 
 from phiflow.ids import doc_id
 from phiflow.recipe import CommonCrawlExtractParams
 from spark_jobs.html_text import binary_fraction, extract
+from spark_jobs.http_body import UNKNOWN_TYPES, decode_body, sniff_content_type
 
 # File-level outcome rows have no document; their reason starts with this prefix.
 FILE_PREFIX = "file:"
@@ -37,6 +44,7 @@ class Page:
     charset: str | None
     body: bytes
     payload_digest: str | None = None  # WARC-Payload-Digest, "sha1:<base32>"
+    headers: tuple[tuple[str, str], ...] = ()  # the HTTP response's header fields
 
 
 Rule = Callable[[Page, CommonCrawlExtractParams], str | None]
@@ -71,11 +79,25 @@ def rule_size(page: Page, p: CommonCrawlExtractParams) -> str | None:
 
 
 def rule_binary(page: Page, p: CommonCrawlExtractParams) -> str | None:
-    return "binary_payload" if binary_fraction(page.body) > p.max_binary_fraction else None
+    return "binary_payload" if binary_fraction(page.body, page.charset) > p.max_binary_fraction else None
 
 
-# Order matters: integrity first, then cheap header checks, the size guard before anything reads the body.
-PAGE_RULES: list[Rule] = [rule_digest, rule_status, rule_content_type, rule_empty, rule_size, rule_binary]
+# Order matters: integrity on the body as stored, then (decoded) cheap header checks, the size guard
+# before anything reads the body.
+INTEGRITY_RULES: list[Rule] = [rule_digest, rule_status]
+PAGE_RULES: list[Rule] = [rule_content_type, rule_empty, rule_size, rule_binary]
+
+
+def decoded(page: Page, p: CommonCrawlExtractParams) -> tuple[Page, tuple[str, ...], str | None]:
+    """The page with its HTTP codings undone and its type sniffed when the server sent none: (page,
+    what was done, why the body cannot be used)."""
+    body = decode_body(page.body, page.headers, p.max_html_bytes)
+    steps = body.steps
+    ctype = page.content_type
+    if ctype in UNKNOWN_TYPES:
+        ctype = sniff_content_type(body.body)
+        steps = (*steps, "sniffed_type")
+    return dataclasses.replace(page, body=body.body, content_type=ctype), steps, body.error
 
 
 def _row(source: str, warc_url: str, page: Page, **extra: Any) -> dict[str, Any]:
@@ -96,15 +118,20 @@ def _row(source: str, warc_url: str, page: Page, **extra: Any) -> dict[str, Any]
 
 
 def page_row(source: str, warc_url: str, page: Page, params: CommonCrawlExtractParams) -> dict[str, Any]:
-    """Apply the rules and the extractor to one page."""
-    for rule in PAGE_RULES:
-        reason = rule(page, params)
-        if reason:
+    """Apply the rules, the HTTP decoding and the extractor to one page."""
+    for rule in INTEGRITY_RULES:
+        if reason := rule(page, params):
             return _row(source, warc_url, page, drop_reason=reason)
+    page, steps, error = decoded(page, params)
+    if error:
+        return _row(source, warc_url, page, drop_reason=error, _decoding=steps)
+    for rule in PAGE_RULES:
+        if reason := rule(page, params):
+            return _row(source, warc_url, page, drop_reason=reason, _decoding=steps)
     try:
         ex = extract(page.body, page.charset)
     except Exception as err:  # a parser failure on one page must not lose the file
-        return _row(source, warc_url, page, drop_reason=f"extract_error:{type(err).__name__}")
+        return _row(source, warc_url, page, drop_reason=f"extract_error:{type(err).__name__}", _decoding=steps)
     reason = "too_little_text" if len(ex.text) < params.min_text_chars else None
     return _row(
         source,
@@ -115,17 +142,20 @@ def page_row(source: str, warc_url: str, page: Page, params: CommonCrawlExtractP
         text=ex.text,
         text_chars=len(ex.text),
         drop_reason=reason,
+        _decoding=steps,
     )
 
 
-def file_row(source: str, warc_url: str, reason: str) -> dict[str, Any]:
-    """A row that reports a file-level outcome (unreadable, truncated) rather than a document."""
+def file_row(source: str, warc_url: str, reason: str, records: dict[str, int] | None = None) -> dict[str, Any]:
+    """A row that reports a file-level outcome (unreadable, truncated, not a WARC file) rather than a
+    document, with the file's records counted by WARC-Type."""
     return {
         "doc_id": "",
         "source": source,
         "source_uri": warc_url,
         "parent_ids": [],
         "drop_reason": FILE_PREFIX + reason,
+        "records": dict(records or {}),
     }
 
 
@@ -145,6 +175,7 @@ def _page(record: Any) -> Page:
         charset=record.http_charset,
         body=record.reader.read(),
         payload_digest=record.headers.get("WARC-Payload-Digest"),
+        headers=tuple(http.astuples()) if http is not None else (),
     )
 
 
@@ -152,12 +183,17 @@ def iter_rows(
     stream: IO[bytes], warc_url: str, source: str, params: CommonCrawlExtractParams
 ) -> Iterator[dict[str, Any]]:
     """Rows of one WARC file: one per response record, then one file-level row (ok or why not)."""
+    types: Counter[str] = Counter()
     try:
         # quirks mode resynchronizes after a record whose WARC Content-Length lies, instead of
         # abandoning the rest of the file (seen on the broken sample set: 4 of 6 good records kept without it).
-        records = ArchiveIterator(stream, record_types=WarcRecordType.response, parse_http=True, quirks_mode=True)
-        for record in records:
+        for record in ArchiveIterator(stream, parse_http=False, quirks_mode=True):
+            kind = (record.headers.get("WARC-Type") or "unknown").strip().lower()
+            types[kind] += 1
+            if kind != "response":
+                continue  # request, metadata, warcinfo, revisit, conversion: counted, not documents
             try:
+                record.parse_http()
                 page = _page(record)
             except Exception as err:
                 yield {
@@ -171,6 +207,14 @@ def iter_rows(
                 continue
             yield page_row(source, warc_url, page, params)
     except Exception as err:
-        yield file_row(source, warc_url, f"read_error:{type(err).__name__}")
+        yield file_row(source, warc_url, f"read_error:{type(err).__name__}", types)
         return
-    yield file_row(source, warc_url, FILE_OK)
+    yield file_row(source, warc_url, FILE_OK if types else _not_warc(stream), types)
+
+
+def _not_warc(stream: IO[bytes]) -> str:
+    """Why a file gave no record at all: nothing in it, or not WARC."""
+    try:
+        return "empty_file" if stream.tell() == 0 else "not_warc"
+    except (OSError, ValueError):
+        return "not_warc"
