@@ -44,6 +44,7 @@ ROWS = with_drop_reason(WEB_EXTRACTED)
 BATCH_ROWS = 512
 REPORT_PREFIX = "_file-"  # per-file reports in the attempt folder; `_` keeps them out of the data files
 MAX_ERROR_CHARS = 500
+MAX_LOST = 100  # lost records named per file (all are counted)
 
 
 class FailureBudgetExceeded(RuntimeError):
@@ -79,6 +80,7 @@ def extract_files(source: str, params: CommonCrawlExtractParams, report_dir: str
                 t0, kept, dropped, buf = time.time(), 0, Counter(), []
                 decoding: Counter[str] = Counter()
                 records: dict[str, int] = {}
+                lost: list[dict[str, Any]] = []  # records the reader could not get past, by offset
                 outcome, error = FILE_OK, None
                 try:
                     with fsspec.open(url, "rb") as fh:
@@ -95,6 +97,8 @@ def extract_files(source: str, params: CommonCrawlExtractParams, report_dir: str
                                 outcome, records = reason[len(FILE_PREFIX) :], row["records"]
                             else:
                                 dropped[reason] += 1
+                                if not row["doc_id"] and len(lost) < MAX_LOST:
+                                    lost.append({"url": url, "offset": row.get("warc_offset"), "reason": reason})
                 except OSError as err:  # cannot open: the whole file is one failure
                     outcome, error = f"open_error:{type(err).__name__}", str(err)[:MAX_ERROR_CHARS]
                 if buf:
@@ -106,6 +110,7 @@ def extract_files(source: str, params: CommonCrawlExtractParams, report_dir: str
                     "kept": kept,
                     "dropped": dict(dropped),
                     "records": records,  # by WARC-Type
+                    "lost_records": lost,
                     "http_decoding": dict(decoding),  # codings undone, truncated streams, sniffed types
                     "seconds": round(time.time() - t0, 3),
                 }
@@ -168,6 +173,7 @@ def extract_shard(spark, ctx: StageContext, plan: ShardPlan) -> Manifest:
     dropped: Counter[str] = Counter()
     records: Counter[str] = Counter()
     decoding: Counter[str] = Counter()
+    lost = [x for r in reports for x in r.get("lost_records", [])]
     for r in reports:
         dropped.update(r["dropped"])
         records.update(r.get("records", {}))
@@ -188,6 +194,7 @@ def extract_shard(spark, ctx: StageContext, plan: ShardPlan) -> Manifest:
                 "ok": len(urls) - len(failed),
                 "failed": dict(Counter(f["reason"] for f in failed)),
                 "failed_files": failed,
+                "lost_records": lost[: MAX_LOST * 10],
             },
         },
         reasons={None: written.counted.kept, **dropped},

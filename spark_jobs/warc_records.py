@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import io
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -179,37 +181,110 @@ def _page(record: Any) -> Page:
     )
 
 
+def _lost(source: str, warc_url: str, offset: int, err: BaseException) -> dict[str, Any]:
+    """A record that could not be read, counted by its offset (its file goes on)."""
+    return {
+        "doc_id": "",
+        "source": source,
+        "source_uri": warc_url,
+        "parent_ids": [],
+        "warc_offset": offset,
+        "drop_reason": f"bad_record:{type(err).__name__}",
+    }
+
+
 def iter_rows(
     stream: IO[bytes], warc_url: str, source: str, params: CommonCrawlExtractParams
 ) -> Iterator[dict[str, Any]]:
-    """Rows of one WARC file: one per response record, then one file-level row (ok or why not)."""
+    """Rows of one WARC file: one per response record, then one file-level row (ok or why not).
+
+    A record the reader cannot get past (a header over fastwarc's limit, garbage) costs that record
+    only: reading resumes at the next record boundary (the next gzip member that opens a WARC record,
+    or the next `WARC/1.` line in an uncompressed file), and the lost record is a row with its offset.
+    A stream that cannot seek ends there, as a file-level `read_error`."""
     types: Counter[str] = Counter()
-    try:
-        # quirks mode resynchronizes after a record whose WARC Content-Length lies, instead of
-        # abandoning the rest of the file (seen on the broken sample set: 4 of 6 good records kept without it).
-        for record in ArchiveIterator(stream, parse_http=False, quirks_mode=True):
-            kind = (record.headers.get("WARC-Type") or "unknown").strip().lower()
-            types[kind] += 1
-            if kind != "response":
-                continue  # request, metadata, warcinfo, revisit, conversion: counted, not documents
-            try:
-                record.parse_http()
-                page = _page(record)
-            except Exception as err:
-                yield {
-                    "doc_id": "",
-                    "source": source,
-                    "source_uri": warc_url,
-                    "parent_ids": [],
-                    "warc_offset": record.stream_pos,
-                    "drop_reason": f"bad_record:{type(err).__name__}",
-                }
-                continue
-            yield page_row(source, warc_url, page, params)
-    except Exception as err:
-        yield file_row(source, warc_url, f"read_error:{type(err).__name__}", types)
-        return
+    start = 0
+    while True:
+        last = start - 1  # the last record started in this pass
+        try:
+            if start:
+                stream.seek(start)
+            # quirks mode resynchronizes after a record whose WARC Content-Length lies, instead of
+            # abandoning the rest of the file (seen on the broken sample set: 4 of 6 good records kept without it).
+            for record in ArchiveIterator(stream, parse_http=False, quirks_mode=True):
+                last = record.stream_pos
+                kind = (record.headers.get("WARC-Type") or "unknown").strip().lower()
+                types[kind] += 1
+                if kind != "response":
+                    continue  # request, metadata, warcinfo, revisit, conversion: counted, not documents
+                try:
+                    record.parse_http()
+                    page = _page(record)
+                except Exception as err:
+                    yield _lost(source, warc_url, record.stream_pos, err)
+                    continue
+                yield page_row(source, warc_url, page, params)
+            break
+        except Exception as err:
+            if last < start:  # this pass read nothing: the record at `start` cannot be read; skip it
+                nxt = _next_record(stream, start + 1)
+                if nxt is not None or types:  # (a file with no readable record at all is a file failure)
+                    yield _lost(source, warc_url, start, err)
+            else:  # resume at the first boundary after the last record read (a bad one there fails next)
+                nxt = _next_record(stream, last + 1)
+            if nxt is None:
+                broken = last >= start  # the file ends inside what it was reading: truncated or corrupt
+                outcome = f"read_error:{type(err).__name__}" if broken or not types else FILE_OK
+                yield file_row(source, warc_url, outcome, types)
+                return
+            start = nxt
     yield file_row(source, warc_url, FILE_OK if types else _not_warc(stream), types)
+
+
+_SCAN = 1 << 20
+_GZIP_MEMBER = b"\x1f\x8b\x08"
+
+
+def _next_record(stream: IO[bytes], after: int) -> int | None:
+    """Offset of the first record boundary at or after `after`: a gzip member whose first bytes
+    inflate to `WARC/1.`, or (uncompressed) a `WARC/1.` at a line start. None: none, or no seeking."""
+    try:
+        stream.seek(0)
+        gz = stream.read(2) == _GZIP_MEMBER[:2]
+        pos = after
+        while True:
+            stream.seek(pos)
+            chunk = stream.read(_SCAN + 16)
+            if not chunk:
+                return None
+            i = 0
+            while True:
+                i = chunk.find(_GZIP_MEMBER if gz else b"WARC/1.", i)
+                if i < 0 or i >= _SCAN:
+                    break
+                if (
+                    _opens_record(stream, pos + i)
+                    if gz
+                    else (pos + i == 0 or chunk[i - 1 : i] == b"\n" or _byte_before(stream, pos + i) == b"\n")
+                ):
+                    return pos + i
+                i += 1
+            pos += _SCAN
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+def _byte_before(stream: IO[bytes], offset: int) -> bytes:
+    stream.seek(offset - 1)
+    return stream.read(1)
+
+
+def _opens_record(stream: IO[bytes], offset: int) -> bool:
+    stream.seek(offset)
+    try:
+        return zlib.decompressobj(31).decompress(stream.read(4096), 16).startswith(b"WARC/1.")
+    except zlib.error:
+        return False
 
 
 def _not_warc(stream: IO[bytes]) -> str:

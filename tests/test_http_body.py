@@ -1,7 +1,7 @@
-"""HTTP bodies as servers send them (issue 18, WARC and HTTP 1-4, 6-7): content and transfer codings,
-truncated streams, charsets and BOMs, a missing Content-Type, files that are not WARC, and the
-non-response records of a file. Every input is built here, record by record, so each category is a
-case of its own rather than one sample page."""
+"""HTTP bodies as servers send them (issue 18, WARC and HTTP 1-7): content and transfer codings,
+truncated streams, charsets and BOMs, a missing Content-Type, records the reader cannot get past,
+files that are not WARC, and the non-response records of a file. Every input is built here, record
+by record, so each category is a case of its own rather than one sample page."""
 
 from __future__ import annotations
 
@@ -197,3 +197,67 @@ def test_non_response_records_are_counted_by_type() -> None:
     assert [r["text"] for r in out if r["doc_id"]] == [TEXT]
     assert out[-1]["drop_reason"] == FILE_PREFIX + FILE_OK
     assert out[-1]["records"] == {"warcinfo": 1, "request": 1, "response": 1, "metadata": 1, "revisit": 1}
+
+
+# -- a bad record costs that record only -------------------------------------------------------------------
+def huge_header_record() -> bytes:
+    """A WARC header of 48 KB: over fastwarc's limit, which raises and used to end the file there."""
+    huge = b"X-Huge: " + b"b" * 48_000
+    return b"WARC/1.0\r\nWARC-Type: response\r\n" + huge + b"\r\nContent-Length: 5\r\n\r\nhello\r\n\r\n"
+
+
+def good(i: int) -> bytes:
+    return record(response(HTML.encode(), HTML_TYPE), url=f"https://example.org/{i}")
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_reading_resumes_after_an_unreadable_record(compress) -> None:
+    parts = [good(0), huge_header_record(), good(2), b"WARC/1.0\r\nWARC-Type: resp\x00\xff garbage\r\n\r\n", good(4)]
+    members = [gzip.compress(p) if compress else p for p in parts]
+    out = rows(b"".join(members))
+    assert [r["url"] for r in out if r["doc_id"]] == [f"https://example.org/{i}" for i in (0, 2, 4)]
+    lost = [r for r in out if not r["doc_id"] and not r["drop_reason"].startswith(FILE_PREFIX)]
+    starts = [sum(len(m) for m in members[:k]) for k in range(len(members))]
+    assert lost and lost[0]["warc_offset"] == starts[1] and lost[0]["drop_reason"] == "bad_record:OSError"
+    assert {r["warc_offset"] for r in lost} <= {starts[1], starts[3]}
+    assert out[-1]["drop_reason"] == FILE_PREFIX + FILE_OK and out[-1]["records"]["response"] == 3
+
+
+def test_an_unreadable_last_record_is_counted_and_the_file_is_read() -> None:
+    members = [gzip.compress(good(0)), gzip.compress(huge_header_record())]
+    out = rows(b"".join(members))
+    assert [r["url"] for r in out if r["doc_id"]] == ["https://example.org/0"]
+    assert [r["warc_offset"] for r in out if r["drop_reason"] == "bad_record:OSError"] == [len(members[0])]
+    assert out[-1]["drop_reason"] == FILE_PREFIX + FILE_OK
+
+
+
+def test_the_extract_task_reports_codings_record_types_lost_records_and_files_that_are_not_warc(tmp_path) -> None:
+    """The per-file reports the stage sums into its manifest (spark_jobs.commoncrawl_extract)."""
+    import json
+
+    import pyarrow as pa
+
+    from spark_jobs.commoncrawl_extract import extract_files, report_name
+
+    hostile = tmp_path / "hostile.warc.gz"
+    members = [
+        gzip.compress(record(b"software: test\r\n", kind="warcinfo")),
+        gzip.compress(record(response(gzip.compress(HTML.encode()), HTML_TYPE, "Content-Encoding: gzip"))),
+        gzip.compress(huge_header_record()),
+        gzip.compress(record(response(chunked(HTML.encode()), "Transfer-Encoding: chunked"))),  # no type
+    ]
+    hostile.write_bytes(b"".join(members))
+    (tmp_path / "random.warc.gz").write_bytes(os.urandom(96 * 1024))
+    (tmp_path / "empty.warc.gz").write_bytes(b"")
+    urls = [p.as_uri() for p in (hostile, tmp_path / "random.warc.gz", tmp_path / "empty.warc.gz")]
+    run = extract_files("web", PARAMS, str(tmp_path / "reports"))
+    kept = [r for b in run(iter([pa.record_batch([pa.array(urls)], names=["warc_url"])])) for r in b.to_pylist()]
+    assert [r["text"] for r in kept] == [TEXT, TEXT]
+    reports = [json.loads((tmp_path / "reports" / report_name(u)).read_text()) for u in urls]
+    assert [r["outcome"] for r in reports] == ["ok", "not_warc", "empty_file"]
+    assert reports[0]["records"] == {"warcinfo": 1, "response": 2}
+    assert reports[0]["http_decoding"] == {"gzip": 1, "chunked": 1, "sniffed_type": 1}
+    assert reports[0]["lost_records"] == [
+        {"url": urls[0], "offset": len(members[0]) + len(members[1]), "reason": "bad_record:OSError"}
+    ]

@@ -47,7 +47,8 @@ def test_extract_commits_every_page_of_the_snapshot(committed) -> None:
     # The sample's pages of this snapshot are all good pages: every response record is kept.
     expected = manifest["snapshots"]["CC-MAIN-2024-10"]["responses"]
     assert ex.counters["read"] == expected and ex.row_count == expected - sum(ex.counters["dropped"].values())
-    assert ex.counters["files"] == {"total": 4, "ok": 4, "failed": {}, "failed_files": []}
+    assert ex.counters["files"] == {"total": 4, "ok": 4, "failed": {}, "failed_files": [], "lost_records": []}
+    assert ex.counters["records"]["response"] == expected  # and the other WARC-Types, counted apart
     assert ex.counters["shards"] == {"total": 2, "ids": ["00000", "00001"]}  # shard_files: 2
     table = lake.read_table(ex)
     assert table.num_rows == ex.row_count
