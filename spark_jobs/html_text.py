@@ -80,7 +80,7 @@ def decode_html(body: bytes, declared: str | None) -> tuple[str, str, str]:
     m = _META_CHARSET.search(body[:4096])
     meta = _codec(m.group(1).decode("ascii", "ignore")) if m else None
     for codec, source in ((_codec(declared), "http"), (meta, "meta")):
-        if (text := _decode(body, codec)) is None:
+        if (text := utf8 if codec == "utf-8" else _decode(body, codec)) is None:
             continue
         if codec != "utf-8" and utf8 is not None and not utf8.isascii() and single_byte(codec):
             return utf8, "utf-8", "bytes"
