@@ -228,6 +228,9 @@ class CommonCrawlExtractParams(Strict):
     max_html_bytes: Annotated[int, Field(gt=0)] = 5_000_000
     min_text_chars: Annotated[int, Field(ge=0)] = 20
     max_binary_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    # checked before parsing (a page nested 50,000 deep held resiliparse 127 s and 1.6 GB): `too_complex:*`
+    max_elements: Annotated[int, Field(gt=0)] = 200_000
+    max_depth: Annotated[int, Field(gt=0)] = 512
     failure_budget: Annotated[float, Field(ge=0, le=1)] = 0.25  # fraction of a snapshot's files allowed to fail
     # A snapshot is extracted and committed in shards of this many WARC files (listing order); a rerun
     # redoes only the shards not committed. A few hundred on a cluster (phiflow.shards).

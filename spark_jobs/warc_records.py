@@ -27,7 +27,7 @@ from fastwarc.warc import ArchiveIterator
 
 from phiflow.ids import doc_id
 from phiflow.recipe import CommonCrawlExtractParams
-from spark_jobs.html_text import binary_fraction, extract
+from spark_jobs.html_text import binary_fraction, extract, too_complex
 from spark_jobs.http_body import UNKNOWN_TYPES, decode_body, sniff_content_type
 
 # File-level outcome rows have no document; their reason starts with this prefix.
@@ -84,10 +84,14 @@ def rule_binary(page: Page, p: CommonCrawlExtractParams) -> str | None:
     return "binary_payload" if binary_fraction(page.body, page.charset) > p.max_binary_fraction else None
 
 
+def rule_complexity(page: Page, p: CommonCrawlExtractParams) -> str | None:
+    return too_complex(page.body, p.max_elements, p.max_depth)
+
+
 # Order matters: integrity on the body as stored, then (decoded) cheap header checks, the size guard
 # before anything reads the body.
 INTEGRITY_RULES: list[Rule] = [rule_digest, rule_status]
-PAGE_RULES: list[Rule] = [rule_content_type, rule_empty, rule_size, rule_binary]
+PAGE_RULES: list[Rule] = [rule_content_type, rule_empty, rule_size, rule_binary, rule_complexity]
 
 
 def decoded(page: Page, p: CommonCrawlExtractParams) -> tuple[Page, tuple[str, ...], str | None]:

@@ -261,3 +261,29 @@ def test_the_extract_task_reports_codings_record_types_lost_records_and_files_th
     assert reports[0]["lost_records"] == [
         {"url": urls[0], "offset": len(members[0]) + len(members[1]), "reason": "bad_record:OSError"}
     ]
+
+
+# -- pathological pages are refused before they are parsed ----------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "body", "reason"),
+    [
+        ("nested 50,000 deep", b"<html><body>" + b"<div>" * 50_000 + b"x" + b"</div>" * 50_000, "too_complex:depth"),
+        ("depth that grows one per unit", b"<html><body>" + b"<div><span>x</span>" * 3000, "too_complex:depth"),
+        ("formatting bomb", b"<html><body>" + b"<b><i><u>" * 3000 + b"text", "too_complex:depth"),
+        ("too many elements", b"<html><body>" + b"<span>a</span>" * 210_000, "too_complex:elements"),
+    ],
+)
+def test_pathological_pages_are_refused_and_the_file_goes_on(name, body, reason) -> None:
+    data = warc(record(response(body, HTML_TYPE), url="https://example.org/bad"), good(1))
+    out = [r for r in rows(data) if r["doc_id"]]
+    assert [r["drop_reason"] for r in out] == [reason, None], name
+
+
+def test_ordinary_markup_is_not_taken_for_deep_nesting() -> None:
+    flat = (
+        "<html><head><script>" + "for(i=0;i<n;i++){a<b}" * 2000 + "</script><!-- <div> " * 600 + "--></head>"
+        "<body>" + "<p>para<br><img src=x>" * 3000 + "<svg>" + '<path d="M0"/>' * 3000 + "</svg>"
+        "<ul>" + "<li>item" * 2000 + "</ul>" + f"<p>{TEXT}</p></body></html>"
+    )
+    row = page(flat.encode(), HTML_TYPE)
+    assert row["drop_reason"] is None and TEXT in row["text"]
