@@ -47,6 +47,17 @@ class Page:
     body: bytes
     payload_digest: str | None = None  # WARC-Payload-Digest, "sha1:<base32>"
     headers: tuple[tuple[str, str], ...] = ()  # the HTTP response's header fields
+    key: str = ""  # what the doc_id hashes (record_key): unique within the dataset
+
+
+def record_key(record_id: str, warc_url: str, repeat: int) -> str:
+    """The doc_id's source key: the WARC-Record-ID with the WARC file's name, and the how-manieth
+    repeat of that ID within the file. A Record-ID is meant to be unique, but the same ID turns up in
+    several CommonCrawl files (and a broken writer repeats it within one); with the file's name
+    (unique in a crawl) and the repeat count, two records never share a doc_id, and a rerun of the
+    same file gives the same ids."""
+    name = warc_url.rstrip("/").rsplit("/", 1)[-1]
+    return f"{record_id} {name}" + (f" #{repeat}" if repeat else "")
 
 
 Rule = Callable[[Page, CommonCrawlExtractParams], str | None]
@@ -108,7 +119,7 @@ def decoded(page: Page, p: CommonCrawlExtractParams) -> tuple[Page, tuple[str, .
 
 def _row(source: str, warc_url: str, page: Page, **extra: Any) -> dict[str, Any]:
     return {
-        "doc_id": doc_id(source, page.record_id),
+        "doc_id": doc_id(source, page.key or page.record_id),
         "source": source,
         "source_uri": warc_url,
         "parent_ids": [],
@@ -207,6 +218,7 @@ def iter_rows(
     or the next `WARC/1.` line in an uncompressed file), and the lost record is a row with its offset.
     A stream that cannot seek ends there, as a file-level `read_error`."""
     types: Counter[str] = Counter()
+    seen: Counter[str] = Counter()  # Record-IDs met in this file
     start = 0
     while True:
         last = start - 1  # the last record started in this pass
@@ -227,7 +239,9 @@ def iter_rows(
                 except Exception as err:
                     yield _lost(source, warc_url, record.stream_pos, err)
                     continue
-                yield page_row(source, warc_url, page, params)
+                key = record_key(page.record_id, warc_url, seen[page.record_id])
+                seen[page.record_id] += 1
+                yield page_row(source, warc_url, dataclasses.replace(page, key=key), params)
             break
         except Exception as err:
             if last < start:  # this pass read nothing: the record at `start` cannot be read; skip it

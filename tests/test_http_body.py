@@ -287,3 +287,19 @@ def test_ordinary_markup_is_not_taken_for_deep_nesting() -> None:
     )
     row = page(flat.encode(), HTML_TYPE)
     assert row["drop_reason"] is None and TEXT in row["text"]
+
+
+def test_a_repeated_record_id_never_gives_two_rows_one_doc_id() -> None:
+    rid = f"<urn:uuid:{uuid.uuid4()}>"
+
+    def same_id(i: int) -> bytes:
+        return good(i).replace(b"WARC-Record-ID: <urn:uuid:", f"WARC-Record-ID: {rid}\r\nX-Old: <".encode(), 1)
+
+    one = b"".join(gzip.compress(same_id(i)) for i in range(3))  # repeated within a file
+    rows_a = [r for r in iter_rows(io.BytesIO(one), "s3://cc/a.warc.gz", "web", PARAMS) if r["doc_id"]]
+    assert [r["warc_record_id"] for r in rows_a] == [rid] * 3
+    ids_a = [r["doc_id"] for r in rows_a]
+    ids_b = [r["doc_id"] for r in iter_rows(io.BytesIO(one), "s3://cc/b.warc.gz", "web", PARAMS) if r["doc_id"]]
+    assert len(set(ids_a + ids_b)) == 6  # ... and across files
+    again = [r["doc_id"] for r in iter_rows(io.BytesIO(one), "s3://cc/a.warc.gz", "web", PARAMS) if r["doc_id"]]
+    assert again == ids_a  # a rerun gives the same ids

@@ -14,7 +14,7 @@ from conftest import BROKEN, SAMPLE
 from phiflow.ids import doc_id
 from phiflow.recipe import CommonCrawlExtractParams
 from spark_jobs.html_text import binary_fraction, decode_html, extract
-from spark_jobs.warc_records import FILE_OK, FILE_PREFIX, iter_rows
+from spark_jobs.warc_records import FILE_OK, FILE_PREFIX, iter_rows, record_key
 
 PARAMS = CommonCrawlExtractParams()
 EXPECTED = json.loads((BROKEN / "EXPECTED.json").read_text())
@@ -79,7 +79,7 @@ def test_rows_carry_lineage_fields() -> None:
     kept = [r for r in rows if r["drop_reason"] is None]
     assert len(kept) >= 10
     for r in kept:
-        assert r["doc_id"] == doc_id("web", r["warc_record_id"])
+        assert r["doc_id"] == doc_id("web", record_key(r["warc_record_id"], paths[0], 0))
         assert r["warc_record_id"].startswith("<urn:uuid:")
         assert r["source_uri"].endswith(paths[0]) and r["parent_ids"] == []
         assert r["fetch_time"].year == 2024 and r["http_status"] == 200 and r["text_chars"] == len(r["text"])
