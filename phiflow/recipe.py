@@ -472,7 +472,9 @@ class AirflowSettings(Strict):
 
 # -- wikipedia_extract and quality (issue 3) --------------------------------------------------
 class WikipediaExtractParams(Strict):
-    min_text_chars: Annotated[int, Field(ge=0)] = 200
+    # A real one-sentence stub cleans to 100-200 characters; what is shorter after cleaning is a leftover
+    # (an infobox or a list with no prose). 200 dropped short real articles (156-190 characters).
+    min_text_chars: Annotated[int, Field(ge=0)] = 100
     streams_per_task: Annotated[int, Field(gt=0)] = 1  # bz2 streams (100 pages each) per Spark task
     failure_budget: Annotated[float, Field(ge=0, le=1)] = 0.25  # share of pages allowed lost in bad streams
     drop_sections: list[str] = Field(default_factory=lambda: [  # level-2 sections left out (any wiki)

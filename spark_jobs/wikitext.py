@@ -32,6 +32,10 @@ INTERWIKI_RE = re.compile(r"^[a-z]{2,3}(-[a-z]{2,8})*$")
 CODE_TAGS = {"syntaxhighlight", "source", "pre"}
 DROPPED_TAGS = {"ref", "references", "gallery", "includeonly", "timeline", "graph", "mapframe", "templatestyles"}
 PARSE_ERRORS = (ET.ParseError, ValueError, mwxml.errors.MalformedXML, AttributeError, KeyError)
+# Behaviour switches (__TOC__, __NOTOC__, __INHALTSVERZEICHNIS__, __KEIN_INHALTSVERZEICHNIS__, __目次__):
+# double underscores around a word with no lower-case letter, in every language. Dumps do not list
+# a wiki's localized magic words, so the form is the rule; lower-case dunders (`__init__`) are prose.
+MAGIC_WORD_RE = re.compile(r"(?<!\w)__((?:[^\W\d_]|_(?!_))+)__(?!\w)")
 TEXT_TEMPLATES = {"lang": -1, "nowrap": 0, "code": 0, "mvar": 0, "math": 0, "nobr": 0, "small": 0, "abbr": 0}
 
 
@@ -147,9 +151,11 @@ def read_header(first_stream: bytes) -> SiteInfo:
 
 # -- pages -------------------------------------------------------------------------------
 def _page_data(page: mwxml.Page) -> PageData:
-    rev = next(iter(page), None)
-    if rev is None:
+    """A page at its latest revision (by timestamp, then id): a full-history dump lists them all."""
+    revisions = list(page)
+    if not revisions:
         raise ValueError("page without revision")
+    rev = max(revisions, key=lambda r: (r.timestamp.unix() if r.timestamp is not None else 0, r.id or 0))
     ts = datetime.fromtimestamp(rev.timestamp.unix(), tz=UTC) if rev.timestamp is not None else None
     return PageData(page.id, page.namespace, page.title, page.redirect, rev.id, ts, rev.text or "")
 
@@ -201,6 +207,11 @@ def _tname(t: Template) -> str:
     return str(t.name).strip().replace("_", " ").lower()
 
 
+def _magic(m: re.Match) -> str:
+    word = m.group(1)
+    return "" if word == word.upper() and len(word) <= 40 else m.group(0)
+
+
 class _Renderer:
     def __init__(self, site: SiteInfo) -> None:
         self.hidden_prefixes = site.names(6) | site.names(14) | site.names(-2)
@@ -210,7 +221,7 @@ class _Renderer:
 
     def node(self, n) -> str:
         if isinstance(n, Text):
-            return n.value
+            return MAGIC_WORD_RE.sub(_magic, n.value)
         if isinstance(n, Wikilink):
             return self.link(n)
         if isinstance(n, ExternalLink):
