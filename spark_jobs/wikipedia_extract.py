@@ -75,6 +75,7 @@ def page_rows(
                 "source_uri": "",
                 "parent_ids": [],
                 "title": page.title,
+                "page_id": page.page_id,
                 "wiki": site.dbname,
                 "stream_offset": offset,
                 "drop_reason": page.reason,

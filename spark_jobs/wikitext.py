@@ -84,6 +84,7 @@ class BrokenPage:
 
     title: str
     reason: str
+    page_id: int | None = None  # read from the raw XML when its <id> comes before the first revision
 
 
 # -- dump layout -------------------------------------------------------------------------
@@ -193,7 +194,11 @@ def iter_pages(site: SiteInfo, xml_text: str) -> Iterator[PageData | BrokenPage]
             yield from _parse(site, chunk)
         except PARSE_ERRORS as err:
             title = re.search(r"<title>(.*?)</title>", chunk)
-            yield BrokenPage(title.group(1) if title else "", _xml_reason(err))
+            head = chunk.split("<revision", 1)[0]
+            page_id = re.search(r"<id>\s*(\d+)\s*</id>", head)
+            yield BrokenPage(
+                title.group(1) if title else "", _xml_reason(err), int(page_id.group(1)) if page_id else None
+            )
 
 
 # -- wikitext -> text ----------------------------------------------------------------------

@@ -71,3 +71,11 @@ def test_a_one_sentence_stub_clears_the_default_length_floor() -> None:
     text = clean(stub)
     assert 100 <= len(text) < 200 and text.startswith("Kleinhausen ist ein Ortsteil")
     assert len(text) >= WikipediaExtractParams().min_text_chars  # kept: 200 used to drop it as too_short
+
+
+def test_a_page_with_invalid_xml_keeps_its_title_and_page_id() -> None:
+    good = page("Gut", 7, revision(70, "2024-01-01T00:00:00Z", "Ein gültiger Artikel."))
+    bad = page("Kaputt", 8, revision(80, "2024-01-01T00:00:00Z", "Ein &undefiniert; Zeichen."))
+    pages = list(iter_pages(SITE, good + bad))
+    assert pages[0].page_id == 7
+    assert (pages[1].title, pages[1].page_id, pages[1].reason) == ("Kaputt", 8, "invalid_xml:undefined_entity")
