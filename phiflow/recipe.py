@@ -305,7 +305,9 @@ class DecontaminateParams(Strict):
     benchmarks: list[BenchmarkFile] = Field(default_factory=list)
     long_n: Annotated[int, Field(ge=1, le=64)] = 13  # any match flags, unless allowlisted
     short_n: Annotated[int, Field(ge=1, le=64)] = 7
-    overlap_threshold: Annotated[float, Field(gt=0, le=1)] = 0.5  # share of an item's short n-grams in a doc
+    # share of an item's short n-grams in a doc; 0.2 from bench/bench_decontam_threshold.py (docs/dedup.md):
+    # twice the light paraphrases 0.5 caught, no hard negative or clean page flagged
+    overlap_threshold: Annotated[float, Field(gt=0, le=1)] = 0.2
     # the allowlist: benchmark n-grams found in at least `allowlist_min_docs` documents of *every* listed
     # reference dataset (committed partitions up to the current snapshot), e.g. wiki.langid and web.langid
     allowlist_references: list[str] = Field(default_factory=list)
