@@ -170,6 +170,20 @@ def source_name_problems(recipe: Recipe) -> list[Problem]:
     return out
 
 
+def warnings(recipe: Recipe) -> list[Problem]:
+    """What is allowed but likely wrong: printed by `phiflow check`, never failing it."""
+    out = []
+    own = [d for d in recipe.stages.decontaminate.allowlist_references if d.split(".", 1)[0] in recipe.sources]
+    for d in own:
+        out.append(Problem(
+            "stages.decontaminate.allowlist_references",
+            f"{d} is training data of this recipe: a benchmark item copied across it would count as a common "
+            "phrase (documents that carry most of an item are left out of the count, but a reference corpus "
+            "independent of the training data is the safe choice)",
+        ))  # fmt: skip
+    return out
+
+
 def problems(recipe: Recipe) -> list[Problem]:
     found = [*graph_problems(recipe), *mixture_problems(recipe), *file_problems(recipe),
              *source_name_problems(recipe)]

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from phiflow import settings, shards, stages
 from phiflow.airflow_api import AirflowAPI, AirflowAPIError
-from phiflow.check import check_file, graph_text
+from phiflow.check import check_file, graph_text, warnings
 from phiflow.intervals import source_partitions
 from phiflow.manifest import partition_key
 from phiflow.recipe import Recipe, RecipeError, load_recipe
@@ -31,6 +31,8 @@ def check(path: str) -> int:
     recipe, problems = check_file(path)
     if recipe is not None:
         print(graph_text(recipe))
+        for w in warnings(recipe):
+            print(f"warning: {w}", file=sys.stderr)
     if problems:
         print(f"\n{path}: {len(problems)} problem(s)", file=sys.stderr)
         for line in problems:

@@ -35,6 +35,9 @@ from spark_jobs.ngrams import BenchmarkIndex, Item, present
 from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, stage_main
 
 STAGE = "decontaminate"
+# A reference document holding at least this share of an item's 7-grams carries the item: its n-grams of
+# that item are not counted toward commonness (docs/dedup.md, "the allowlist and leaks").
+CARRIER_SHARE = 0.5
 ALLOW_COUNTS = pa.schema([pa.field("n", pa.int32()), pa.field("ngram_hash", pa.int64())])
 
 
@@ -63,16 +66,22 @@ def load_benchmarks(ctx: StageContext, params: DecontaminateParams) -> tuple[lis
     return items, refs
 
 
-def count_present(sizes: list[int], candidates):  # -> mapInArrow function
-    """Per document, one row per candidate n-gram it contains (so a count is a document frequency)."""
+def count_present(sizes: list[int], index, carrier_share: float):  # -> mapInArrow function
+    """Per document, one row per candidate n-gram it contains (so a count is a document frequency),
+    leaving out the n-grams of any item the document carries most of: a benchmark item copied across
+    the reference corpus is a leak there, and counting it would allowlist it."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        cands = candidates.value
+        idx: BenchmarkIndex = index.value
+        cands = {n: idx.candidates(n) for n in sizes}
         for batch in batches:
             ns, hashes = [], []
             for text in batch.column("text").to_pylist():
+                held = idx.carriers(text, carrier_share)
                 for n in sizes:
                     found = present(text, n, cands[n])
+                    if len(held) and len(found):
+                        found = found[~np.isin(found, idx.grams_of(held, n))]
                     ns.append(np.full(len(found), n, np.int32))
                     hashes.append(found.view(np.int64))
             yield pa.RecordBatch.from_arrays(
@@ -92,7 +101,7 @@ def allowlist(
     """(n, ngram_hash, doc_freq) of benchmark n-grams frequent in every reference dataset."""
     src = ctx.recipe.source(ctx.source)
     sizes = sorted({params.long_n, params.short_n})
-    candidates = spark.sparkContext.broadcast({n: index.candidates(n) for n in sizes})
+    plain = spark.sparkContext.broadcast(index)
     used, result = [], None
     for dataset in params.allowlist_references:
         parts = partitions_before(ctx.lake, dataset, src, ctx.partition, inclusive=True)
@@ -103,7 +112,7 @@ def allowlist(
         df = (
             spark.read.parquet(*files)
             .select("text")
-            .mapInArrow(count_present(sizes, candidates), spark_schema(ALLOW_COUNTS))
+            .mapInArrow(count_present(sizes, plain, CARRIER_SHARE), spark_schema(ALLOW_COUNTS))
             .groupBy("n", "ngram_hash")
             .agg(F.count(F.lit(1)).alias(f"df{len(used)}"))
         )

@@ -150,10 +150,25 @@ class BenchmarkIndex:
         allow = np.unique(allowlist if allowlist is not None else np.empty(0, np.uint64)).astype(np.uint64)
         longs = [text_ngrams(it.text, long_n) for it in items]
         shorts = [text_ngrams(it.text, short_n) for it in items]
+        self._grams = {long_n: longs, short_n: shorts}  # per item, for grams_of()
         self.short_total = np.array([len(s) for s in shorts], dtype=np.int64)  # denominator: all of them
         self.long = _Postings.build(longs, allow)
         self.short = _Postings.build(shorts, allow)
         self.long_rule, self.short_rule = f"ngram{long_n}", f"ngram{short_n}_overlap"
+
+    def carriers(self, text: str | None, share: float) -> np.ndarray:
+        """The items `text` carries most of (at least `share` of their short n-grams): a document that
+        holds a benchmark item is evidence of a leak, not of its phrases' commonness."""
+        s_items, _ = self.short.lookup(text_ngrams(text, self.short_n))
+        if not len(s_items):
+            return np.empty(0, np.int64)
+        counts = np.bincount(s_items, minlength=len(self.items))
+        ratio = np.divide(counts, self.short_total, out=np.zeros(len(self.items)), where=self.short_total > 0)
+        return np.flatnonzero(ratio >= share)
+
+    def grams_of(self, items: np.ndarray, n: int) -> np.ndarray:
+        """The distinct n-grams (n: the long or the short size) of some items, sorted."""
+        return np.unique(np.concatenate([self._grams[n][i] for i in items] or [np.empty(0, np.uint64)]))
 
     def candidates(self, n: int) -> np.ndarray:
         """Every distinct n-gram of size `n` of the benchmarks (allowlist building counts only these)."""

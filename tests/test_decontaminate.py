@@ -115,12 +115,15 @@ def test_stage_commits_clean_report_and_allowlist(spark, test_recipe, tmp_path) 
     rng = np.random.default_rng(7)
     leak_items = [{"id": f"r{i}", "question": prose(rng, 30), "answer": prose(rng, 3)} for i in range(5)]
     common_items = [{"id": f"c{i}", "question": f"{COMMON} {prose(rng, 20)}", "answer": "x"} for i in range(3)]
-    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in leak_items + common_items))
+    # An item copied all over the corpus that is its own allowlist reference: common there, and a leak.
+    wide = {"id": "w0", "question": prose(rng, 30), "answer": "y"}
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*leak_items, *common_items, wide]))
     pq.write_table(pa.table({"key": ["k0"], "body": [prose(rng, 9)]}), tmp_path / "short.parquet")
     short = pq.read_table(tmp_path / "short.parquet").to_pylist()[0]["body"]
     texts = [f"{prose(rng, 40)} {COMMON} {prose(rng, 40)}" for _ in range(30)]  # 30 clean pages share COMMON
     texts += [f"{prose(rng, 40)} {r['question']} {prose(rng, 10)}" for r in leak_items]  # verbatim leaks
     texts += [f"{prose(rng, 20)} {short} {prose(rng, 20)}"]
+    texts += [f"{prose(rng, 30)} {wide['question']} {prose(rng, 30)}" for _ in range(12)]  # d036..d047
     rows = [(f"d{i:03d}", "web", f"warc://{i}", [], f"https://ex.org/{i}", None, None,
              datetime(2024, 2, 20, tzinfo=UTC), 200, "text/html", "utf-8", "", t, 0, len(t), "en", 0.9, None)
             for i, t in enumerate(texts)]
@@ -141,11 +144,12 @@ def test_stage_commits_clean_report_and_allowlist(spark, test_recipe, tmp_path) 
     report = lake.read_table(lake.require("web.contamination", SNAP)).to_pylist()
     got = sorted((r["doc_id"], r["benchmark"], r["item_id"], r["rule"]) for r in report)
     leaks = [(f"d{30 + i:03d}", "qa", f"r{i}", "ngram13") for i in range(5)]
-    assert got == [*leaks, ("d035", "short", "k0", "ngram7_overlap")]
+    widespread = [(f"d{36 + i:03d}", "qa", "w0", "ngram13") for i in range(12)]  # not allowlisted (issue 18.18)
+    assert got == [*leaks, ("d035", "short", "k0", "ngram7_overlap"), *widespread]
     assert all(r["matched_ngrams"] and r["matched_ngrams"][0] in texts[int(r["doc_id"][1:])] for r in report)
     kept = set(lake.read_table(m, columns=["doc_id"]).column("doc_id").to_pylist())
     assert kept == {f"d{i:03d}" for i in range(30)}
-    assert m.counters["dropped"] == {"contaminated_ngram13": 5, "contaminated_ngram7_overlap": 1}
+    assert m.counters["dropped"] == {"contaminated_ngram13": 17, "contaminated_ngram7_overlap": 1}
     allow = lake.require("web.ngram_allowlist", SNAP)
     assert allow.row_count == len(text_ngrams(COMMON, 13)) + len(text_ngrams(COMMON, 7))
     assert m.counters["allowlist_digest"] == allow.digest and allow.input_ref() in m.inputs

@@ -136,6 +136,12 @@ def test_check_exits_nonzero_with_the_lines(tmp_path: Path, capsys) -> None:
     assert "mixture.sources[3].datasets[0]: code.cleaned" in err and "nearest produced: code.clean" in err
 
 
+def test_an_allowlist_built_from_the_training_data_is_a_warning_not_a_failure(capsys) -> None:
+    assert main(["check", str(DEMO)]) == 0  # the demo builds its allowlist from web.langid
+    err = capsys.readouterr().err
+    assert "warning: stages.decontaminate.allowlist_references: web.langid is training data" in err
+
+
 def test_a_dag_file_whose_recipe_does_not_close_refuses_to_load(tmp_path: Path) -> None:
     """The import error the Airflow UI shows carries the check's lines."""
     data = yaml.safe_load(DEMO.read_text())
