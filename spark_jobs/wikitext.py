@@ -36,6 +36,18 @@ PARSE_ERRORS = (ET.ParseError, ValueError, mwxml.errors.MalformedXML, AttributeE
 # double underscores around a word with no lower-case letter, in every language. Dumps do not list
 # a wiki's localized magic words, so the form is the rule; lower-case dunders (`__init__`) are prose.
 MAGIC_WORD_RE = re.compile(r"(?<!\w)__((?:[^\W\d_]|_(?!_))+)__(?!\w)")
+# Quotation templates whose text is article text (English, French, German, Spanish, Italian), and the
+# parameter names that hold it; the first positional parameter otherwise. (English {{Citation}} is a
+# bibliographic reference with named parameters only: it renders nothing.)
+QUOTE_TEMPLATES = frozenset(
+    {"quote", "quotation", "cquote", "blockquote", "citation", "citation bloc", "bloc citation", "zitat",
+     "cita", "citazione"}
+)  # fmt: skip
+QUOTE_PARAMS = ("text", "texte", "quote", "zitat", "testo", "1")
+MAX_TEMPLATE_DEPTH = 40  # deeper templates are cut before parsing (mwparserfromhell stops at 100)
+_BRACES = re.compile(r"\{\{|\}\}")
+_APOSTROPHES = re.compile(r"'{2,5}")
+_REF_LEFTOVER = re.compile(r"<ref\b[^>]*/>|<ref\b[^>]*>.*?</ref\s*>|</?ref\b[^>]*>", re.IGNORECASE | re.DOTALL)
 TEXT_TEMPLATES = {"lang": -1, "nowrap": 0, "code": 0, "mvar": 0, "math": 0, "nobr": 0, "small": 0, "abbr": 0}
 
 
@@ -257,6 +269,12 @@ class _Renderer:
 
     def template(self, t: Template) -> str:
         name = _tname(t)
+        if name in QUOTE_TEMPLATES:
+            named = {str(p.name).strip().lower(): p for p in t.params}
+            body = next((named[k] for k in QUOTE_PARAMS if k in named), None)
+            if body is None:
+                body = next((p for p in t.params if not p.showkey), None)
+            return f"\n{self.code(body.value).strip()}\n" if body is not None else ""
         if name in TEXT_TEMPLATES and t.params:
             pos = [p for p in t.params if not p.showkey]
             if pos:
@@ -327,6 +345,44 @@ def tidy(text: str) -> str:
     return _BLANKS.sub("\n\n", "\n".join(out)).strip()
 
 
+def flatten_deep_templates(wikitext: str, limit: int = MAX_TEMPLATE_DEPTH) -> str:
+    """Cut templates nested deeper than `limit` (with their contents), before parsing: the parser
+    gives up at depth 100 and leaves the rest as text (467 `}}` on a page nested 500 deep)."""
+    if wikitext.count("{{") <= limit:
+        return wikitext
+    out, depth, last = [], 0, 0
+    for m in _BRACES.finditer(wikitext):
+        if m.group() == "{{":
+            if depth == limit:
+                out.append(wikitext[last : m.start()])
+            depth += 1
+            if depth <= limit:
+                continue
+        else:
+            if depth == 0:
+                continue  # a stray closing pair is text
+            depth -= 1
+            if depth == limit:
+                last = m.end()
+            continue
+    if depth <= limit:
+        out.append(wikitext[last:])
+    return "".join(out) if out else wikitext
+
+
+def scrub(text: str) -> str:
+    """Markup the parser left as text when a page's markup is unbalanced: bold/italic apostrophe runs
+    and <ref> tags. Code blocks are left as they are (`''` is an empty string there)."""
+    out, in_code = [], False
+    for line in text.split("\n"):
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code:
+            line = _APOSTROPHES.sub("", _REF_LEFTOVER.sub("", line))
+        out.append(line)
+    return "\n".join(out)
+
+
 def unterminated_template(code: Wikicode) -> bool:
     """`{{` left as plain text at the top level: a template that never closes."""
     return any(isinstance(n, Text) and "{{" in n.value for n in code.nodes)
@@ -338,7 +394,7 @@ def clean_page(page: PageData, site: SiteInfo, cfg: CleanConfig) -> tuple[str, s
         return "", "other_namespace"
     if page.redirect or REDIRECT_RE.match(page.wikitext):
         return "", "redirect"
-    code = mwparserfromhell.parse(page.wikitext)
+    code = mwparserfromhell.parse(flatten_deep_templates(page.wikitext))
     if unterminated_template(code):
         return "", "unterminated_template"
     if any(_tname(t) in cfg.disambiguation_templates for t in code.filter_templates(recursive=False)):
@@ -347,4 +403,4 @@ def clean_page(page: PageData, site: SiteInfo, cfg: CleanConfig) -> tuple[str, s
         heading = section.filter_headings(recursive=False)[0]
         if heading.title.strip_code().strip().lower() in cfg.drop_sections:
             code.remove(section)
-    return tidy(_Renderer(site).code(code)), None
+    return tidy(scrub(_Renderer(site).code(code))), None

@@ -4,6 +4,7 @@ every language, and pages with several revisions. Built here, page by page."""
 from __future__ import annotations
 
 import bz2
+from xml.sax.saxutils import escape
 
 from spark_jobs.wikitext import CleanConfig, clean_page, iter_pages, read_header
 
@@ -35,7 +36,7 @@ def page(title: str, page_id: int, *revisions: str) -> str:
 
 
 def clean(wikitext: str) -> str:
-    (p,) = iter_pages(SITE, page("T", 1, revision(10, "2024-01-01T00:00:00Z", wikitext)))
+    (p,) = iter_pages(SITE, page("T", 1, revision(10, "2024-01-01T00:00:00Z", escape(wikitext))))
     text, reason = clean_page(p, SITE, CFG)
     assert reason is None
     return text
@@ -79,3 +80,38 @@ def test_a_page_with_invalid_xml_keeps_its_title_and_page_id() -> None:
     pages = list(iter_pages(SITE, good + bad))
     assert pages[0].page_id == 7
     assert (pages[1].title, pages[1].page_id, pages[1].reason) == ("Kaputt", 8, "invalid_xml:undefined_entity")
+
+
+def test_templates_nested_500_deep_leave_no_braces() -> None:
+    deep = "{{Infobox|a=" * 500 + "x" + "}}" * 500
+    text = clean(f"Der Anfang des Artikels.\n{deep}\nDas Ende des Artikels.")
+    assert "}}" not in text and "{{" not in text
+    assert "Der Anfang des Artikels." in text and "Das Ende des Artikels." in text
+
+
+def test_unbalanced_markup_leaves_no_apostrophes_or_ref_tags() -> None:
+    for wikitext, kept in [
+        ("Text.<ref>Quelle ohne Schluss. Mehr Text ohne Ende.", "Text."),
+        ("Und ''kursiv '''fett'' falsch''' verschachtelt.", "verschachtelt."),
+        ('Ein Satz <ref name="x">offen', "Ein Satz"),
+        ("Vorher </ref> nachher.", "nachher."),
+    ]:
+        text = clean(wikitext)
+        assert "''" not in text and "<ref" not in text and "</ref" not in text, text
+        assert kept in text
+
+
+def test_code_keeps_its_apostrophes() -> None:
+    text = clean("Ein Beispiel:\n<syntaxhighlight lang=python>\nx = ''\n</syntaxhighlight>\nSchluss.")
+    assert "x = ''" in text
+
+
+def test_quotation_templates_keep_their_text() -> None:
+    fr = clean("Il a dit : {{Citation|La science est une chose merveilleuse}} puis il est parti.")
+    assert "La science est une chose merveilleuse" in fr
+    en = clean("She wrote: {{Quote|text=Knowledge is power.|author=Bacon}} and left.")
+    assert "Knowledge is power." in en and "Bacon" not in en
+    de = clean("Er sagte: {{Zitat|Wissen ist Macht.}} Ende.")
+    assert "Wissen ist Macht." in de
+    ref = clean("A claim.{{Citation |title=A Book |author=Someone}} More text.")
+    assert "A Book" not in ref  # the English bibliographic {{Citation}} is not text
