@@ -70,6 +70,42 @@ def corpus(copies: int) -> list[str]:
     return docs
 
 
+def realistic_corpus(n: int, seed: int = 0) -> tuple[list[str], list[tuple[int, int]]]:
+    """Documents shaped like a crawl partition, not copies of the sample: mostly singletons (each two to
+    four passages of different pages, 40-1,500 words, log-normal lengths around 330), one giant
+    document of 200,000 words, and near-duplicates of earlier documents across the whole Jaccard
+    range (1-50% of words replaced) plus exact copies, about 15% in all. The sample's pages are
+    Python documentation and the Debian installation guide in 20 languages, so text is multilingual.
+    Returns the documents and the (original, copy) pairs."""
+    rng = np.random.default_rng(seed)
+    pages = [t.split() for t in sample_texts() if len(t.split()) >= 60]
+    def passage(length: int) -> list[str]:
+        page = pages[int(rng.integers(len(pages)))]
+        length = min(length, len(page))
+        start = int(rng.integers(len(page) - length + 1))
+        return page[start : start + length]
+    docs: list[str] = []
+    pairs: list[tuple[int, int]] = []
+    giant = []
+    while len(giant) < 200_000:
+        giant += passage(2_000)
+    docs.append(" ".join(giant[:200_000]))
+    while len(docs) < n:
+        if len(docs) > 100 and rng.random() < 0.15:
+            src = int(rng.integers(1, len(docs)))
+            toks = docs[src].split()
+            rate = float(rng.choice([0.0, 0.01, 0.03, 0.08, 0.15, 0.25, 0.35, 0.5]))
+            for i in np.flatnonzero(rng.random(len(toks)) < rate):
+                toks[i] = f"x{rng.integers(1_000_000)}"
+            pairs.append((src, len(docs)))
+            docs.append(" ".join(toks))
+            continue
+        total = int(np.clip(rng.lognormal(np.log(330), 0.8), 40, 1500))
+        parts = int(rng.integers(2, 5))
+        docs.append(" ".join(w for _ in range(parts) for w in passage(max(total // parts, 10))))
+    return docs, pairs
+
+
 def datasketch_loop(texts: list[str], mh: MinHasher, threshold: float, seed: int = 1) -> tuple[float, dict[int, int]]:
     """The baseline: per document MinHash (same shingles), LSH query, verify, union-find, insert."""
     from datasketch import MinHash, MinHashLSH
@@ -138,6 +174,8 @@ class PeakRss(threading.Thread):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--copies", type=int, default=10)
+    ap.add_argument("--realistic", type=int, default=0, metavar="N",
+                    help="N documents shaped like a crawl partition (realistic_corpus) instead of --copies")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timed runs of each side; the best counts")
     ap.add_argument("--seeds", type=int, default=1, help="hash seeds to average precision and recall over (both sides)")
     ap.add_argument("--seed-offset", type=int, default=0,
@@ -147,10 +185,17 @@ def main() -> None:
     recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
     p = recipe.stages.dedup
     mh = MinHasher(p.shingle_size, p.num_perm, p.bands, p.rows, p.seed)
-    texts = corpus(a.copies)
-    n_base = len(texts) // a.copies
-    pairs = [(i, c * n_base + i) for c in range(1, a.copies) for i in range(n_base)]
-    print(f"corpus: {len(texts)} documents ({n_base} sample pages x {a.copies}), "
+    if a.realistic:
+        texts, pairs = realistic_corpus(a.realistic)
+        lengths = sorted(len(t.split()) for t in texts)
+        shape = (f"realistic: median {lengths[len(lengths) // 2]} words, largest {lengths[-1]:,}, "
+                 f"{len(pairs)} near or exact copies")
+    else:
+        texts = corpus(a.copies)
+        n_base = len(texts) // a.copies
+        pairs = [(i, c * n_base + i) for c in range(1, a.copies) for i in range(n_base)]
+        shape = f"{n_base} sample pages x {a.copies}"
+    print(f"corpus: {len(texts)} documents ({shape}), "
           f"{sum(len(t) for t in texts) / 1e6:.1f} MB of text; shingles {p.shingle_size}, {p.num_perm} perms, "
           f"{p.bands} bands x {p.rows} rows, threshold {p.threshold}")
     import datasketch

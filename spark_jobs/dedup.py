@@ -232,15 +232,37 @@ def connected_components(edges: DataFrame, max_iterations: int) -> tuple[DataFra
     )
 
 
-def broadcast_when_small(df: DataFrame, rows: int, row_bytes: int = _ID_ROW_BYTES) -> DataFrame:
-    """Hint a broadcast of `df` when `rows` rows of `row_bytes` fit the session's
-    spark.sql.autoBroadcastJoinThreshold (-1: never). A checkpointed frame carries no usable size
-    estimate, so without the hint Spark shuffles both sides of a join with it (for the decisions, the
-    documents' text); the stage knows the row counts."""
-    value = df.sparkSession.conf.get("spark.sql.autoBroadcastJoinThreshold") or "-1"
+def fits_broadcast(spark: SparkSession, rows: int, row_bytes: int = _ID_ROW_BYTES) -> bool:
+    """Whether `rows` rows of `row_bytes` fit the session's spark.sql.autoBroadcastJoinThreshold (-1: never)."""
+    value = spark.conf.get("spark.sql.autoBroadcastJoinThreshold") or "-1"
     number, unit = re.fullmatch(r"\s*(-?\d+)\s*([a-zA-Z]*)\s*", value).groups()
-    limit = int(number) * _BYTE_UNITS[unit.lower().rstrip("b") or "b"]
-    return F.broadcast(df) if 0 <= rows * row_bytes <= limit else df
+    return 0 <= rows * row_bytes <= int(number) * _BYTE_UNITS[unit.lower().rstrip("b") or "b"]
+
+
+def broadcast_when_small(df: DataFrame, rows: int, row_bytes: int = _ID_ROW_BYTES) -> DataFrame:
+    """Hint a broadcast of `df` when it fits (fits_broadcast). A checkpointed frame carries no usable
+    size estimate, so without the hint Spark shuffles both sides of a join with it (for the decisions,
+    the documents' text); the stage knows the row counts."""
+    return F.broadcast(df) if fits_broadcast(df.sparkSession, rows, row_bytes) else df
+
+
+def components_local(edges: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(node, root) of an edge list by union-find, root = smallest node of its component: what
+    connected_components gives, for a graph small enough to broadcast (rounds of Spark jobs cost more
+    than the whole graph then)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return [(n, find(n)) for n in sorted(parent)]
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -358,7 +380,12 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
         if counters["verified_pairs"]:
             with step(spark, STAGE, "components"):
                 verified = links.where("ok").select("a", "b")
-                cc, counters["cc_rounds"] = connected_components(verified, params.max_iterations)
+                if fits_broadcast(spark, 2 * counters["verified_pairs"]):  # a graph the driver holds at once
+                    pairs = [(r["a"], r["b"]) for r in verified.collect()]
+                    cc = spark.createDataFrame(components_local(pairs), "node string, root string")
+                    counters["cc_rounds"] = 0
+                else:
+                    cc, counters["cc_rounds"] = connected_components(verified, params.max_iterations)
             roots = broadcast_when_small(cc.withColumnRenamed("node", "rep"), 2 * counters["verified_pairs"])
             nodes = nodes.join(roots, "rep", "left")
             group = F.coalesce(F.col("root"), F.col("rep"))
