@@ -16,6 +16,8 @@ from datetime import UTC, date, datetime, time
 from time import sleep
 from typing import Any
 
+from phiflow import settings
+
 BUSY_RETRIES = 5  # a 503 (the metadata DB is busy) is retried this many times, 1 s, 2 s, ... apart
 
 
@@ -122,10 +124,11 @@ class AirflowAPI:
 
 
 def _generated_password() -> str | None:
-    """The simple auth manager's generated admin password of the local services, if there is one."""
-    home = os.environ.get("AIRFLOW_HOME")
-    path = os.path.join(home, "simple_auth_manager_passwords.json.generated") if home else None
-    if path and os.path.exists(path):
+    """The simple auth manager's generated admin password of the local services, if there is one: in
+    AIRFLOW_HOME, else in the embedded default's Airflow home (so the CLI works without scripts/env.sh)."""
+    home = os.environ.get("AIRFLOW_HOME") or str(settings.airflow_home())
+    path = os.path.join(home, "simple_auth_manager_passwords.json.generated")
+    if os.path.exists(path):
         with open(path) as f:
             return json.load(f).get("admin")
     return None

@@ -58,3 +58,18 @@ def test_changed_input_or_recipe_reruns(langid_op, monkeypatch) -> None:
     out.recipe_digest = "another recipe"
     commit_all(lake, [out])
     assert not op.unchanged_output(context("asset_triggered"), FEB)
+
+
+def test_the_cli_finds_the_embedded_defaults_credentials_without_env_sh(tmp_path, monkeypatch) -> None:
+    """`.venv/bin/phiflow backfill` without `source scripts/env.sh`: no AIRFLOW_HOME, and still the
+    generated admin password of the services `make airflow` started under the Phiflow home."""
+    import json
+
+    from phiflow.airflow_api import AirflowAPI
+
+    monkeypatch.delenv("AIRFLOW_HOME", raising=False)
+    monkeypatch.delenv("PHIFLOW_AIRFLOW_PASSWORD", raising=False)
+    monkeypatch.setenv("PHIFLOW_HOME", str(tmp_path))
+    (tmp_path / "airflow").mkdir()
+    (tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated").write_text(json.dumps({"admin": "s3cret"}))
+    assert AirflowAPI.from_env().password == "s3cret"
