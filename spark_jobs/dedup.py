@@ -35,7 +35,7 @@ from pyspark.sql.types import ArrayType, IntegerType, LongType, StringType, Stru
 from phiflow.manifest import Manifest, partition_key
 from phiflow.recipe import DedupParams, Source
 from phiflow.schema import DUP_CLUSTERS, MINHASH
-from phiflow.storage import Lake, parse_partition
+from phiflow.storage import Lake
 from spark_jobs.dedup_index import HistoryIndex, minhash_rows
 from spark_jobs.minhash import SIGNATURE_FAMILY, MinHasher
 from spark_jobs.stage_io import StageContext, commit_partition, stage_main, step, tally
@@ -143,23 +143,23 @@ def full_history_matches(
 
 
 def earlier_nodes(
-    ctx: StageContext, matched: DataFrame, current: DataFrame, rule_cols: list[str], schema: StructType
+    ctx: StageContext, matched: DataFrame, prior: list[Manifest], current: DataFrame, rule_cols: list[str],
+    schema: StructType,
 ) -> DataFrame:
-    """Matched earlier rows as graph nodes in `current`'s columns: ordered before it by snapshot date
-    (`origin` < 0), without documents of this partition, with no rule values."""
+    """Matched earlier rows (of the `prior` partitions) as graph nodes in `current`'s columns: ordered
+    before it by snapshot date (`origin` < 0), without documents of this partition, with no rule values."""
     src = ctx.recipe.source(ctx.source)
     here = snapshot_order(src, ctx.partition)
-    keys = matched.select("origin_partition").distinct().toPandas()["origin_partition"].tolist()
     order = {
-        k: (-1 if (pos := snapshot_order(src, parse_partition(k))) is None or here is None else pos - 10**6)
-        for k in keys
+        m.key: (-1 if (pos := snapshot_order(src, m.partition)) is None or here is None else pos - 10**6)
+        for m in prior
     }
-    origin = F.create_map(*[F.lit(x) for kv in order.items() for x in kv]) if order else None
-    prior = matched.withColumn("origin", origin[F.col("origin_partition")] if origin is not None else F.lit(-1))
-    prior = prior.join(current.select("doc_id"), "doc_id", "left_anti")
+    origin = F.create_map(*[F.lit(x) for kv in order.items() for x in kv])
+    nodes = matched.withColumn("origin", origin[F.col("origin_partition")])
+    nodes = nodes.join(current.select("doc_id"), "doc_id", "left_anti")
     for c in rule_cols:
-        prior = prior.withColumn(c, F.lit(None).cast(schema[c].dataType))
-    return prior.select(*current.columns)
+        nodes = nodes.withColumn(c, F.lit(None).cast(schema[c].dataType))
+    return nodes.select(*current.columns)
 
 
 # -- rule ---------------------------------------------------------------------------------------
@@ -359,7 +359,9 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                 }
             else:
                 matched = full_history_matches(spark, ctx, current, prior_manifests)
-            nodes = current.unionByName(earlier_nodes(ctx, _materialize(matched), current, rule_cols, docs.schema))
+            nodes = current.unionByName(
+                earlier_nodes(ctx, _materialize(matched), prior_manifests, current, rule_cols, docs.schema)
+            )
     by_hash = Window.partitionBy("content_hash").orderBy(*order)
     rep = F.first("doc_id").over(by_hash) if params.exact else F.col("doc_id")
     with step(spark, STAGE, "exact" if prior_manifests else "hash, exact"):
