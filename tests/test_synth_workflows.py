@@ -20,7 +20,9 @@ from spark_jobs.synth_workflows import (
     synthesize_seeds,
 )
 
-SANDBOX = SandboxParams(cpu_s=2, wall_s=5, memory_mb=256)
+# Generous: under `make test` the sandboxed runs share 2 cores with Spark and JVMs (a run timed out at
+# wall_s 5 once); the limits themselves are tested in tests/test_sandbox.py.
+SANDBOX = SandboxParams(cpu_s=10, wall_s=60, memory_mb=256)
 ADD = "def add(a, b):\n    return a + b\n\nprint(add(2, 3))"
 MUL = "def mul(a, b):\n    return a * b\n\nprint(mul(2, 3))"
 SEEDS = [
