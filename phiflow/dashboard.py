@@ -1,4 +1,4 @@
-"""The dashboard's data and page, built only from manifests (and training metrics files).
+"""The dashboard's data and page, built only from manifests: the lake is the one source of truth.
 
 Pure on purpose: the Airflow plugin (plugins/phiflow_dashboard.py) serves `render(build(...))`, the
 tests and the bench call the same two functions on synthetic manifests. Every section is optional:
@@ -9,11 +9,9 @@ The page is server-side HTML with inline SVG/CSS (no scripts, no CDN: the UI may
 from __future__ import annotations
 
 import html
-import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from phiflow import shards, stages
@@ -42,8 +40,8 @@ class DashboardData:
     languages: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> language -> kept docs
     topics: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # source -> before/after -> topic -> n
     contamination: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> report
-    mixture: list[dict[str, Any]] = field(default_factory=list)  # Mixture.to_dict()["sources"]
-    training: list[dict[str, Any]] = field(default_factory=list)  # runs: name, status, steps [(step, loss)]
+    mixture: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # blend partition -> source rows
+    training: list[dict[str, Any]] = field(default_factory=list)  # checkpoint partitions: name, steps [(step, loss)]
     datasets: list[dict[str, Any]] = field(default_factory=list)  # every dataset: partitions, rows, bytes
     failed_files: list[dict[str, Any]] = field(default_factory=list)  # input files a stage could not read
     in_progress: list[dict[str, Any]] = field(default_factory=list)  # sharded partitions without a roll-up yet
@@ -76,9 +74,7 @@ def _funnel_order(steps: list[FunnelStep]) -> list[FunnelStep]:
     return sorted(steps, key=lambda s: FUNNEL_STAGES.index(_source_and_suffix(s.dataset)[1]))
 
 
-def build(
-    manifests: Iterable[Manifest], metrics: Iterable[dict[str, Any]] = (), in_progress: Iterable[dict[str, Any]] = ()
-) -> DashboardData:
+def build(manifests: Iterable[Manifest], in_progress: Iterable[dict[str, Any]] = ()) -> DashboardData:
     """Aggregate manifests into the dashboard's sections (one pass, no data files read). `in_progress`:
     sharded partitions still missing shards (dataset, partition, committed, total)."""
     d = DashboardData(in_progress=list(in_progress))
@@ -119,7 +115,9 @@ def build(
             rep["by_rule"].update(by_rule)
             rep["removed"] += sum(by_rule.values())
         if m.stage == "mix" and c.get("sources"):
-            d.mixture = list(c["sources"])
+            d.mixture[m.key] = list(c["sources"])
+        if m.dataset.startswith("checkpoints.") and c.get("losses"):
+            d.training.append(_training_run(m))
     d.funnel = {s: {k: _funnel_order(v) for k, v in sorted(iv.items())} for s, iv in sorted(funnel.items())}
     d.totals = {s: _funnel_order(v) for s, v in sorted(totals.items())}
     d.languages = {s: dict(c.most_common()) for s, c in sorted(langs.items())}
@@ -127,33 +125,25 @@ def build(
     d.contamination = {s: {**r, "by_benchmark": dict(r["by_benchmark"].most_common()),
                            "by_rule": dict(r["by_rule"].most_common())} for s, r in sorted(contamination.items())}
     d.datasets = [per_dataset[k] for k in sorted(per_dataset)]
-    d.training = [_training_run(m) for m in metrics]
+    d.mixture = dict(sorted(d.mixture.items()))
+    d.training.sort(key=lambda r: r["name"])
     return d
 
 
-def _training_run(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The curve of one training run from its metrics JSON (training/pretrain.py:write_metrics)."""
-    steps = [(int(s["step"]), float(s["loss"])) for s in metrics.get("steps") or [] if s.get("loss") is not None]
-    return {"name": metrics.get("name", "?"), "status": metrics.get("status", "?"),
-            "final_step": metrics.get("final_step"), "final_loss": metrics.get("final_loss"),
-            "tokens_per_s": metrics.get("mean_tokens_per_s"), "steps": steps}
+def _training_run(m: Manifest) -> dict[str, Any]:
+    """The curve of one committed training run: its checkpoint manifest holds every step's loss
+    (operators/training.py:metrics_summary), the last step being `final_step`."""
+    c = m.counters
+    losses = [float(x) for x in c["losses"]]
+    first = int(c.get("final_step") or len(losses)) - len(losses) + 1
+    return {"name": f"{m.dataset.removeprefix('checkpoints.')} {m.key}", "final_step": c.get("final_step"),
+            "final_loss": c.get("final_loss"), "valid_perplexity": c.get("valid_perplexity"),
+            "tokens_per_s": c.get("mean_tokens_per_s"), "steps": [(first + i, x) for i, x in enumerate(losses)]}
 
 
-def load_metrics(root: Path) -> list[dict[str, Any]]:
-    """Training metrics files under `root` (`**/metrics.json`); unreadable ones are skipped."""
-    out = []
-    if root.is_dir():
-        for p in sorted(root.rglob("metrics.json")):
-            try:
-                out.append(json.loads(p.read_text()))
-            except (OSError, ValueError):
-                continue
-    return out
-
-
-def build_from_lake(lake: Lake, metrics_root: Path | None = None) -> DashboardData:
-    """The dashboard of a lake: every committed manifest, plus training metrics under `metrics_root`.
-    Each manifest is read once; shards count only towards the progress of a snapshot without a roll-up."""
+def build_from_lake(lake: Lake) -> DashboardData:
+    """The dashboard of a lake: every committed manifest, read once. Shards count only towards the
+    progress of a snapshot without a roll-up."""
     manifests: list[Manifest] = []
     by_snapshot: dict[tuple[str, str], list[Manifest]] = {}
     for ds in lake.datasets():
@@ -171,7 +161,7 @@ def build_from_lake(lake: Lake, metrics_root: Path | None = None) -> DashboardDa
         if (ds, key) not in whole:
             p = shards.progress(ms, None)
             in_progress.append({"dataset": ds, "partition": key, "committed": p.committed, "total": p.total})
-    return build(manifests, load_metrics(metrics_root) if metrics_root else (), in_progress)
+    return build(manifests, in_progress)
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -276,8 +266,12 @@ def render(d: DashboardData, title: str = "phiflow") -> str:
                    for s, v in d.languages.items())
     parts.append(_section("Language mix (kept documents)", f"<div class='grid'>{lang}</div>" if lang
                           else "<p class='none'>no langid partitions</p>"))
+    unscored = [s for s, t in d.topics.items() if not (set(t["before"]) | set(t["after"])) - {"none"}]
     topic = "".join(f"<div><h3>{_e(s)} {_e(k)} selection</h3>{_hbars(v, f'topic:{s}:{k}')}</div>"
-                    for s, t in d.topics.items() for k, v in t.items())
+                    for s, t in d.topics.items() if s not in unscored for k, v in t.items())
+    if unscored:  # rules-only quality (quality.classifier: null) scores no topic: say so, not a bar of "none"
+        topic += (f"<p class='none' data-testid='topics-unscored'>not scored for {_e(', '.join(unscored))}: "
+                  "the recipe's quality stage runs without a classifier (quality.classifier: null)</p>")
     parts.append(_section("Topic mix", f"<div class='grid'>{topic}</div>" if topic
                           else "<p class='none'>no quality partitions</p>"))
     if d.contamination:
@@ -294,17 +288,20 @@ def render(d: DashboardData, title: str = "phiflow") -> str:
         body = "<p class='none'>no decontamination partitions</p>"
     parts.append(_section("Contamination", body))
     if d.mixture:
-        rows = "".join(f"<tr><td>{_e(s['name'])}</td><td data-testid='mix:{_e(s['name'])}:share'>{s['share']:.1%}</td>"
-                       f"<td>{s['unique_tokens']}</td><td>{s['tokens']}</td><td>{s['epochs']:.2f}</td></tr>"
-                       for s in d.mixture)
-        body = ("<table><thead><tr><th>source</th><th>share</th><th>unique tokens</th><th>training tokens</th>"
-                f"<th>epochs</th></tr></thead><tbody>{rows}</tbody></table>"
-                + _hbars({s["name"]: s["share"] * 100 for s in d.mixture}, "mix-chart", "{:.1f}%"))
+        body = "".join(
+            f"<h3>{_e(key)}</h3><table><thead><tr><th>run</th><th>source</th><th>share</th><th>unique tokens</th>"
+            "<th>training tokens</th><th>epochs</th></tr></thead><tbody>"
+            + "".join(f"<tr><td>{_e(r['run'])}</td><td>{_e(r['source'])}</td>"
+                      f"<td data-testid='mix:{_e(key)}:{_e(r['run'])}:{_e(r['source'])}:share'>{r['share']:.1%}</td>"
+                      f"<td>{r['unique_tokens']}</td><td>{r['tokens']}</td><td>{r['epochs']:.2f}</td></tr>"
+                      for r in rows)
+            + "</tbody></table>"
+            for key, rows in d.mixture.items())
     else:
         body = "<p class='none'>no mix partitions</p>"
     parts.append(_section("Mixture", body))
-    runs = "".join(f"<div><h3>{_e(r['name'])} ({_e(r['status'])}, final loss {_e(r['final_loss'])})</h3>"
-                   f"{_curve(r)}</div>" for r in d.training)
+    runs = "".join(f"<div><h3>{_e(r['name'])}: final loss {_e(r['final_loss'])}, validation perplexity "
+                   f"{_e(r['valid_perplexity'])}</h3>{_curve(r)}</div>" for r in d.training)
     parts.append(_section("Training curves (loss)", f"<div class='grid'>{runs}</div>" if runs
                           else "<p class='none'>no training metrics</p>"))
     if d.in_progress:

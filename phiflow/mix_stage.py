@@ -322,7 +322,8 @@ def run(recipe: Recipe, lake: Lake, airflow: dict[str, Any] | None = None,
         params=params, airflow=airflow, started=started,
         counters={"read": sum(len(ms) for ms in tokens.manifests.values()), "plot": plotted,
                   **{f"{run}_tokens": mix.total_tokens for run, mix in blends.items()},
-                  "epochs": {f"{r['run']}:{r['source']}": r["epochs"] for r in rows}},
+                  "epochs": {f"{r['run']}:{r['source']}": r["epochs"] for r in rows},
+                  "sources": rows},  # what the dashboard's Mixture panel shows
     )
     print(report)
     return m

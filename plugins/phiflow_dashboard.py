@@ -27,7 +27,7 @@ app = FastAPI(title="phiflow dashboard", dependencies=[Depends(requires_access_v
 
 
 def _data():
-    return build_from_lake(Lake(), settings.home() / "training")
+    return build_from_lake(Lake())
 
 
 @app.get("/", response_class=HTMLResponse)

@@ -51,6 +51,20 @@ def pipeline_manifests(intervals: int, seed: int = 0, source: str = "web") -> li
     return out
 
 
+def training_manifests(recipe: str = "demo", steps: int = 12, seed: int = 0) -> list[Manifest]:
+    """A blend and its pretraining checkpoint, with the counters the mix and training stages commit
+    (the real stages' counters are checked against the dashboard in tests/test_training_dag.py)."""
+    rng = random.Random(seed)
+    rows = [{"run": "pretrain", "source": s, "share": share, "unique_tokens": u, "tokens": int(share * 10**6),
+             "epochs": round(share * 10**6 / u, 4), "max_epochs": None, "shards": 2}
+            for s, share, u in (("web", 0.3, 200_000), ("synthetic", 0.7, 90_000))]
+    losses = [round(6.0 - 3 * i / steps + rng.random() / 10, 4) for i in range(steps)]
+    part = {"recipe": recipe}
+    return [manifest("blend", part, "mix", 0, len(rows), {}, sources=rows),
+            manifest("checkpoints.pretrain", part, "pretrain", 0, steps, {}, losses=losses, final_step=steps,
+                     final_loss=losses[-1], valid_perplexity=42.0)]
+
+
 def _split(rng: random.Random, total: int, k: int) -> list[int]:
     cuts = sorted(rng.randint(0, total) for _ in range(k - 1))
     return [b - a for a, b in zip([0, *cuts], [*cuts, total], strict=True)]

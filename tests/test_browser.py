@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from airflow_services import Airflow
-from dashboard_fixtures import commit_all, pipeline_manifests
+from dashboard_fixtures import commit_all, pipeline_manifests, training_manifests
 
 pytestmark = pytest.mark.airflow
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,7 +51,8 @@ def test_dashboard_through_the_ui(airflow: Airflow) -> None:
     from playwright.sync_api import sync_playwright
 
     ms = pipeline_manifests(4, seed=7)
-    commit_all(airflow.lake, ms)
+    trained = training_manifests("demo", seed=7)
+    commit_all(airflow.lake, ms + trained)
     kept = {ds: sum(m.row_count for m in ms if m.dataset == ds) for ds in {m.dataset for m in ms}}
     read = sum(m.counters["read"] for m in ms if m.dataset == "web.extracted")
     below = sum(m.counters["dropped"]["below_quality_threshold"] for m in ms if m.dataset == "web.quality")
@@ -74,12 +75,25 @@ def test_dashboard_through_the_ui(airflow: Airflow) -> None:
             def cell(testid: str) -> str:
                 return frame.locator(f"[data-testid='{testid}']").inner_text(timeout=30_000).strip()
 
-            assert cell("partitions").startswith(f"{len(ms)} committed partitions")
+            def bar(testid: str) -> str:  # the value printed at the end of an SVG bar
+                return (frame.locator(f"[data-testid='{testid}'] text.v").text_content(timeout=30_000) or "").strip()
+
+            assert cell("partitions").startswith(f"{len(ms) + len(trained)} committed partitions")
             assert cell("funnel:web:all intervals:web.extracted:read") == str(read)
             assert cell("funnel:web:all intervals:web.clean:kept") == str(kept["web.clean"])
             assert cell("drops:web:web.quality:below_quality_threshold") == str(below)
             assert cell("rows:web.langid") == str(kept["web.langid"])
             assert frame.get_by_text("Language mix (kept documents)").is_visible()
+            # every panel shows the lake's data, not its "nothing yet" note
+            langs = sum(m.counters["languages"]["en"] for m in ms if m.dataset == "web.langid")
+            assert bar("lang:web:en") == str(langs)
+            topics = sum(m.counters["topics_after"]["science"] for m in ms if m.dataset == "web.quality")
+            assert bar("topic:web:after:science") == str(topics)
+            removed = sum(n for m in ms if m.dataset == "web.clean" for n in m.counters["dropped"].values())
+            assert cell("contamination:web:removed") == str(removed)
+            assert cell("mix:recipe=demo:pretrain:synthetic:share") == "70.0%"
+            assert frame.locator("[data-testid='curve:pretrain recipe=demo'] polyline").count() == 1
+            assert frame.locator("p.none").count() == 1, frame.locator("p.none").all_inner_texts()  # failed files
             page.screenshot(path=str(shot))
         finally:
             browser.close()

@@ -8,7 +8,7 @@ from collections import Counter
 
 from dashboard_fixtures import commit_all, manifest, pipeline_manifests
 
-from phiflow.dashboard import build, build_from_lake, load_metrics, render
+from phiflow.dashboard import build, build_from_lake, render
 
 
 def cells(page: str) -> dict[str, str]:
@@ -70,21 +70,27 @@ def test_empty_lake_and_partial_pipeline_degrade(lake) -> None:
     assert "Funnel: web" in render(d)
 
 
-def test_mixture_training_curves_and_escaping(tmp_path) -> None:
-    mix = manifest("tokens.mix", {"run": "r1"}, "mix", 0, 0, {}, sources=[
-        {"name": "web", "share": 0.3, "unique_tokens": 1000, "tokens": 3000, "epochs": 3.0},
-        {"name": "synthetic", "share": 0.7, "unique_tokens": 7000, "tokens": 7000, "epochs": 1.0}])
+def test_mixture_training_curves_topics_and_escaping() -> None:
+    rows = [{"run": "pretrain", "source": "web", "share": 0.3, "unique_tokens": 1000, "tokens": 3000, "epochs": 3.0},
+            {"run": "pretrain", "source": "synthetic", "share": 0.7, "unique_tokens": 7000, "tokens": 7000,
+             "epochs": 1.0}]
+    mix = manifest("blend", {"recipe": "r1"}, "mix", 0, 2, {}, sources=rows)
+    losses = [4.0, 3.1, 2.5]
+    pre = manifest("checkpoints.pretrain", {"recipe": "r1"}, "pretrain", 0, 3, {}, losses=losses, final_step=3,
+                   final_loss=2.5, valid_perplexity=11.0)
+    mid = manifest("checkpoints.midtrain", {"recipe": "r1"}, "midtrain", 0, 2, {}, losses=[2.4, 2.2], final_step=2,
+                   final_loss=2.2, valid_perplexity=9.0)
     hostile = manifest("web.extracted", {"snapshot": "<b>x</b>"}, "commoncrawl_extract", 5, 4,
                        {"<script>alert(1)</script>": 1})
-    run = tmp_path / "training" / "pretrain" / "metrics.json"
-    run.parent.mkdir(parents=True)
-    steps = [{"step": 1, "loss": 4.0}, {"step": 2, "loss": 3.1}, {"step": 3, "loss": 2.5}]
-    run.write_text(json.dumps({"name": "pretrain", "status": "ok", "final_loss": 2.5, "steps": steps}))
+    rules_only = manifest("wiki.quality", {"dump": "d"}, "quality", 5, 5, {}, topics_before={"none": 5},
+                          topics_after={"none": 5})
 
-    d = build([mix, hostile], load_metrics(tmp_path / "training"))
+    d = build([mix, pre, mid, hostile, rules_only])
     page = render(d)
     ids = cells(page)
-    assert ids["mix:web:share"] == "30.0%" and ids["mix:synthetic:share"] == "70.0%"
-    assert d.training[0]["steps"] == [(1, 4.0), (2, 3.1), (3, 2.5)]
-    assert "data-testid='curve:pretrain'" in page and "<polyline" in page
+    assert ids["mix:recipe=r1:pretrain:web:share"] == "30.0%" and ids["mix:recipe=r1:pretrain:synthetic:share"] == "70.0%"
+    assert [r["name"] for r in d.training] == ["midtrain recipe=r1", "pretrain recipe=r1"]
+    assert d.training[1]["steps"] == [(1, 4.0), (2, 3.1), (3, 2.5)]
+    assert "data-testid='curve:pretrain recipe=r1'" in page and page.count("<polyline") == 2
+    assert "wiki" in ids["topics-unscored"] and "topic:wiki" not in page  # no bar of "none"
     assert "<script>" not in page and "&lt;script&gt;" in page and "<b>x</b>" not in page

@@ -159,10 +159,17 @@ def command(p: psutil.Process) -> str:
         return ""
 
 
-def stage_driver(script: str) -> psutil.Process:
-    """The Python driver of a spark-submitted stage (a child of the SparkSubmit JVM)."""
-    found = processes(lambda cmd: len(cmd) > 1 and "python" in cmd[0] and cmd[1].endswith(f"spark_jobs/{script}"))
-    assert len(found) == 1, found
+def scheduler_of(f: Faults) -> psutil.Process:
+    return psutil.Process(int(Path(f.af.env["AIRFLOW_HOME"], "run", "scheduler.pid").read_text()))
+
+
+def stage_driver(f: Faults, script: str) -> psutil.Process:
+    """The Python driver of a spark-submitted stage (a child of the SparkSubmit JVM) of this test's
+    scheduler: another test file may run the same stage at the same time under pytest-xdist."""
+    found = [p for p in scheduler_of(f).children(recursive=True)
+             if (cmd := command(p).split()) and len(cmd) > 1 and "python" in cmd[0]
+             and cmd[1].endswith(f"spark_jobs/{script}")]
+    assert len(found) == 1, [(p.pid, command(p)) for p in found]
     return found[0]
 
 
@@ -204,7 +211,7 @@ def committed_stays_readable(f: Faults, before: Manifest | None) -> None:
 def test_stage_driver_killed_mid_write_airflow_retries(faults: Faults) -> None:
     run_id = faults.trigger(SYNTH, FEB)
     before = faults.mid_synthesis(run_id)
-    driver = stage_driver("synthesize.py")
+    driver = stage_driver(faults, "synthesize.py")
     # The rows are computed (LLM calls) and cached, then written: kill the moment the write job has begun.
     attempts = Path(faults.af.lake.partition_path("synthetic.generated", OUT), "_attempts")
     old = {before.attempt} if before else set()
@@ -223,7 +230,7 @@ def test_spark_task_killed_spark_retries_it(faults: Faults) -> None:
     faults.write_recipe(seed=1)
     run_id = faults.trigger(SYNTH, FEB)
     before = faults.mid_synthesis(run_id)
-    driver = stage_driver("synthesize.py")
+    driver = stage_driver(faults, "synthesize.py")
     jvm = driver.parent()
     workers = [p for p in jvm.children(recursive=True)
                if "pyspark.daemon" in command(p) and p.parent() is not None and p.parent().pid != jvm.pid]
@@ -243,7 +250,7 @@ def test_airflow_worker_killed_task_is_retried(faults: Faults) -> None:
     before = faults.mid_synthesis(run_id)
     ti_id = faults.task(SYNTH, run_id, "synthesize_web")["id"]
     [task_proc] = processes(lambda cmd: bool(cmd) and cmd[0] == f"airflow worker -- {ti_id}")
-    scheduler = psutil.Process(int(Path(faults.af.env["AIRFLOW_HOME"], "run", "scheduler.pid").read_text()))
+    scheduler = scheduler_of(faults)
     worker = task_proc
     while worker.parent() is not None and worker.parent().pid != scheduler.pid:
         worker = worker.parent()  # up to the executor's worker process, the scheduler's child
@@ -283,7 +290,7 @@ def test_training_killed_between_checkpoints_resumes(faults: Faults) -> None:
         time.sleep(0.1)
     [latest] = [p / "ckpt" / "latest" for p in ckpts.glob("*")]
     assert int(latest.read_text()) == interval  # killed between checkpoints: after the first, before the end
-    scheduler = psutil.Process(int(Path(faults.af.env["AIRFLOW_HOME"], "run", "scheduler.pid").read_text()))
+    scheduler = scheduler_of(faults)
     # this scheduler's training only (another test file may be training in parallel under pytest-xdist)
     agents = [p for p in scheduler.children(recursive=True) if "torch.distributed.run" in command(p)]
     assert len(agents) == 1, agents
@@ -310,7 +317,7 @@ def test_snapshot_killed_mid_extract_resumes_from_its_committed_shards(faults: F
         while not lake.shards("web.extracted", APR):
             assert time.time() < deadline, "no shard of the snapshot was committed"
             time.sleep(0.05)
-        stage_driver("commoncrawl_extract.py").send_signal(signal.SIGKILL)
+        stage_driver(faults, "commoncrawl_extract.py").send_signal(signal.SIGKILL)
         first = {m.partition[shards.SHARD]: m for m in lake.shards("web.extracted", APR)}  # the driver commits: no more
         assert 1 <= len(first) < WARCS and lake.manifest("web.extracted", APR) is None  # not complete: no roll-up
         assert faults.finished(INGEST, run_id, timeout=900) == "success"

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from conftest import ROOT
 
+from phiflow import dashboard
 from phiflow.storage import Lake
 
 pytestmark = pytest.mark.airflow
@@ -69,6 +70,23 @@ def test_training_dag_commits_checkpoints_with_metrics(trained) -> None:
     assert math.isfinite(m["valid_perplexity"]) and m["pretrain_valid_perplexity"] == p["valid_perplexity"]
     assert m["first_loss"] < p["loss_start_mean"] - 0.5  # the pretrained weights were loaded
     assert mid.row_count == 4 and all(math.isfinite(x) for x in m["losses"])
+
+
+def test_dashboard_shows_the_committed_mixture_and_curves(trained) -> None:
+    """The Mixture and Training panels read what the mix and training stages really commit."""
+    lake = Lake()
+    d = dashboard.build_from_lake(lake)
+    page = dashboard.render(d)
+    blend = lake.require("blend", PART)
+    assert d.mixture == {"recipe=test": blend.counters["sources"]}
+    for row in blend.counters["sources"]:
+        assert f"data-testid='mix:recipe=test:{row['run']}:{row['source']}:share'>{row['share']:.1%}<" in page
+    pre = lake.require("checkpoints.pretrain", PART)
+    runs = {r["name"]: r for r in d.training}
+    assert set(runs) == {"pretrain recipe=test", "midtrain recipe=test"}
+    assert [loss for _, loss in runs["pretrain recipe=test"]["steps"]] == pre.counters["losses"]
+    assert runs["pretrain recipe=test"]["steps"][-1][0] == pre.counters["final_step"]
+    assert "data-testid='curve:midtrain recipe=test'" in page
 
 
 def test_second_run_does_nothing(dagbag, trained) -> None:
