@@ -88,7 +88,8 @@ def test_mixture_training_curves_topics_and_escaping() -> None:
     d = build([mix, pre, mid, hostile, rules_only])
     page = render(d)
     ids = cells(page)
-    assert ids["mix:recipe=r1:pretrain:web:share"] == "30.0%" and ids["mix:recipe=r1:pretrain:synthetic:share"] == "70.0%"
+    assert ids["mix:recipe=r1:pretrain:web:share"] == "30.0%"
+    assert ids["mix:recipe=r1:pretrain:synthetic:share"] == "70.0%"
     assert [r["name"] for r in d.training] == ["midtrain recipe=r1", "pretrain recipe=r1"]
     assert d.training[1]["steps"] == [(1, 4.0), (2, 3.1), (3, 2.5)]
     assert "data-testid='curve:pretrain recipe=r1'" in page and page.count("<polyline") == 2
