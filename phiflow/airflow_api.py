@@ -110,14 +110,19 @@ class AirflowAPI:
             "reprocess_behavior": "none"})
         return [b["logical_date"] for b in body["backfills"]]
 
-    def clear_tasks(self, dag_id: str, task_ids: list[str], start: str, end: str, downstream: bool,
+    def clear_tasks(self, dag_id: str, task_ids: list[str], run_id: str, downstream: bool,
                     dry_run: bool = False) -> list[dict]:
-        """Clear (rerun) `task_ids` in every run whose logical date is in [start, end], whatever their state."""
+        """Clear (rerun) `task_ids` in one run, whatever their state."""
         body = self._call("POST", f"/api/v2/dags/{dag_id}/clearTaskInstances", {
-            "dry_run": dry_run, "task_ids": task_ids, "start_date": as_utc(start), "end_date": as_utc(end, end=True),
-            "only_failed": False, "include_downstream": downstream, "reset_dag_runs": True,
-            "note": "phiflow backfill"})
+            "dry_run": dry_run, "task_ids": task_ids, "dag_run_id": run_id, "only_failed": False,
+            "include_downstream": downstream, "reset_dag_runs": True, "note": "phiflow backfill"})
         return body["task_instances"]
+
+    def is_paused(self, dag_id: str) -> bool:
+        return bool(self._call("GET", f"/api/v2/dags/{dag_id}")["is_paused"])
+
+    def unpause(self, dag_id: str) -> None:
+        self._call("PATCH", f"/api/v2/dags/{dag_id}?update_mask=is_paused", {"is_paused": False})
 
     def dag_runs(self, dag_id: str) -> list[dict]:
         return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=1000")["dag_runs"]

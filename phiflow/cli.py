@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
+from datetime import date
 
 from phiflow import settings, shards, stages
 from phiflow.airflow_api import AirflowAPI, AirflowAPIError
+from phiflow.backfill_plan import stage_plan
 from phiflow.check import check_file, graph_text, warnings
-from phiflow.intervals import source_partitions
 from phiflow.manifest import partition_key
 from phiflow.recipe import Recipe, RecipeError, load_recipe
 from phiflow.storage import Lake
@@ -61,11 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("trace", help="follow a document id back through every stage to its origin")
     t.add_argument("doc_id")
     b = sub.add_parser("backfill", help="rerun a stage (or a whole DAG) over a date range through Airflow's REST API")
-    b.add_argument("--stage", help="rerun only this stage (task) in the range; runs missing there are backfilled whole")
+    b.add_argument("--stage", help="rerun only this stage (task), in the runs that processed the range's partitions")
     b.add_argument("--dag", help="the DAG (default: the phiflow DAG that has the stage)")
     b.add_argument("--from", dest="start", required=True, help="first logical date (interval start), YYYY-MM-DD")
     b.add_argument("--to", dest="end", required=True, help="last logical date, inclusive, YYYY-MM-DD")
     b.add_argument("--downstream", action="store_true", help="with --stage: also rerun the stages after it")
+    b.add_argument("--missing-only", action="store_true", help="without --stage: create only the runs that do "
+                   "not exist (default: reprocess every interval in the range)")
     b.add_argument("--shards", help="with --stage of a sharded stage: rewrite only these shards (ids, e.g. 3,7) "
                    "of the runs' snapshots, even if committed; a plain rerun redoes only uncommitted shards")
     b.add_argument("--max-active-runs", type=int, default=1)
@@ -139,9 +141,11 @@ def collect(lake: Lake, datasets: list[str], dry_run: bool) -> int:
 
 
 def backfill(args: argparse.Namespace, lake: Lake) -> int:
-    """Whole DAG: a backfill that reprocesses every run in the range. One stage: clear that task in the
-    runs that exist (the UI shows them cleared, with a note) and backfill the runs that do not. With
-    --shards, first leave a rerun request in each named shard of the runs' snapshots."""
+    """Whole DAG (`--dag` alone): an Airflow backfill over the range, reprocessing every run (or, with
+    --missing-only, creating only the runs that do not exist). One stage: the plan of
+    phiflow.backfill_plan, printed, then carried out: the stage is cleared in the run that processed
+    each partition the range names, and nothing else runs. With --shards, first leave a rerun request
+    in each named shard of those partitions."""
     if not (args.stage or args.dag):
         print("phiflow backfill: give --stage, --dag or both", file=sys.stderr)
         return 2
@@ -150,52 +154,72 @@ def backfill(args: argparse.Namespace, lake: Lake) -> int:
         return 2
     api = AirflowAPI.from_env(args.url, args.user, args.password)
     dag = args.dag or api.dag_of_task(args.stage)
-    if args.shards:
-        request_shard_reruns(api, lake, dag, args)
     if args.stage is None:
-        if args.dry_run:
-            print(f"would backfill {dag} over {args.start}..{args.end}, reprocessing every run")
-            return 0
-        bf = api.create_backfill(dag, args.start, args.end, "completed", args.max_active_runs)
-        print(f"backfill {bf['id']} of {dag} over {args.start}..{args.end} created (every run reprocessed)")
+        reprocess = "none" if args.missing_only else "completed"
+        what = "the intervals without a run" if args.missing_only else "every interval, reprocessing each run"
+        print(f"{'would backfill' if args.dry_run else 'will backfill'} {dag} over {args.start}..{args.end}: {what}")
+        if not args.dry_run:
+            _unpaused(api, dag)
+            bf = api.create_backfill(dag, args.start, args.end, reprocess, args.max_active_runs)
+            print(f"backfill {bf['id']} of {dag} created")
         return 0
-    cleared = api.clear_tasks(dag, [args.stage], args.start, args.end, args.downstream, dry_run=args.dry_run)
-    verb = "would clear" if args.dry_run else "cleared"
-    for ti in cleared:
-        print(f"{verb} {ti['dag_id']}.{ti['task_id']} in run {ti['dag_run_id']}")
-    missing = api.missing_runs(dag, args.start, args.end)
-    if missing and not args.dry_run:
-        bf = api.create_backfill(dag, args.start, args.end, "none", args.max_active_runs)
-        print(f"backfill {bf['id']} of {dag} created for {len(missing)} interval(s) without a run: "
-              f"{', '.join(missing)}")
-    elif missing:
-        print(f"would backfill {dag} for {len(missing)} interval(s) without a run: {', '.join(missing)}")
-    if not cleared and not missing:
-        print(f"nothing to rerun: {dag} has no interval in {args.start}..{args.end}")
+    runs = _stage_runs(api, dag, args)
+    if args.shards:
+        request_shard_reruns(lake, dag, args, runs)
+    if not runs:
+        print(f"nothing to rerun: no run of {dag} processed a partition of {args.start}..{args.end}")
         return 1
+    if not args.dry_run:
+        _unpaused(api, dag)
+    for run_id in runs:
+        cleared = api.clear_tasks(dag, [args.stage], run_id, args.downstream, dry_run=args.dry_run)
+        for ti in cleared:
+            print(f"{'would clear' if args.dry_run else 'cleared'} {ti['dag_id']}.{ti['task_id']} in run {run_id}")
     return 0
 
 
-def request_shard_reruns(api: AirflowAPI, lake: Lake, dag: str, args: argparse.Namespace) -> None:
-    """A rerun request in shard folders of the stage's output, for the snapshots of the DAG's runs
-    in the range (their data intervals, as Airflow recorded them)."""
+def _stage_runs(api: AirflowAPI, dag: str, args: argparse.Namespace) -> dict[str, list[str]]:
+    """The runs to clear the stage in, each with the partitions it processed; the plan is printed."""
+    runs = api.dag_runs(dag)
+    recipe = _default_recipe()
+    source = dag.removeprefix("phiflow_ingest_")
+    if recipe is not None and source in recipe.sources:
+        src = recipe.sources[source]
+        plan = stage_plan(src, src.schedule, runs, date.fromisoformat(args.start), date.fromisoformat(args.end))
+        for line in plan.lines(dag, args.stage, args.dry_run):
+            print(line)
+        return {r.run_id: r.partitions for r in plan.reruns}
+    # an asset-scheduled DAG has no intervals: its runs whose logical date (or creation) is in the range
+    chosen = {r["dag_run_id"]: [] for r in runs
+              if args.start <= str(r.get("logical_date") or r.get("run_after") or "")[:10] <= args.end}
+    for run_id in chosen:
+        print(f"{'would clear' if args.dry_run else 'will clear'} {dag}.{args.stage} in run {run_id}")
+    return chosen
+
+
+def _unpaused(api: AirflowAPI, dag: str) -> None:
+    """A paused DAG's cleared or backfilled runs stay queued without a word: unpause it, and say so."""
+    if api.is_paused(dag):
+        api.unpause(dag)
+        print(f"unpaused {dag}: its runs would otherwise stay queued (pause it again in the UI or with "
+              f"`airflow dags pause {dag}`)")
+
+
+def request_shard_reruns(lake: Lake, dag: str, args: argparse.Namespace, runs: dict[str, list[str]]) -> None:
+    """A rerun request in shard folders of the stage's output, for the partitions the planned runs processed."""
     recipe = _default_recipe()
     source = dag.removeprefix("phiflow_ingest_")
     if recipe is None or source not in recipe.sources:
         raise AirflowAPIError(f"--shards: {dag} is not the ingest DAG of a source of {settings.default_recipe()}")
     output = stages.io(recipe, args.stage, source).output
     ids = [shards.shard_id(int(x)) for x in args.shards.split(",") if x.strip()]
-    src = recipe.sources[source]
-    for run in api.dag_runs(dag):
-        day = str(run.get("logical_date") or "")[:10]
-        if not (args.start <= day <= args.end) or not run.get("data_interval_start"):
-            continue
-        start, end = (datetime.fromisoformat(run[k]) for k in ("data_interval_start", "data_interval_end"))
-        for partition in source_partitions(src, start, end):
+    key = recipe.sources[source].partition_key
+    for run_id, partitions in runs.items():
+        for p in partitions:
             for sid in ids:
-                shard = shards.of_shard(partition, sid)
+                shard = shards.of_shard({key: p.split("=", 1)[1]}, sid)
                 if not args.dry_run:
-                    lake.request_rerun(output, shard, by=f"phiflow backfill ({run['dag_run_id']})")
+                    lake.request_rerun(output, shard, by=f"phiflow backfill ({run_id})")
                 verb = "would request" if args.dry_run else "requested"
                 print(f"{verb} a rerun of {output}/{partition_key(shard)}")
 

@@ -1,7 +1,7 @@
 """A real scheduler run (not dags test): `make airflow`'s services start, `airflow backfill create`
 over three months commits exactly the snapshots of those intervals, `airflow tasks clear -t langid`
-over one interval rewrites only that partition of that stage, `phiflow backfill` (REST API) creates
-runs for intervals without one and clears one stage where a run exists, and `make airflow-stop` ends
+over one interval rewrites only that partition of that stage, `phiflow backfill` (REST API) clears one
+stage in the run that processed each partition and creates runs only when asked for a whole DAG, and `make airflow-stop` ends
 them. The tests share one start of the services and run in file order."""
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def phiflow(af: Airflow, *args: str, rc: int = 0) -> str:
     return out.stdout + out.stderr
 
 
-def test_phiflow_backfill_creates_missing_runs_and_clears_one_stage(airflow: Airflow) -> None:
+def test_phiflow_backfill_clears_one_stage_and_creates_only_what_is_asked(airflow: Airflow) -> None:
     airflow.env["PHIFLOW_AIRFLOW_URL"] = f"http://127.0.0.1:{airflow.port}"
     feb = ("--from", "2024-02-01", "--to", "2024-02-01")
     ambiguous = phiflow(airflow, "backfill", "--stage", "langid", *feb, rc=1)  # the test recipe has two sources
@@ -102,10 +102,15 @@ def test_phiflow_backfill_creates_missing_runs_and_clears_one_stage(airflow: Air
     # Airflow runs one backfill per DAG at a time: the scheduler closes the first one after its runs end
     airflow.wait(lambda: all(b["completed_at"] for b in airflow.api(f"/api/v2/backfills?dag_id={DAG}")["backfills"]),
                  "the first backfill to complete")
-    # June has no run yet (and no snapshot): backfilled whole, as a backfill Airflow lists
+    # June has no snapshot: a stage backfill has nothing to rerun and creates no run
     june = ("--from", "2024-06-01", "--to", "2024-06-01")
-    printed = phiflow(airflow, "backfill", "--stage", "langid", "--dag", DAG, *june)
-    assert "created for 1 interval(s) without a run: 2024-06-01" in printed
+    printed = phiflow(airflow, "backfill", "--stage", "langid", "--dag", DAG, *june, rc=1)
+    assert "2024-06-01 holds no partition" in printed and "nothing to rerun" in printed
+    assert len(airflow.api(f"/api/v2/backfills?dag_id={DAG}")["backfills"]) == 1
+    # a whole-DAG backfill of the intervals without a run, on a paused DAG: unpaused, and said so
+    airflow.cli("dags", "pause", DAG)
+    printed = phiflow(airflow, "backfill", "--dag", DAG, "--missing-only", *june)
+    assert f"unpaused {DAG}" in printed and "the intervals without a run" in printed
     run_id = "backfill__2024-07-01T00:00:00+00:00"
     airflow.wait(lambda: airflow.runs(DAG).get(run_id) in ("success", "failed"), "the backfilled run")
     assert airflow.runs(DAG)[run_id] == "success"
@@ -118,7 +123,8 @@ def test_phiflow_backfill_creates_missing_runs_and_clears_one_stage(airflow: Air
     printed = phiflow(airflow, "backfill", "--stage", "langid", "--dag", DAG, "--shards", "1", *feb)
     feb_run = "backfill__2024-03-01T00:00:00+00:00"
     assert f"requested a rerun of web.langid/{shard1.key}" in printed
-    assert f"cleared {DAG}.langid in run {feb_run}" in printed and "without a run" not in printed
+    assert f"will clear {DAG}.langid in run {feb_run} (snapshot=CC-MAIN-2024-10)" in printed  # the plan, first
+    assert f"cleared {DAG}.langid in run {feb_run}" in printed and "no run has processed" not in printed
 
     def rewritten():
         m = lake.manifest("web.langid", FEB)
