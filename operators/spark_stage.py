@@ -37,7 +37,7 @@ def dataset_asset(dataset: str, lake: Lake | None = None) -> Asset:
 
 
 def stage_env() -> dict[str, str]:
-    """Environment for spark-submit: this interpreter's Python for driver and workers, the lake."""
+    """Environment for spark-submit: this interpreter's Python for driver and workers, the lake, the logging."""
     bindir = os.path.dirname(sys.executable)
     return {
         "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -46,6 +46,8 @@ def stage_env() -> dict[str, str]:
         "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
         "PHIFLOW_HOME": str(settings.home()),
         "PHIFLOW_LAKE": settings.lake_root(),
+        # Spark at WARN in task logs (spark_jobs/conf/log4j2.properties), unless a cluster's own config is named
+        "SPARK_CONF_DIR": os.environ.get("SPARK_CONF_DIR") or str(REPO_ROOT / "spark_jobs" / "conf"),
     }
 
 

@@ -1,4 +1,5 @@
-"""A small client of Airflow's REST API (v2) for `phiflow backfill`: stdlib HTTP only, no Airflow import.
+"""A small client of Airflow's REST API (v2) for `phiflow backfill` and `make demo`: stdlib HTTP only,
+no Airflow import.
 
 Going through the API server (not the `airflow` CLI against the metadata DB) means the backfill and the
 cleared task instances show in the UI with the user who asked for them, and works from any machine
@@ -121,8 +122,20 @@ class AirflowAPI:
     def is_paused(self, dag_id: str) -> bool:
         return bool(self._call("GET", f"/api/v2/dags/{dag_id}")["is_paused"])
 
-    def unpause(self, dag_id: str) -> None:
-        self._call("PATCH", f"/api/v2/dags/{dag_id}?update_mask=is_paused", {"is_paused": False})
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self._call("PATCH", f"/api/v2/dags/{dag_id}?update_mask=is_paused", {"is_paused": paused})
+
+    def dag_ids(self, tag: str = "phiflow") -> list[str]:
+        """The DAGs the dag-processor has parsed, with this tag."""
+        return [d["dag_id"] for d in self._call("GET", f"/api/v2/dags?tags={tag}&limit=1000")["dags"]]
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        """A manual run now (no logical date: asset-scheduled DAGs have no interval); its run id."""
+        body = self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
+        return body["dag_run_id"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")["task_instances"]
 
     def dag_runs(self, dag_id: str) -> list[dict]:
         return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=1000")["dag_runs"]

@@ -200,7 +200,7 @@ def _stage_runs(api: AirflowAPI, dag: str, args: argparse.Namespace) -> dict[str
 def _unpaused(api: AirflowAPI, dag: str) -> None:
     """A paused DAG's cleared or backfilled runs stay queued without a word: unpause it, and say so."""
     if api.is_paused(dag):
-        api.unpause(dag)
+        api.set_paused(dag, False)
         print(f"unpaused {dag}: its runs would otherwise stay queued (pause it again in the UI or with "
               f"`airflow dags pause {dag}`)")
 

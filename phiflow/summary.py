@@ -16,18 +16,20 @@ def stage_table(manifests: Iterable[Manifest]) -> str:
     by_dataset: dict[str, list[Manifest]] = {}
     for m in manifests:
         by_dataset.setdefault(m.dataset, []).append(m)
-    lines = [
-        f"{'dataset':<24} {'stage':<20} {'parts':>5} {'rows in':>9} {'rows out':>9} {'seconds':>8}  dropped by reason"
-    ]
+    rows = []
     for dataset, ms in by_dataset.items():
         dropped: Counter[str] = Counter()
         for m in ms:
             dropped.update(m.counters.get("dropped", {}))
-        rows_in = sum(int(m.counters.get("read") or 0) for m in ms)
-        rows_out = sum(m.row_count for m in ms)
-        secs = sum(float(m.timings.get("seconds") or 0) for m in ms)
-        reasons = ", ".join(f"{r} {n}" for r, n in dropped.most_common()) or "-"
-        lines.append(f"{dataset:<24} {ms[0].stage:<20} {len(ms):>5} {rows_in:>9} {rows_out:>9} {secs:>8.1f}  {reasons}")
+        rows.append((dataset, ms[0].stage, len(ms), sum(int(m.counters.get("read") or 0) for m in ms),
+                     sum(m.row_count for m in ms), sum(float(m.timings.get("seconds") or 0) for m in ms),
+                     ", ".join(f"{r} {n}" for r, n in dropped.most_common()) or "-"))
+    dw = max([len("dataset"), *(len(r[0]) for r in rows)])  # columns as wide as the longest name: aligned
+    sw = max([len("stage"), *(len(r[1]) for r in rows)])
+    lines = [f"{'dataset':<{dw}} {'stage':<{sw}} {'parts':>5} {'rows in':>9} {'rows out':>9} {'seconds':>8}  "
+             "dropped by reason"]
+    lines += [f"{d:<{dw}} {st:<{sw}} {n:>5} {rin:>9} {rout:>9} {secs:>8.1f}  {reasons}"
+              for d, st, n, rin, rout, secs, reasons in rows]
     return "\n".join(lines)
 
 

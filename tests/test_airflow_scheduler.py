@@ -63,6 +63,12 @@ def test_backfill_then_clear_one_stage(airflow: Airflow) -> None:
     assert feb.airflow["run_id"] == "backfill__2024-03-01T00:00:00+00:00"  # Feb interval, Feb snapshot
     assert apr.airflow["run_id"] == "backfill__2024-05-01T00:00:00+00:00"
     extracted_apr = lake.require("web.extracted", APR)
+    # A stage's task log: its own progress and counters, and Spark only when something is wrong.
+    [log] = (Path(airflow.env["AIRFLOW_HOME"]) / "logs").glob(
+        f"dag_id={DAG}/run_id=backfill__2024-05-01T00:00:00+00:00/task_id=langid/attempt=1.log")
+    text = log.read_text()
+    assert "[phiflow] langid committed web.langid/snapshot=CC-MAIN-2024-18" in text
+    assert "INFO SparkContext" not in text and "INFO Executor" not in text, text[:2000]
 
     # -t is a substring match in Airflow 3.3 (its help says regex; "^langid$" matches nothing)
     airflow.cli("tasks", "clear", DAG, "-t", "langid", "-s", "2024-04-01", "-e", "2024-04-01", "-y")

@@ -95,3 +95,14 @@ def test_mixture_training_curves_topics_and_escaping() -> None:
     assert "data-testid='curve:pretrain recipe=r1'" in page and page.count("<polyline") == 2
     assert "wiki" in ids["topics-unscored"] and "topic:wiki" not in page  # no bar of "none"
     assert "<script>" not in page and "&lt;script&gt;" in page and "<b>x</b>" not in page
+
+
+def test_the_summary_table_is_aligned_with_long_dataset_names() -> None:
+    from phiflow.summary import stage_table
+
+    ms = [*pipeline_manifests(1), manifest("tokens.synthetic.long_context_qa", {"run": "r"}, "tokenize", 9, 9, {})]
+    lines = stage_table(ms).splitlines()
+    stage_at, secs_end = lines[0].index("stage"), lines[0].index("seconds") + len("seconds")
+    assert all(line[secs_end - 1].isdigit() and line[secs_end] == " " for line in lines[1:])  # numbers line up
+    assert all(line[stage_at - 1] == " " and line[stage_at] != " " for line in lines)  # no name runs into it
+    assert lines[-1].startswith("tokens.synthetic.long_context_qa tokenize")

@@ -1,7 +1,7 @@
 """Run megatron-core on CPU (gloo) for the embedded default and CI.
 
 megatron-core assumes CUDA in a few hundred places. Each redirection below was found necessary on a
-CPU-only machine (see notes/megatron-on-cpu.md); all of them are switched on by :func:`enable` only when
+CPU-only machine (docs/training.md, "On CPU"); all of them are switched on by :func:`enable` only when
 ``torch.cuda.is_available()`` is False. On a GPU nothing is patched and the same training code runs.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -104,6 +105,10 @@ def enable() -> bool:
         setattr(torch.cuda, name, repl)
     _mode = _CudaToCpuMode()
     _mode.__enter__()
+    # Expected here, where neither exists, and printed by every importing module on every rank; on a GPU
+    # (where enable() does nothing) a missing Transformer Engine or Apex is worth the warning.
+    warnings.filterwarnings("ignore", message=r"(Transformer Engine and )?Apex (is|are) not installed",
+                            category=UserWarning)
     _enabled = True
     log.info("cpu_compat: CUDA calls redirected to CPU (no GPU visible)")
     return True

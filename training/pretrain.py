@@ -318,7 +318,12 @@ def _sharded_state(trainer: Trainer, *, loading: bool, with_optimizer: bool) -> 
         state["optimizer"] = trainer.optimizer.sharded_state_dict(model_sd, is_loading=loading)
         state["scheduler"] = trainer.scheduler.state_dict()
         state["step"] = trainer.step
-        state["history"] = trainer.history  # common state: a resumed run reports its whole loss curve
+        # common state (a resumed run reports its whole loss curve). It must be equal on every rank, which
+        # megatron checks and warns about at length: rank 0's, whose timings are the ones reported.
+        history = [trainer.history]
+        if not loading:
+            dist.broadcast_object_list(history, src=0)
+        state["history"] = history[0]
         state["topology"] = {"tp": trainer.cfg.parallel.tp, "pp": trainer.cfg.parallel.pp}
         pp, tp = parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank()
         state["rng"] = ShardedObject(
