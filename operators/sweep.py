@@ -14,8 +14,10 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from operators.evaluation import mc_evaluation
+from operators.lineage import input_dataset, manifest_lineage
 from operators.training import MegatronTrainOperator, MixOperator, airflow_run
 from phiflow import sweeps
+from phiflow.manifest import Manifest
 from phiflow.recipe import load_recipe
 from phiflow.storage import Lake
 
@@ -46,6 +48,7 @@ class PointEvalOperator(BaseOperator):
     def __init__(self, *, recipe_path: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.recipe_path = recipe_path
+        self._evaluated: tuple[Manifest, Manifest | None] | None = None
 
     def execute(self, context: Any) -> dict[str, Any]:
         recipe, lake = load_recipe(self.recipe_path), Lake()
@@ -54,10 +57,22 @@ class PointEvalOperator(BaseOperator):
             raise AirflowException(f"{recipe.name}: no current checkpoints.pretrain partition")
         out = {k: m.counters.get(k) for k in (*sweeps.METRICS, "steps", "valid_by_source")}
         ev = mc_evaluation(recipe, lake, m, airflow_run(context))
+        self._evaluated = (m, ev)
         if ev is not None:
             out["benchmarks"] = {k: v["accuracy"] for k, v in ev.counters["benchmarks"].items()}
         self.log.info("%s: %s", recipe.name, out)
         return {"recipe": recipe.name, "manifest": m.digest, **out}
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any):  # -> OperatorLineage
+        """The committed evaluation (its inputs: the checkpoint and the benchmark files); without
+        benchmarks, the checkpoint it read the held-out metrics from."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        assert self._evaluated is not None  # called after a successful execute
+        checkpoint, ev = self._evaluated
+        if ev is not None:
+            return manifest_lineage(Lake(), [ev])
+        return OperatorLineage(inputs=[input_dataset(Lake(), checkpoint.input_ref())])
 
 
 class AblationReportOperator(BaseOperator):

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from operators.lineage import input_dataset, output_dataset
+from operators.lineage import manifest_lineage, tokenizer_lineage
 from operators.spark_stage import dataset_asset, summary
 from operators.triggers import SlurmJobTrigger
 from phiflow import mix_stage, training_plan
@@ -59,11 +59,7 @@ class _ManifestLineage:
     _committed: list[Manifest]
 
     def get_openlineage_facets_on_complete(self, task_instance: Any):  # -> OperatorLineage
-        from airflow.providers.openlineage.extractors import OperatorLineage
-
-        lake = Lake()
-        return OperatorLineage(inputs=[input_dataset(lake, ref) for m in self._committed for ref in m.inputs],
-                               outputs=[output_dataset(lake, m) for m in self._committed])
+        return manifest_lineage(Lake(), self._committed)
 
 
 class TokenizerOperator(BaseOperator):
@@ -74,13 +70,21 @@ class TokenizerOperator(BaseOperator):
     def __init__(self, *, recipe_path: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.recipe_path = recipe_path
+        self._info: dict[str, Any] = {}
 
     def execute(self, context: Any) -> dict[str, Any]:
         from training.tokenizer_store import resolve_tokenizer
 
-        info = resolve_tokenizer(load_recipe(self.recipe_path), Lake()).describe()
-        self.log.info("tokenizer %s", info)
-        return info
+        self._info = resolve_tokenizer(load_recipe(self.recipe_path), Lake()).describe()
+        self.log.info("tokenizer %s", self._info)
+        return self._info
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any):  # -> OperatorLineage
+        """Output: the tokenizer file (versioned by its sha256); inputs: the committed text partitions
+        the offline BPE was trained on (its meta file), or nothing for a tokenizer the recipe names."""
+        from training.tokenizer_store import trained_on
+
+        return tokenizer_lineage(Lake(), self._info, trained_on(load_recipe(self.recipe_path), Lake()))
 
 
 class MixOperator(_ManifestLineage, BaseOperator):

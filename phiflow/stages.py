@@ -55,6 +55,10 @@ class Stage:
     scope: Scope = "source"
     partitioned_by_source: bool = False  # shared outputs (synthetic.*) key their partitions by source first
     funnel: str | None = None  # curation stages: their main output's suffix, a column of the dashboard funnel
+    # Column lineage (OpenLineage): the output columns a stage computes, each from these input columns,
+    # and whether the other columns of its outputs are its input's, passed through unchanged.
+    derives: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    passes_columns: bool = False
 
     @property
     def job_file(self) -> str:
@@ -148,23 +152,30 @@ STAGES: tuple[Stage, ...] = (
     Stage("documents_extract", "spark_jobs.documents_extract", "documents_extract", "spark",
           frozenset({DOCS}), lambda r, s: _one(None, f"{s}.extracted"), funnel="extracted"),
     Stage("langid", "spark_jobs.langid", "langid", "spark",
-          NEEDS_LANGID, lambda r, s: _one(f"{s}.extracted", f"{s}.langid"), funnel="langid"),
+          NEEDS_LANGID, lambda r, s: _one(f"{s}.extracted", f"{s}.langid"), funnel="langid",
+          derives=(("language", ("text",)), ("language_score", ("text",))), passes_columns=True),
     Stage("quality_annotate", "spark_jobs.quality_annotate", "quality_annotate", "spark", ALL_KINDS,
           lambda r, s: _one(quality_input(r, s), f"{s}.annotations")),
     Stage("quality_train", "spark_jobs.quality_train", "quality_train", "spark", ALL_KINDS, _quality_train,
           scope="global"),
-    Stage("quality", "spark_jobs.quality", "quality", "spark", ALL_KINDS, _quality, funnel="quality"),
-    Stage("dedup", "spark_jobs.dedup", "dedup", "spark", ALL_KINDS, _dedup, funnel="dedup"),
+    Stage("quality", "spark_jobs.quality", "quality", "spark", ALL_KINDS, _quality, funnel="quality",
+          derives=(("quality_score", ("text",)), ("topic", ("text",)), ("topic_score", ("text",))),
+          passes_columns=True),
+    Stage("dedup", "spark_jobs.dedup", "dedup", "spark", ALL_KINDS, _dedup, funnel="dedup",
+          derives=(("content_hash", ("text",)), ("signature", ("text",)), ("bands", ("text",))),
+          passes_columns=True),
     Stage("decontaminate", "spark_jobs.decontaminate", "decontaminate", "spark", ALL_KINDS, _decontaminate,
-          funnel="clean"),
+          funnel="clean", derives=(("matched_ngrams", ("text",)), ("matched_count", ("text",)),
+                                   ("overlap", ("text",))), passes_columns=True),
     Stage("code_repos", "spark_jobs.code_repos", "code_repos", "spark",
-          frozenset({CODE}), lambda r, s: _one(f"{s}.clean", f"{s}.repos"), funnel="repos"),
+          frozenset({CODE}), lambda r, s: _one(f"{s}.clean", f"{s}.repos"), funnel="repos",
+          derives=(("text", ("path", "text")), ("languages", ("language",)), ("files", ("path",)))),
     # -- synthesis, per seeding source -----------------------------------------------------------
     Stage("seed_select", "spark_jobs.seed_select", "seed_select", "spark", SEED_KINDS,
           lambda r, s: _one(f"{s}.{r.stages.seed_select.input_suffix}", "synthetic.seeds"),
-          partitioned_by_source=True),
+          partitioned_by_source=True, passes_columns=True),
     Stage("synthesize", "spark_jobs.synthesize", "synthesize", "spark", SEED_KINDS, _synthesize,
-          partitioned_by_source=True),
+          partitioned_by_source=True, derives=(("text", ("text",)),)),
     # -- training --------------------------------------------------------------------------------
     Stage("tokenize", "spark_jobs.tokenization", "tokenize", "spark", frozenset(),
           lambda r, d: _one(d, f"tokens.{d}"), scope="dataset"),

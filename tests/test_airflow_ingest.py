@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from lineage_schema import validate
 
 from phiflow.storage import Lake
 
@@ -56,13 +57,26 @@ def test_ingest_dag_commits_and_reports_lineage(dagbag) -> None:
     assert ex.airflow["dag_id"] == "phiflow_ingest_web" and ex.airflow["run_id"] == run.run_id
     assert li.inputs[0].digest == ex.digest and li.row_count == ex.row_count > 150
 
-    complete = {e["job"]["name"]: e for e in lineage_events() if e["eventType"] == "COMPLETE"}
+    events = lineage_events()
+    for e in events:
+        validate(e)  # the OpenLineage spec's JSON schemas, facets included
+    complete = {e["job"]["name"]: e for e in events if e["eventType"] == "COMPLETE"}
+    for e in complete.values():  # every lake input names its partition and schema; every output its partition
+        for i in e["inputs"]:
+            if "/web." in i["name"]:
+                assert i["facets"]["schema"]["fields"], i
+                assert i["inputFacets"]["subset"]["inputCondition"]["partitions"][0]["dimensions"] == SNAP
+        for o in e["outputs"]:
+            [part] = o["outputFacets"]["subset"]["outputCondition"]["partitions"]
+            if o["name"].rsplit(".", 1)[-1] in ("extracted", "langid", "quality", "dedup", "clean"):
+                assert part["dimensions"] == SNAP, o
     ol = complete["phiflow_ingest_web.langid"]
     (out,) = ol["outputs"]
     assert out["name"].endswith("/web.langid")
     assert out["outputFacets"]["outputStatistics"]["rowCount"] == li.row_count
     assert {"doc_id", "language", "language_score"} <= {f["name"] for f in out["facets"]["schema"]["fields"]}
     assert [i["name"].rsplit("/", 1)[-1] for i in ol["inputs"]] == ["web.extracted"]
+    assert ol["outputs"][0]["facets"]["columnLineage"]["fields"]["language"]["inputFields"][0]["field"] == "text"
     ex_inputs = complete["phiflow_ingest_web.commoncrawl_extract"]["inputs"]
     assert ex_inputs[0]["name"].endswith("CC-MAIN-2024-10/warc.paths.gz")
 

@@ -1,8 +1,8 @@
 """A real scheduler run (not dags test): `make airflow`'s services start, `airflow backfill create`
 over three months commits exactly the snapshots of those intervals, `airflow tasks clear -t langid`
 over one interval rewrites only that partition of that stage, `phiflow backfill` (REST API) clears one
-stage in the run that processed each partition and creates runs only when asked for a whole DAG, and `make airflow-stop` ends
-them. The tests share one start of the services and run in file order."""
+stage in the run that processed each partition and creates runs only when asked for a whole DAG, and
+`make airflow-stop` ends them. The tests share one start of the services and run in file order."""
 
 from __future__ import annotations
 

@@ -48,6 +48,16 @@ def test_asset_triggered_run_skips_unchanged_partition(langid_op) -> None:
         assert not op.unchanged_output(context(explicit), FEB)
 
 
+def test_a_second_run_reports_only_its_own_commits(langid_op) -> None:
+    """Under dag.test() one operator object runs again: its lineage must not carry the first run's outputs."""
+    op, *_, out = langid_op
+    op._committed = [out]  # what a first run committed
+    with pytest.raises(AirflowSkipException):
+        op.execute(context("asset_triggered"))  # the second run commits nothing
+    lineage = op.get_openlineage_facets_on_complete(None)
+    assert op._committed == [] and lineage.outputs == [] and lineage.inputs == []
+
+
 def test_changed_input_or_recipe_reruns(langid_op, monkeypatch) -> None:
     op, lake, source, out = langid_op
     changed = manifest("web.extracted", FEB, "commoncrawl_extract", 10, 8, {"too_short": 1})

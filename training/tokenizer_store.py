@@ -103,6 +103,15 @@ def resolve_tokenizer(recipe: Recipe, lake: Lake, sample_datasets: list[str] | N
     return TokenizerArtifact("offline_bpe", data, hashlib.sha256(data).hexdigest(), lake.uri(target))
 
 
+def trained_on(recipe: Recipe, lake: Lake) -> list[dict[str, str]]:
+    """The committed partitions (dataset, partition key, digest) the offline BPE was trained on, from its
+    meta file; empty for a tokenizer the recipe names by path."""
+    meta = posixpath.join(artifact_dir(recipe, lake), "tokenizer.meta.json")
+    if recipe.tokenizer.kind != "offline_bpe" or not lake.fs.exists(meta):
+        return []
+    return list(json.loads(lake.fs.cat_file(meta))["trained_on"])
+
+
 def sample_texts(recipe: Recipe, lake: Lake, datasets: list[str]) -> tuple[list[str], list[dict[str, str]]]:
     """A seeded sample of ``sample_docs`` documents, chosen by hash of doc_id: the same documents
     whatever the partitioning, in a fixed order (BPE training is order-sensitive on ties)."""
