@@ -14,7 +14,7 @@ from phiflow.manifest import partition_key
 from phiflow.recipe import Recipe, RecipeError, load_recipe
 from phiflow.storage import Lake
 from phiflow.summary import failed_files, lake_status, pipeline_status, split_shards, stage_table
-from phiflow.trace import trace
+from phiflow.trace import TraceError, trace, trace_sample
 from phiflow.verify import report, verify_lake
 
 
@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     c = sub.add_parser("check", help="prove that a recipe's stage graph closes; print it")
     c.add_argument("recipe")
-    t = sub.add_parser("trace", help="follow a document id back through every stage to its origin")
-    t.add_argument("doc_id")
+    t = sub.add_parser("trace", help="follow a document id (or a training sequence) back to its origin")
+    t.add_argument("doc_id", nargs="?", help="a doc_id of any committed dataset")
+    t.add_argument("--sample", metavar="DATASET[/PARTITION]:INDEX",
+                   help="start from the INDEX-th sequence of a token dataset, e.g. tokens.web.clean:0")
     b = sub.add_parser("backfill", help="rerun a stage (or a whole DAG) over a date range through Airflow's REST API")
     b.add_argument("--stage", help="rerun only this stage (task), in the runs that processed the range's partitions")
     b.add_argument("--dag", help="the DAG (default: the phiflow DAG that has the stage)")
@@ -115,9 +117,16 @@ def main(argv: list[str] | None = None) -> int:
             if e.manifest is None:
                 print(f"skipped: {e.error}", file=sys.stderr)
     elif args.cmd == "trace":
-        lines = trace(lake, args.doc_id)
+        if bool(args.doc_id) == bool(args.sample):
+            print("phiflow trace: give a DOC_ID or --sample DATASET:INDEX", file=sys.stderr)
+            return 2
+        try:
+            lines = trace_sample(lake, args.sample) if args.sample else trace(lake, args.doc_id)
+        except TraceError as e:
+            print(f"phiflow trace: {e}", file=sys.stderr)
+            return 2
         print("\n".join(lines))
-        return 1 if lines and "not found" in lines[-1] and len(lines) == 1 else 0
+        return 1 if "not found" in lines[-1] and "origin:" not in "\n".join(lines) else 0
     return 0
 
 

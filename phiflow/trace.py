@@ -1,8 +1,12 @@
-"""`phiflow trace DOC_ID`: follow a document back through every stage to its origin.
+"""`phiflow trace`: follow a document back through every stage to its origin, along the manifests' lineage.
 
-It finds the rows carrying the id in every committed dataset (pushing the filter into the Parquet
-scan), reports for each the partition, the manifest and the Airflow run that wrote it, then
-follows `parent_ids` of derived rows until it reaches organic rows (a WARC record, a wiki revision).
+A document is looked up where it got furthest (the synthetic datasets, then each source's curation
+datasets from the last stage back); `--sample DATASET:INDEX` starts from a
+training sequence of a token dataset instead, through the doc-id sidecar of its shards. From there the
+walk reads only the partitions the manifests name as inputs, one Parquet scan with the id pushed down
+per stage: the same document upstream (dedup -> quality -> langid -> extracted), the parents of a
+derived row (`parent_ids`: synthetic rows -> their seeds -> the seed's own chain), until a row that no
+input holds, whose origin (WARC record, wiki revision, code file, book) it prints.
 """
 
 from __future__ import annotations
@@ -12,11 +16,20 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
-from phiflow.manifest import Manifest
+from phiflow import stages
+from phiflow.manifest import InputRef, Manifest, partition_key
+from phiflow.mix_stage import shard_entries
 from phiflow.storage import Lake
 
-ORIGIN_FIELDS = ("url", "warc_record_id", "warc_offset", "fetch_time", "page_id", "revision_id", "title")
+ORIGIN_FIELDS = ("url", "warc_record_id", "warc_offset", "fetch_time", "wiki", "page_id", "revision_id", "title",
+                 "repo", "path", "blob_sha", "license", "author", "origin_url")
+SIDECAR = ".docs.parquet"  # training/indexed_writer.py: a token shard's sequence -> doc_id
+
+
+class TraceError(ValueError):
+    """The start of a trace does not exist (a dataset, partition or sample index)."""
 
 
 @dataclass
@@ -25,45 +38,142 @@ class Hit:
     row: dict[str, Any]
 
 
-def find(lake: Lake, doc_id: str) -> list[Hit]:
-    hits = []
-    for dataset in lake.datasets():
-        for m in lake.partitions(dataset):
-            base = lake.partition_path(m.dataset, m.partition)
-            # Token partitions hold Megatron .bin/.idx shards beside their doc-id sidecars (Parquet)
-            tables = [f"{base}/{f.path}" for f in m.files if f.path.endswith(".parquet")]
-            if not tables or "doc_id" not in {f["name"] for f in m.schema}:
-                continue
-            ds = pads.dataset(tables, filesystem=lake.fs, format="parquet")
-            cols = [c for c in ("doc_id", "source", "source_uri", "parent_ids", *ORIGIN_FIELDS) if c in ds.schema.names]
-            for row in ds.to_table(columns=cols, filter=pc.field("doc_id") == doc_id).to_pylist():
-                hits.append(Hit(m, row))
-    return hits
+def find_in(lake: Lake, m: Manifest, doc_id: str) -> dict[str, Any] | None:
+    """The row of `doc_id` in one committed partition (its Parquet files only), or None."""
+    if "doc_id" not in {f["name"] for f in m.schema}:
+        return None
+    base = lake.partition_path(m.dataset, m.partition)
+    tables = [f"{base}/{f.path}" for f in m.files if f.path.endswith(".parquet")]
+    if not tables:
+        return None
+    ds = pads.dataset(tables, filesystem=lake.fs, format="parquet")
+    cols = [c for c in ("doc_id", "source", "source_uri", "parent_ids", *ORIGIN_FIELDS) if c in ds.schema.names]
+    rows = ds.to_table(columns=cols, filter=pc.field("doc_id") == doc_id).to_pylist()
+    return rows[0] if rows else None
 
 
-def trace(lake: Lake, doc_id: str, depth: int = 0, seen: set[str] | None = None) -> list[str]:
-    """Human-readable lines, indented by derivation depth."""
+def locate(lake: Lake, doc_id: str) -> list[Hit]:
+    """Where the document got furthest: the synthetic datasets, then each source's curation datasets
+    from the last stage to the first (a dropped document is found where it was last kept), then any
+    other dataset with a doc_id column."""
+    datasets = lake.datasets()
+    groups = [[d for d in datasets if d.startswith("synthetic.") and d != "synthetic.seeds"]]
+    groups += [[d for d in datasets if d.rsplit(".", 1)[-1] == suffix and not d.startswith("tokens.")]
+               for suffix in reversed(stages.funnel_suffixes())]
+    placed = {d for g in groups for d in g}
+    groups.append([d for d in datasets if d not in placed and not d.startswith("tokens.")])
+    for group in groups:
+        hits = [Hit(m, row) for d in group for m in lake.partitions(d) if (row := find_in(lake, m, doc_id))]
+        if hits:
+            return hits
+    return []
+
+
+def sample_doc(lake: Lake, spec: str) -> tuple[Manifest, str]:
+    """`tokens.web.clean[/snapshot=...]:INDEX`: the token partition and the doc_id of its INDEX-th
+    training sequence (the partition's shards in order, as the blend reads them)."""
+    target, _, index = spec.rpartition(":")
+    if not target or not index.isdigit():
+        raise TraceError(f"--sample wants DATASET[/PARTITION]:INDEX, got {spec!r}")
+    dataset, _, key = target.partition("/")
+    parts = [m for m in lake.partitions(dataset) if not key or m.key == key]
+    if len(parts) != 1:
+        found = [m.key for m in lake.partitions(dataset)]
+        raise TraceError(f"{target}: {'no such partition' if not parts else 'name one partition'}; "
+                         f"committed: {found or 'none'}")
+    m = parts[0]
+    want = int(index)
+    for prefix, _tokens, documents in shard_entries(lake, m, "part"):  # the shards the pretraining blend reads
+        if want < documents:
+            with lake.fs.open(prefix + SIDECAR, "rb") as fh:
+                return m, pq.read_table(fh, columns=["doc_id"]).column("doc_id")[want].as_py()
+        want -= documents
+    raise TraceError(f"{target} holds {int(index) - want} sequences; index {index} is past its end")
+
+
+def _inputs(lake: Lake, m: Manifest) -> list[Manifest]:
+    out = []
+    for ref in m.inputs:
+        if ref.dataset.startswith("external:"):
+            continue
+        found = lake.manifest(ref.dataset, ref.partition)
+        if found is not None:
+            out.append(found)
+    return out
+
+
+def _chain(lake: Lake, hit: Hit) -> list[Hit]:
+    """The same document upstream, from `hit` back to the first stage that has it."""
+    chain = [hit]
+    while True:
+        up = next(((m, row) for m in _inputs(lake, chain[-1].manifest)
+                   if (row := find_in(lake, m, str(hit.row["doc_id"])))), None)
+        if up is None:
+            return chain
+        chain.append(Hit(*up))
+
+
+def _parents(lake: Lake, hit: Hit) -> list[Hit]:
+    """The rows a derived row names in `parent_ids`, in the partitions its manifest read."""
+    out = []
+    for pid in hit.row.get("parent_ids") or []:
+        for m in _inputs(lake, hit.manifest):
+            if (row := find_in(lake, m, str(pid))) is not None:
+                out.append(Hit(m, row))
+                break
+        else:
+            out.append(Hit(hit.manifest, {"doc_id": pid, "missing": True}))
+    return out
+
+
+def _line(pad: str, m: Manifest) -> str:
+    af = m.airflow
+    return (f"{pad}  {m.dataset}/{m.key}  stage {m.stage}  attempt {m.attempt}  digest {m.digest[:12]}"
+            f"  airflow {af.get('dag_id', '-')}/{af.get('run_id', '-')}/{af.get('task_id', '-')}")
+
+
+def walk(lake: Lake, hit: Hit, depth: int = 0, seen: set[str] | None = None) -> list[str]:
+    """Human-readable lines: each document's stages from its origin down, its parents indented."""
     seen = seen if seen is not None else set()
-    if doc_id in seen:
-        return []
-    seen.add(doc_id)
+    doc_id = str(hit.row["doc_id"])
     pad = "  " * depth
-    hits = find(lake, doc_id)
-    if not hits:
-        return [f"{pad}{doc_id}: not found in any committed partition of {lake.url}"]
-    lines = [f"{pad}{doc_id}"]
-    parents: list[str] = []
-    for h in sorted(hits, key=lambda h: h.manifest.timings.get("finished", "")):
-        m, af = h.manifest, h.manifest.airflow
-        lines.append(
-            f"{pad}  {m.dataset}/{m.key}  stage {m.stage}  attempt {m.attempt}  digest {m.digest[:12]}"
-            f"  airflow {af.get('dag_id', '-')}/{af.get('run_id', '-')}/{af.get('task_id', '-')}"
-        )
-        parents.extend(p for p in h.row.get("parent_ids") or [] if p not in parents)
-    first = next((h.row for h in hits if h.row.get("source_uri")), hits[0].row)  # sidecars carry the id only
-    origin = {k: str(v) for k, v in first.items() if k in ORIGIN_FIELDS and v is not None}
+    if hit.row.get("missing"):
+        return [f"{pad}{doc_id}: a parent not found in {hit.manifest.dataset}'s inputs"]
+    if doc_id in seen:
+        return [f"{pad}{doc_id}: (above)"]
+    seen.add(doc_id)
+    chain = _chain(lake, hit)
+    lines = [f"{pad}{doc_id}", *(_line(pad, h.manifest) for h in reversed(chain))]
+    first = chain[-1]
+    parents = _parents(lake, first)
     if not parents:
-        lines.append(f"{pad}  origin: {first.get('source', '?')} {first.get('source_uri', '?')}  {origin}")
+        row = first.row
+        origin = {k: str(v) for k, v in row.items() if k in ORIGIN_FIELDS and v is not None}
+        lines.append(f"{pad}  origin: {row.get('source', '?')} {row.get('source_uri', '?')}  {origin}"
+                     + _external(first.manifest))
     for p in parents:
-        lines.extend(trace(lake, p, depth + 1, seen))
+        lines.extend(walk(lake, p, depth + 1, seen))
     return lines
+
+
+def _external(m: Manifest) -> str:
+    refs: list[InputRef] = [r for r in m.inputs if r.dataset.startswith("external:")]
+    return "".join(f"\n    read from {r.dataset}/{partition_key(r.partition)}" for r in refs[:3])
+
+
+def trace(lake: Lake, doc_id: str) -> list[str]:
+    hits = locate(lake, doc_id)
+    if not hits:
+        return [f"{doc_id}: not found in any committed partition of {lake.url}"]
+    seen: set[str] = set()
+    return [line for h in hits for line in walk(lake, h, 0, seen)]
+
+
+def trace_sample(lake: Lake, spec: str) -> list[str]:
+    m, doc_id = sample_doc(lake, spec)
+    lines = [f"{spec}: sequence of document {doc_id} in {m.dataset}/{m.key} (attempt {m.attempt})"]
+    hits = [Hit(i, row) for i in _inputs(lake, m) if (row := find_in(lake, i, doc_id))]
+    if not hits:
+        return [*lines, f"{doc_id}: not found in the inputs of {m.dataset}/{m.key}"]
+    seen: set[str] = set()
+    return lines + [line for h in hits for line in walk(lake, h, 0, seen)]

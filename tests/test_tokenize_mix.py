@@ -65,18 +65,29 @@ def test_shards_read_back_with_megatron(tokenized, test_recipe) -> None:
     assert m.params["tokenizer"]["vocab_size"] == 512 and ds.index.dtype == np.uint16
 
 
-def test_trace_reads_the_sidecars_of_token_shards_and_reaches_the_warc_record(tokenized) -> None:
-    """`phiflow trace` over a lake with Megatron .bin/.idx shards (it took them for Parquet and crashed)."""
-    from phiflow.trace import trace
+def test_trace_from_a_training_sequence_reaches_the_warc_record(tokenized) -> None:
+    """`phiflow trace --sample tokens.web.langid:N`: the N-th sequence of the token shards (through the
+    doc-id sidecars; the .bin/.idx shards are not Parquet) back to its WARC record along the manifests."""
+    import pyarrow.parquet as pq
+
+    from phiflow.trace import TraceError, trace, trace_sample
 
     lake, m = tokenized
-    doc = lake.read_table(lake.require("web.langid", SNAP), columns=["doc_id"]).column("doc_id")[0].as_py()
-    lines = trace(lake, doc)
-    assert any(line.strip().startswith(f"{m.dataset}/{m.key}  stage tokenize") for line in lines)
-    assert any(line.strip().startswith("web.extracted/snapshot=CC-MAIN-2024-10") for line in lines)
+    (p0, _, first), (p1, _, _) = mix_stage.shard_entries(lake, m, "part")[:2]  # the blend's order
+    assert pq.read_table(lake.fs.open(p0 + ".docs.parquet", "rb")).num_rows == first
+    want = pq.read_table(lake.fs.open(p1 + ".docs.parquet", "rb")).column("doc_id")[2].as_py()  # in the second
+    lines = trace_sample(lake, f"tokens.web.langid:{first + 2}")
+    assert lines[0].startswith(f"tokens.web.langid:{first + 2}: sequence of document {want} in {m.dataset}/{m.key}")
+    assert [ln.split()[0] for ln in lines if "  stage " in ln] == [
+        "web.extracted/snapshot=CC-MAIN-2024-10", "web.langid/snapshot=CC-MAIN-2024-10"]  # origin first
     (origin,) = [line for line in lines if "origin:" in line]
-    assert "web warc://" in origin or "origin: web " in origin
     assert "warc_record_id" in origin and "url" in origin
+    row = lake.read_table(lake.require("web.extracted", SNAP)).to_pylist()
+    rec = next(r for r in row if r["doc_id"] == want)
+    assert rec["warc_record_id"] in origin and rec["url"] in origin
+    assert trace(lake, want) == lines[1:]  # by doc id: the same walk
+    with pytest.raises(TraceError, match="past its end"):
+        trace_sample(lake, f"tokens.web.langid:{m.counters['documents']}")
 
 
 def test_rerun_gives_the_same_partition(spark, tokenized, test_recipe) -> None:
