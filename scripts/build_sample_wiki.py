@@ -706,9 +706,9 @@ def write_dump(out: Path, wiki: Wiki, pages: list[DumpPage], truncate_stream: in
             page.origin.update(page_id=str(page_id), rev_id=str(rev_id))
         data = bz2.compress("".join(chunks).encode(), 9)
         if s == truncate_stream:
-            data = data[: len(data) // 2]  # the stream's end-of-stream marker is gone
+            data = data[: len(data) // 2]  # the stream's end-of-stream marker is gone, the next stream follows
             lost += [p.title for p in group]
-            expect["truncated_stream"] += len(group)
+            expect["corrupt_stream"] += len(group)
         else:
             expect.update(p.expect for p in group)
         streams.append(data)
@@ -727,7 +727,7 @@ def write_dump(out: Path, wiki: Wiki, pages: list[DumpPage], truncate_stream: in
         "bytes": dump.stat().st_size,
         "articles": expect.pop("article", 0),
         "dropped": dict(sorted(expect.items())),
-        "lost_in_truncated_stream": lost,
+        "lost_in_corrupt_stream": lost,
     }
 
 
@@ -855,7 +855,8 @@ plus redirects, a disambiguation page and pages of other namespaces. Licences: s
 
 Damaged on purpose (`EXPECTED.json` lists them): `unterminated_template` (an infobox that never closes),
 `invalid_xml` (`&nbsp;` written raw into the XML, an entity XML does not define), and in enwiki one
-bz2 stream of talk pages cut in half (`truncated_stream`: its pages are lost, the streams after it are not).
+bz2 stream of talk pages cut in half inside the file (`corrupt_stream`: its pages are lost, the streams after it
+are not; `truncated_stream` is kept for a file that ends inside a stream).
 `labels.jsonl`: every article's page id, revision id, title, origin page and source (python-doc or
 installation-guide).
 """

@@ -110,15 +110,16 @@ def extract_streams(source: str, site: SiteInfo, params: WikipediaExtractParams)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            for url, start, end, pages in zip(
-                *(batch.column(c).to_pylist() for c in ("url", "start", "end", "pages")), strict=True
+            for url, start, end, pages, last in zip(
+                *(batch.column(c).to_pylist() for c in ("url", "start", "end", "pages", "last")), strict=True
             ):
                 t0 = time.time()
                 fs, path = fsspec.core.url_to_fs(url)
                 try:
-                    rows = list(
-                        page_rows(source, site, start, decompress_streams(fs.cat_file(path, start, end)), params)
-                    )
+                    data = fs.cat_file(path, start, end)
+                    # a range the file holds whole, with more after it, cannot be truncated: it is corrupt
+                    complete = not last and len(data) == end - start
+                    rows = list(page_rows(source, site, start, decompress_streams(data, complete), params))
                 except StreamError as err:
                     rows = [
                         {
@@ -169,9 +170,11 @@ def run(spark, ctx: StageContext) -> Manifest:
         f"{sum(n for _, _, n in ranges)} pages in the index",
         flush=True,
     )
-    plan = [(url, s, e, n) for s, e, n in ranges]
+    size = max(e for _, e, _ in ranges)  # the last range runs to the end of the file (stream_ranges)
+    plan = [(url, s, e, n, e == size) for s, e, n in ranges]
     tasks = max(1, -(-len(plan) // params.streams_per_task))
-    listing = spark.createDataFrame(plan, "url string, start long, end long, pages long").repartition(tasks, "start")
+    listing = spark.createDataFrame(plan, "url string, start long, end long, pages long, last boolean").repartition(
+        tasks, "start")
     # One pass, nothing cached: only kept pages leave the tasks, which report their drop counts into the
     # attempt folder; the failure budget is checked on those before the commit.
     lake, dataset = ctx.lake, ctx.io(STAGE).output

@@ -125,8 +125,11 @@ def stream_ranges(offsets: list[tuple[int, int]], file_size: int) -> list[tuple[
     return [(s, e, n) for (s, n), e in zip(offsets, ends, strict=True)]
 
 
-def decompress_streams(data: bytes) -> str:
-    """All bz2 streams in `data`, decoded; a stream cut short raises StreamError."""
+def decompress_streams(data: bytes, complete: bool = False) -> str:
+    """All bz2 streams in `data`, decoded. A stream that does not decode raises StreamError: corrupt
+    when bzip2 says so, or when it ends early although `complete` (every byte the index gives the range
+    was read, and more of the file follows: a damaged end-of-stream marker); truncated when the bytes
+    ran out (a file cut short)."""
     out, rest = [], data
     while rest:
         dec = bz2.BZ2Decompressor()
@@ -135,7 +138,7 @@ def decompress_streams(data: bytes) -> str:
         except OSError as err:
             raise StreamError("corrupt_stream") from err
         if not dec.eof:
-            raise StreamError("truncated_stream")
+            raise StreamError("corrupt_stream" if complete else "truncated_stream")
         rest = dec.unused_data
     try:
         return b"".join(out).decode("utf-8")

@@ -53,10 +53,10 @@ def test_every_page_is_kept_or_counted_by_reason(extracted) -> None:
         assert set(table.column("language").to_pylist()) == {exp["language"]}
 
 
-def test_truncated_stream_loses_only_its_pages(extracted) -> None:
+def test_a_corrupt_stream_loses_only_its_pages(extracted) -> None:
     _, lake, manifests = extracted
     titles = set(lake.read_table(manifests["enwiki"], columns=["title"]).column("title").to_pylist())
-    lost = EXPECTED["dumps"]["enwiki"]["lost_in_truncated_stream"]
+    lost = EXPECTED["dumps"]["enwiki"]["lost_in_corrupt_stream"]
     assert lost and not titles & set(lost)
     offsets = set(lake.read_table(manifests["enwiki"], columns=["stream_offset"]).column("stream_offset").to_pylist())
     assert len(offsets) == 2  # the streams before and after the cut one both delivered their pages
@@ -100,7 +100,7 @@ def test_rows_do_not_depend_on_how_streams_are_split(spark, extracted, tmp_path)
 def test_failure_budget_blocks_the_commit(spark, tmp_path) -> None:
     recipe = wiki_recipe(tmp_path / "r.yaml", {"wikipedia_extract": {"failure_budget": 0.1}})
     lake = Lake(str(tmp_path / "lake"))
-    with pytest.raises(wikipedia_extract.FailureBudgetExceeded, match="truncated_stream"):
+    with pytest.raises(wikipedia_extract.FailureBudgetExceeded, match="corrupt_stream"):
         wikipedia_extract.run(spark, ctx(recipe, lake, "enwiki-20240601"))
     assert lake.manifest("wiki.extracted", {"dump": "enwiki-20240601"}) is None
 

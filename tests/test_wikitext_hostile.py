@@ -6,7 +6,9 @@ from __future__ import annotations
 import bz2
 from xml.sax.saxutils import escape
 
-from spark_jobs.wikitext import CleanConfig, clean_page, iter_pages, read_header
+import pytest
+
+from spark_jobs.wikitext import CleanConfig, StreamError, clean_page, decompress_streams, iter_pages, read_header
 
 HEADER = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/" version="0.11" xml:lang="de">
   <siteinfo>
@@ -115,3 +117,21 @@ def test_quotation_templates_keep_their_text() -> None:
     assert "Wissen ist Macht." in de
     ref = clean("A claim.{{Citation |title=A Book |author=Someone}} More text.")
     assert "A Book" not in ref  # the English bibliographic {{Citation}} is not text
+
+
+def test_a_stream_is_truncated_only_where_the_file_ends() -> None:
+    """A stream that stops short inside a file whose index gives it every byte (the next stream follows)
+    is corrupt; where the file itself ends inside it, truncated; a rejected block is corrupt either way."""
+    whole = bz2.compress(("<page><title>T</title></page>" * 300).encode())
+    cut = whole[: len(whole) // 2]
+    for complete, reason in ((True, "corrupt_stream"), (False, "truncated_stream")):
+        with pytest.raises(StreamError) as err:
+            decompress_streams(cut, complete)
+        assert err.value.reason == reason
+    garbled = bytearray(whole)
+    garbled[10:40] = bytes(30)
+    for complete in (True, False):
+        with pytest.raises(StreamError) as err:
+            decompress_streams(bytes(garbled), complete)
+        assert err.value.reason == "corrupt_stream"
+    assert decompress_streams(whole + whole, complete=True).count("<page>") == 600
