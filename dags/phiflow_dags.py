@@ -82,6 +82,9 @@ if seeding and recipe.stages.synthesize.workflows:
         schedule=[dataset_asset(d) for d in seeding.values()],
         start_date=min(recipe.sources[n].start_date for n in seeding),
         **dag_args(recipe, "synthesis", "seed selection and LLM synthesis of newly committed clean partitions"),
+        # The offline model runs inside each task's Spark workers on this machine's cores: tasks side by
+        # side only share them (one synthesize task took 347 s for 2 requests beside two others).
+        max_active_tasks=1 if recipe.llm.backend == "offline" else 16,
         params={
             key: Param(None, type=["null", "string"], description=f"rerun this {key} (manual runs); empty: the newest")
             for key in sorted({recipe.sources[n].partition_key for n in seeding})

@@ -149,7 +149,10 @@ def main() -> int:
     api = AirflowAPI.from_env()
     started = not healthy(api)
     if started:
-        subprocess.run(["bash", str(SERVICES), "start"], check=True)
+        # as many tasks at once as cores: every stage here is CPU-bound (Spark local mode, the offline LLM,
+        # gloo training), and more side by side only share the cores
+        env = {**os.environ, "AIRFLOW__CORE__PARALLELISM": str(max(2, os.cpu_count() or 2))}
+        subprocess.run(["bash", str(SERVICES), "start"], check=True, env=env)
     api = AirflowAPI.from_env()  # the password the services' first start wrote
     t0 = time.time()
     try:
