@@ -22,7 +22,8 @@ WEB_EXTRACTED = pa.schema(
         *DOCUMENT_FIELDS,
         pa.field("url", pa.string()),
         pa.field("warc_record_id", pa.string()),
-        pa.field("warc_offset", pa.int64()),
+        pa.field("warc_offset", pa.int64()),  # the record's gzip member (CommonCrawl: the record itself)
+        pa.field("warc_member_offset", pa.int64()),  # where it starts inside that member, inflated (0: first)
         pa.field("fetch_time", pa.timestamp("us", tz="UTC")),
         pa.field("http_status", pa.int32()),
         pa.field("content_type", pa.string()),

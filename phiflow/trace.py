@@ -23,8 +23,8 @@ from phiflow.manifest import InputRef, Manifest, partition_key
 from phiflow.mix_stage import shard_entries
 from phiflow.storage import Lake
 
-ORIGIN_FIELDS = ("url", "warc_record_id", "warc_offset", "fetch_time", "wiki", "page_id", "revision_id", "title",
-                 "repo", "path", "blob_sha", "license", "author", "origin_url")
+ORIGIN_FIELDS = ("url", "warc_record_id", "warc_offset", "warc_member_offset", "fetch_time", "wiki", "page_id",
+                 "revision_id", "title", "repo", "path", "blob_sha", "license", "author", "origin_url")
 SIDECAR = ".docs.parquet"  # training/indexed_writer.py: a token shard's sequence -> doc_id
 
 

@@ -39,7 +39,7 @@ FILE_OK = "ok"
 class Page:
     url: str
     record_id: str
-    offset: int
+    offset: int  # the gzip member (or, uncompressed, the record) where the record starts
     fetch_time: datetime | None
     status: int
     content_type: str
@@ -48,6 +48,7 @@ class Page:
     payload_digest: str | None = None  # WARC-Payload-Digest, "sha1:<base32>"
     headers: tuple[tuple[str, str], ...] = ()  # the HTTP response's header fields
     key: str = ""  # what the doc_id hashes (record_key): unique within the dataset
+    member_offset: int = 0  # where the record starts inside the decompressed gzip member at `offset`
 
 
 def record_key(record_id: str, warc_url: str, repeat: int) -> str:
@@ -126,6 +127,7 @@ def _row(source: str, warc_url: str, page: Page, **extra: Any) -> dict[str, Any]
         "url": page.url,
         "warc_record_id": page.record_id,
         "warc_offset": page.offset,
+        "warc_member_offset": page.member_offset,
         "fetch_time": page.fetch_time,
         "http_status": page.status,
         "content_type": page.content_type,
@@ -219,6 +221,7 @@ def iter_rows(
     A stream that cannot seek ends there, as a file-level `read_error`."""
     types: Counter[str] = Counter()
     seen: Counter[str] = Counter()  # Record-IDs met in this file
+    member = Member()
     start = 0
     while True:
         last = start - 1  # the last record started in this pass
@@ -229,6 +232,7 @@ def iter_rows(
             # abandoning the rest of the file (seen on the broken sample set: 4 of 6 good records kept without it).
             for record in ArchiveIterator(stream, parse_http=False, quirks_mode=True):
                 last = record.stream_pos
+                inner = member.offset_of(stream, record.stream_pos)
                 kind = (record.headers.get("WARC-Type") or "unknown").strip().lower()
                 types[kind] += 1
                 if kind != "response":
@@ -241,7 +245,7 @@ def iter_rows(
                     continue
                 key = record_key(page.record_id, warc_url, seen[page.record_id])
                 seen[page.record_id] += 1
-                yield page_row(source, warc_url, dataclasses.replace(page, key=key), params)
+                yield page_row(source, warc_url, dataclasses.replace(page, key=key, member_offset=inner), params)
             break
         except Exception as err:
             if last < start:  # this pass read nothing: the record at `start` cannot be read; skip it
@@ -261,6 +265,63 @@ def iter_rows(
 
 _SCAN = 1 << 20
 _GZIP_MEMBER = b"\x1f\x8b\x08"
+
+
+class Member:
+    """Where each record starts inside its gzip member. CommonCrawl writes one record per member, so a
+    record's offset is its member's and a range request fetches it; other writers put several records
+    in one member, where fastwarc gives them all the member's offset. The k-th record of a member is
+    then found by inflating the member and walking its records (header, Content-Length, CRLF CRLF):
+    extra work only for such members, and the stream is left where the reader had it."""
+
+    def __init__(self) -> None:
+        self.start, self.index = -1, 0
+
+    def offset_of(self, stream: IO[bytes], member_start: int) -> int:
+        if member_start != self.start:
+            self.start, self.index = member_start, 0
+            return 0
+        self.index += 1
+        try:
+            here = stream.tell()
+        except (OSError, ValueError, io.UnsupportedOperation):
+            return -1  # not seekable: unknown
+        try:
+            return _kth_record(stream, member_start, self.index)
+        finally:
+            stream.seek(here)
+
+
+def _kth_record(stream: IO[bytes], member_start: int, k: int) -> int:
+    """Offset of the k-th record (0-based) in the inflated gzip member at `member_start`; -1 if the
+    member does not hold k+1 readable records."""
+    stream.seek(member_start)
+    inflate = zlib.decompressobj(31)
+    data, pos = b"", 0
+    for _ in range(k):
+        while True:  # enough of the member inflated to read this record's header and skip its block
+            end = data.find(b"\r\n\r\n", pos)
+            length = _content_length(data[pos:end]) if end >= 0 else None
+            if length is not None and len(data) >= end + 4 + length + 4:
+                break
+            if inflate.eof:
+                return -1
+            chunk = stream.read(1 << 16)
+            if not chunk:
+                return -1
+            data += inflate.decompress(chunk)
+        pos = end + 4 + length
+        while data[pos : pos + 2] == b"\r\n":  # the record's closing CRLF CRLF
+            pos += 2
+    return pos
+
+
+def _content_length(header: bytes) -> int | None:
+    for line in header.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return int(value.strip())
+    return None
 
 
 def _next_record(stream: IO[bytes], after: int) -> int | None:

@@ -223,6 +223,22 @@ def test_reading_resumes_after_an_unreadable_record(compress) -> None:
     assert out[-1]["drop_reason"] == FILE_PREFIX + FILE_OK and out[-1]["records"]["response"] == 3
 
 
+def test_each_record_of_a_shared_gzip_member_is_located() -> None:
+    """Several records in one gzip member (other writers than CommonCrawl's do it): each row's
+    (warc_offset, warc_member_offset) finds exactly its record, a request record between them included."""
+    recs = [good(0), good(1), record(b"GET / HTTP/1.1\r\n\r\n", kind="request"), good(3), good(4)]
+    members = [gzip.compress(recs[0]), gzip.compress(b"".join(recs[1:4])), gzip.compress(recs[4])]
+    data = b"".join(members)
+    out = [r for r in rows(data) if r["doc_id"]]
+    assert [r["url"] for r in out] == [f"https://example.org/{i}" for i in (0, 1, 3, 4)]
+    for r in out:
+        inflated = zlib.decompressobj(31).decompress(data[r["warc_offset"]:])
+        at = inflated[r["warc_member_offset"]:]
+        assert at.startswith(b"WARC/1.0\r\n") and r["warc_record_id"].encode() in at[:400], r
+    assert [(r["warc_offset"], r["warc_member_offset"] > 0) for r in out] == [
+        (0, False), (len(members[0]), False), (len(members[0]), True), (len(members[0]) + len(members[1]), False)]
+
+
 def test_an_unreadable_last_record_is_counted_and_the_file_is_read() -> None:
     members = [gzip.compress(good(0)), gzip.compress(huge_header_record())]
     out = rows(b"".join(members))
