@@ -98,7 +98,8 @@ def extract_files(source: str, params: CommonCrawlExtractParams, report_dir: str
                             else:
                                 dropped[reason] += 1
                                 if not row["doc_id"] and len(lost) < MAX_LOST:
-                                    lost.append({"url": url, "offset": row.get("warc_offset"), "reason": reason})
+                                    lost.append({"url": url, "offset": row.get("warc_offset"),
+                                                 "member_offset": row.get("warc_member_offset") or 0, "reason": reason})
                 except OSError as err:  # cannot open: the whole file is one failure
                     outcome, error = f"open_error:{type(err).__name__}", str(err)[:MAX_ERROR_CHARS]
                 if buf:

@@ -198,7 +198,7 @@ def _page(record: Any) -> Page:
     )
 
 
-def _lost(source: str, warc_url: str, offset: int, err: BaseException) -> dict[str, Any]:
+def _lost(source: str, warc_url: str, offset: int, err: BaseException, member_offset: int = 0) -> dict[str, Any]:
     """A record that could not be read, counted by its offset (its file goes on)."""
     return {
         "doc_id": "",
@@ -206,6 +206,7 @@ def _lost(source: str, warc_url: str, offset: int, err: BaseException) -> dict[s
         "source_uri": warc_url,
         "parent_ids": [],
         "warc_offset": offset,
+        "warc_member_offset": member_offset,
         "drop_reason": f"bad_record:{type(err).__name__}",
     }
 
@@ -241,7 +242,7 @@ def iter_rows(
                     record.parse_http()
                     page = _page(record)
                 except Exception as err:
-                    yield _lost(source, warc_url, record.stream_pos, err)
+                    yield _lost(source, warc_url, record.stream_pos, err, inner)
                     continue
                 key = record_key(page.record_id, warc_url, seen[page.record_id])
                 seen[page.record_id] += 1

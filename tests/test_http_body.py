@@ -275,7 +275,8 @@ def test_the_extract_task_reports_codings_record_types_lost_records_and_files_th
     assert reports[0]["records"] == {"warcinfo": 1, "response": 2}
     assert reports[0]["http_decoding"] == {"gzip": 1, "chunked": 1, "sniffed_type": 1}
     assert reports[0]["lost_records"] == [
-        {"url": urls[0], "offset": len(members[0]) + len(members[1]), "reason": "bad_record:OSError"}
+        {"url": urls[0], "offset": len(members[0]) + len(members[1]), "member_offset": 0,
+         "reason": "bad_record:OSError"}
     ]
 
 
