@@ -32,6 +32,8 @@ from phiflow.summary import stage_table
 SERVICES = settings.PROJECT_ROOT / "scripts" / "airflow_services.sh"
 FINISHED = ("success", "failed")
 LIVE = sys.stdout.isatty()
+# audit trails beside each stage's documents; the demo's table shows the documents, `phiflow summary` all
+SIDE_OUTPUTS = ("dup_clusters", "minhash", "ngram_allowlist", "contamination", "annotations")
 
 
 def _instant(iso: str) -> datetime:
@@ -199,7 +201,10 @@ def main() -> int:
 def summary(lake: Lake, seconds: float) -> None:
     manifests = [m for d in lake.datasets() for m in lake.partitions(d)]
     print(f"\n== phiflow demo finished in {seconds:.0f} s ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n")
-    print(stage_table(manifests))
+    main = [m for m in manifests if not m.dataset.startswith("tokens.")
+            and m.dataset.rsplit(".", 1)[-1] not in SIDE_OUTPUTS]
+    print(stage_table(main))
+    print(f"({len(manifests) - len(main)} partitions of side outputs and token shards: .venv/bin/phiflow summary)")
     sample = next((m for m in manifests if m.dataset.endswith(".langid")), None)
     doc = lake.read_table(sample, columns=["doc_id"]).column("doc_id")[0].as_py() if sample else "DOC_ID"
     home = settings.home()
