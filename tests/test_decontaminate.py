@@ -124,8 +124,10 @@ def test_stage_commits_clean_report_and_allowlist(spark, test_recipe, tmp_path) 
     texts += [f"{prose(rng, 40)} {r['question']} {prose(rng, 10)}" for r in leak_items]  # verbatim leaks
     texts += [f"{prose(rng, 20)} {short} {prose(rng, 20)}"]
     texts += [f"{prose(rng, 30)} {wide['question']} {prose(rng, 30)}" for _ in range(12)]  # d036..d047
-    rows = [(f"d{i:03d}", "web", f"warc://{i}", [], f"https://ex.org/{i}", None, None,
-             datetime(2024, 2, 20, tzinfo=UTC), 200, "text/html", "utf-8", "", t, 0, len(t), "en", 0.9, None)
+    rows = [{"doc_id": f"d{i:03d}", "source": "web", "source_uri": f"warc://{i}", "parent_ids": [],
+             "url": f"https://ex.org/{i}", "fetch_time": datetime(2024, 2, 20, tzinfo=UTC), "http_status": 200,
+             "content_type": "text/html", "charset": "utf-8", "title": "", "text": t, "html_bytes": 0,
+             "text_chars": len(t), "language": "en", "language_score": 0.9}
             for i, t in enumerate(texts)]
     data = test_recipe.model_dump(mode="json", exclude={"path"})
     data["stages"]["decontaminate"] = {
