@@ -28,7 +28,7 @@ from openlineage.client.generated.output_statistics_output_dataset import Output
 from openlineage.client.generated.schema_dataset import SchemaDatasetFacet, SchemaDatasetFacetFields
 
 from phiflow import stages
-from phiflow.manifest import InputRef, Manifest, partition_key
+from phiflow.manifest import InputRef, Manifest, parse_partition_key, partition_key
 from phiflow.recipe import Recipe
 from phiflow.storage import Lake
 
@@ -143,7 +143,7 @@ def tokenizer_lineage(lake: Lake, info: dict[str, Any], trained_on: list[dict[st
     """The tokenizer task: the text partitions the BPE was trained on, and the tokenizer file."""
     from airflow.providers.openlineage.extractors import OperatorLineage
 
-    inputs = [input_dataset(lake, InputRef(t["dataset"], _partition_of(t["partition"]), t["digest"]))
+    inputs = [input_dataset(lake, InputRef(t["dataset"], parse_partition_key(t["partition"]), t["digest"]))
               for t in trained_on]
     outputs = []
     if info.get("location"):
@@ -151,11 +151,6 @@ def tokenizer_lineage(lake: Lake, info: dict[str, Any], trained_on: list[dict[st
         outputs.append(OutputDataset(namespace=ns, name=name, facets={
             "version": DatasetVersionDatasetFacet(datasetVersion=str(info["digest"]))}))
     return OperatorLineage(inputs=inputs, outputs=outputs)
-
-
-def _partition_of(key: str) -> dict[str, str]:
-    """`snapshot=CC-MAIN-2024-10/shard=00001` back to its dict (manifest.partition_key's inverse)."""
-    return dict(part.split("=", 1) for part in key.split("/") if part)
 
 
 def manifest_lineage(lake: Lake, committed: list[Manifest], recipe: Recipe | None = None, source: str = ""):

@@ -10,7 +10,7 @@ from phiflow import settings, shards, stages
 from phiflow.airflow_api import AirflowAPI, AirflowAPIError
 from phiflow.backfill_plan import stage_plan
 from phiflow.check import check_file, graph_text, warnings
-from phiflow.manifest import partition_key
+from phiflow.manifest import parse_partition_key, partition_key
 from phiflow.recipe import Recipe, RecipeError, load_recipe
 from phiflow.storage import Lake
 from phiflow.summary import failed_files, lake_status, pipeline_status, split_shards, stage_table
@@ -222,11 +222,10 @@ def request_shard_reruns(lake: Lake, dag: str, args: argparse.Namespace, runs: d
         raise AirflowAPIError(f"--shards: {dag} is not the ingest DAG of a source of {settings.default_recipe()}")
     output = stages.io(recipe, args.stage, source).output
     ids = [shards.shard_id(int(x)) for x in args.shards.split(",") if x.strip()]
-    key = recipe.sources[source].partition_key
     for run_id, partitions in runs.items():
         for p in partitions:
             for sid in ids:
-                shard = shards.of_shard({key: p.split("=", 1)[1]}, sid)
+                shard = shards.of_shard(parse_partition_key(p), sid)
                 if not args.dry_run:
                     lake.request_rerun(output, shard, by=f"phiflow backfill ({run_id})")
                 verb = "would request" if args.dry_run else "requested"

@@ -29,6 +29,11 @@ def partition_key(partition: dict[str, str]) -> str:
     return "/".join(f"{k}={v}" for k, v in partition.items())
 
 
+def parse_partition_key(key: str) -> dict[str, str]:
+    """The inverse of `partition_key`."""
+    return dict(part.split("=", 1) for part in key.split("/") if part)
+
+
 @dataclass
 class InputRef:
     """One input partition a stage read, pinned by the digest of its manifest at read time."""

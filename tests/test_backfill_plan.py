@@ -61,3 +61,11 @@ def test_intervals_start_in_the_range_and_not_before_the_dag() -> None:
         date(2024, 2, 1)]  # the DAG starts with its first snapshot's month
     weekly = intervals("0 0 * * 1", SRC.start_date, date(2024, 2, 1), date(2024, 2, 12))
     assert [s.date() for s, _ in weekly] == [date(2024, 2, 5), date(2024, 2, 12)]
+
+
+def test_partition_keys_round_trip() -> None:
+    from phiflow.manifest import parse_partition_key, partition_key
+
+    for part in ({"snapshot": "CC-MAIN-2024-10"}, {"source": "web", "snapshot": "CC-MAIN-2024-10", "shard": "00001"},
+                 {"path": "a=b"}):
+        assert parse_partition_key(partition_key(part)) == part
