@@ -133,13 +133,17 @@ class CheckpointConfig:
     """Where to save and what to resume from.
 
     ``finetune`` (midtraining): load the model weights only, start at step 0 with a fresh optimizer
-    and scheduler, as megatron's ``--finetune`` does.
+    and scheduler, as megatron's ``--finetune`` does. ``load_optimizer`` with ``finetune`` also loads
+    the Adam moments (an ablation that continues from a phase-1 checkpoint: step 0, its own schedule).
+    Without ``finetune`` a load resumes everything: weights, optimizer, schedule, step, RNG (the next
+    phase of a run).
     """
 
     save_dir: str | None = None
     save_interval: int = 0  # 0: only at the end when save_dir is set
     load_dir: str | None = None
     finetune: bool = False
+    load_optimizer: bool = False
     load_rng: bool = True
 
 
@@ -151,6 +155,9 @@ class OutputConfig:
     metrics_path: str | None = None
     log_interval: int = 1
     eval_interval: int = 0  # 0: evaluate only at the end
+    # Record the max pre-softmax attention logit of each step (training.attention_probe): forward
+    # hooks on the attention layers, one micro batch per step; off: no hooks, no cost.
+    attention_logits: bool = False
 
 
 @dataclass
@@ -168,6 +175,9 @@ class RunConfig:
     seed: int = 1234
     fail_on_nonfinite: bool = True
     inject_nonfinite_at_step: int | None = None  # test hook: poison the loss at this step
+    # Stop after this step although the schedule runs to optimizer.total_steps: one phase of a run with
+    # one learning-rate curve (the next phase loads this run's final checkpoint). None: the whole run.
+    stop_at_step: int | None = None
 
     def world_size(self, dp: int = 1) -> int:
         """Processes a launch with ``dp`` data-parallel replicas needs."""
@@ -219,6 +229,8 @@ class RunConfig:
             p.append(("optimizer.lr", f"must be a positive finite number, got {o.lr}"))
         if not 0 <= o.min_lr <= o.lr:
             p.append(("optimizer.min_lr", f"must be in [0, lr={o.lr}], got {o.min_lr}"))
+        if self.stop_at_step is not None and not 0 < self.stop_at_step <= o.total_steps:
+            p.append(("stop_at_step", f"must be in [1, total_steps={o.total_steps}], got {self.stop_at_step}"))
         if not 0 <= o.warmup_steps <= o.total_steps:
             p.append(("optimizer.warmup_steps", f"must be in [0, total_steps={o.total_steps}], got {o.warmup_steps}"))
         if o.weight_decay < 0:

@@ -77,6 +77,7 @@ class Trainer:
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
     valid_by_source: dict[str, Any] = field(default_factory=dict)  # mixture source -> its validation split
+    attention_probe: Any = None  # training.attention_probe.AttentionProbe when output.attention_logits
 
 
 def init_distributed(cfg: RunConfig) -> int:
@@ -155,6 +156,10 @@ def setup(cfg: RunConfig) -> Trainer:
     n_evals = 1 + (o.total_steps // cfg.output.eval_interval if cfg.output.eval_interval else 0)
     train_ds, valid_ds = build_datasets(cfg, o.total_steps * b.global_batch_size, eval_count * n_evals)
     trainer = Trainer(cfg, model, optimizer, scheduler, train_ds, valid_ds, dp, b.accumulation_steps(dp))
+    if cfg.output.attention_logits:
+        from training.attention_probe import AttentionProbe
+
+        trainer.attention_probe = AttentionProbe(module)
     if cfg.data.source_names:
         trainer.valid_by_source = source_valid_datasets(cfg, eval_count)
     load_checkpoint(trainer)
@@ -261,6 +266,9 @@ def train_step(trainer: Trainer) -> dict[str, float]:
         "step_time_s": elapsed,
         "tokens_per_s": tokens / elapsed,
     }
+    if trainer.attention_probe is not None:  # MAX over all ranks (a collective: every rank is here)
+        logit = trainer.attention_probe.take_global()
+        rec["max_attention_logit"] = float("nan") if logit is None else logit
     mfu = model_flops_utilization(cfg, rec["tokens_per_s"], dist.get_world_size())
     if mfu is not None:
         rec["mfu"] = mfu
@@ -362,7 +370,9 @@ def save_checkpoint(trainer: Trainer) -> Path:
 def load_checkpoint(trainer: Trainer) -> None:
     """Resume this run from its own save dir if it has one, else load ``checkpoint.load_dir``.
 
-    ``finetune`` (midtraining) takes the model weights only: step 0, fresh optimizer and schedule.
+    ``finetune`` (midtraining) takes the model weights only: step 0, fresh optimizer and schedule;
+    with ``load_optimizer`` (an ablation continuing from a phase-1 checkpoint) also the Adam moments.
+    Without ``finetune`` everything resumes (the next phase of a run: its schedule continues).
     RNG state is restored only when the TP/PP layout is unchanged (it is per model-parallel rank).
     """
     from megatron.core import dist_checkpointing
@@ -378,7 +388,10 @@ def load_checkpoint(trainer: Trainer) -> None:
         src, finetune = iter_dir(ck.load_dir, load_step), ck.finetune
     else:
         return
-    template = _sharded_state(trainer, loading=True, with_optimizer=not finetune)
+    moments = finetune and ck.load_optimizer
+    template = _sharded_state(trainer, loading=True, with_optimizer=not finetune or moments)
+    if moments:
+        template = {k: template[k] for k in ("model", "optimizer")}
     same_layout = True
     if not finetune:
         common = dist_checkpointing.load_common_state_dict(str(src))
@@ -390,6 +403,9 @@ def load_checkpoint(trainer: Trainer) -> None:
             del template["rng"]
     state = dist_checkpointing.load(template, str(src))
     trainer.model.module.load_state_dict(state["model"])
+    if moments:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.step(increment=0)  # the loaded param groups carry the old run's lr: this one's
     if not finetune:
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
@@ -399,9 +415,10 @@ def load_checkpoint(trainer: Trainer) -> None:
     trainer.resumed_from = str(src)
     if dist.get_rank() == 0:
         log.info(
-            "loaded %s (finetune=%s, step=%d, rng restored=%s)",
+            "loaded %s (finetune=%s, optimizer=%s, step=%d, rng restored=%s)",
             src,
             finetune,
+            not finetune or moments,
             trainer.step,
             same_layout and not finetune,
         )
@@ -488,17 +505,18 @@ def train(cfg: RunConfig) -> Trainer:
             trainer.dp,
             trainer.accumulation,
             trainer.step + 1,
-            o.total_steps,
+            cfg.stop_at_step or o.total_steps,
             torch.get_num_threads(),
         )
     evaluation = None
+    stop = cfg.stop_at_step or o.total_steps  # a phase ends here; its schedule runs to total_steps
     try:
-        while trainer.step < o.total_steps:
+        while trainer.step < stop:
             rec = train_step(trainer)
             trainer.history.append(rec)
             if rank0 and trainer.step % out.log_interval == 0:
                 log.info(
-                    "step %d/%d loss %.4f lr %.3e grad_norm %.3f tokens/s %.0f%s",
+                    "step %d/%d loss %.4f lr %.3e grad_norm %.3f tokens/s %.0f%s%s",
                     rec["step"],
                     o.total_steps,
                     rec["loss"],
@@ -506,12 +524,13 @@ def train(cfg: RunConfig) -> Trainer:
                     rec["grad_norm"],
                     rec["tokens_per_s"],
                     f" mfu {rec['mfu']:.1%}" if "mfu" in rec else "",
+                    f" max_attn_logit {rec['max_attention_logit']:.2f}" if "max_attention_logit" in rec else "",
                 )
             if tb is not None:
                 for k, v in rec.items():
                     if k != "step":
                         tb.add_scalar(f"train/{k}", v, rec["step"])
-            if out.eval_interval and trainer.step % out.eval_interval == 0 and trainer.step < o.total_steps:
+            if out.eval_interval and trainer.step % out.eval_interval == 0 and trainer.step < stop:
                 mid = evaluate(trainer, trainer.step // out.eval_interval)
                 if rank0 and mid:
                     log.info(

@@ -190,3 +190,56 @@ def test_multiple_choice_scoring_of_a_checkpoint(
     assert lp["ab"] < 0 and lp["ab"] == pytest.approx(lp["a"] + lp["b"], rel=1e-4)
     assert metrics["status"] == "ok"
 
+
+
+def test_two_phases_are_one_schedule_and_resume_bit_exact(
+    make_run: Callable[..., RunConfig], baseline: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    """Phase 1 trains steps 1-10 of the 20-step schedule; phase 2 loads its checkpoint whole (weights,
+    Adam state, schedule, step, RNG) and trains 11-20. A fault in phase 2 at step 17 resumes from
+    phase 2's own checkpoint at 15. Together they equal the uninterrupted run bit for bit, learning
+    rate included: no second warmup at the boundary."""
+    p1 = make_run("phase1", checkpoint={"save_dir": str(tmp_path / "p1")})
+    p1.stop_at_step = 10
+    first = run(p1, tmp_path / "w1")
+    assert [s["step"] for s in first["steps"]] == list(range(1, 11))
+    assert (tmp_path / "p1" / "latest").read_text() == "10"
+
+    p2 = make_run("phase2", checkpoint={"save_dir": str(tmp_path / "p2"), "save_interval": 5,
+                                        "load_dir": str(tmp_path / "p1")})
+    p2.inject_nonfinite_at_step = 17
+    with pytest.raises(TrainingFailed, match="step 17"):
+        run(p2, tmp_path / "w2")
+    p2.inject_nonfinite_at_step = None
+    second = run(p2, tmp_path / "w3")
+    assert second["resumed_from"].endswith("p2/iter_0000015")
+    assert [s["step"] for s in second["steps"]] == list(range(11, 21))
+
+    steps = first["steps"] + second["steps"]
+    # megatron's linear schedule: warmup to 3e-3 over 2 steps, then linear to 3e-4 at step 20
+    expected = [3e-3 * n / 2 if n <= 2 else 3e-3 - 2.7e-3 * (n - 2) / 18 for n in range(1, 21)]
+    assert [s["lr"] for s in steps] == pytest.approx(expected, rel=1e-9)
+    assert second["steps"][0]["lr"] == pytest.approx(1.5e-3 + 1.5e-4)  # step 11: half-way down, not a rewarm
+    assert losses(first) + losses(second) == losses(baseline[0])
+    assert second["param_digests"] == baseline[0]["param_digests"]
+
+
+def test_continuing_from_a_checkpoint_loads_weights_and_adam_moments(
+    make_run: Callable[..., RunConfig], baseline: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    """An ablation point continuing from a checkpoint: its weights (low first loss), its Adam moments
+    (the updates differ from a weights-only start), and its own schedule from step 1."""
+    def start(name: str, moments: bool) -> dict[str, Any]:
+        cfg = make_run(name, steps=3, checkpoint={"load_dir": str(baseline[1]), "finetune": True,
+                                                  "load_optimizer": moments})
+        cfg.optimizer.warmup_steps = 0
+        return run(cfg, tmp_path / name)
+
+    with_moments, weights_only = start("moments", True), start("weights", False)
+    base = losses(baseline[0])
+    for m in (with_moments, weights_only):
+        assert [s["step"] for s in m["steps"]] == [1, 2, 3] and m["resumed_from"].endswith("iter_0000020")
+        assert losses(m)[0] < base[0] - 0.5  # the checkpoint's weights, not a fresh model
+        assert m["steps"][0]["lr"] == pytest.approx(3e-3 - 2.7e-3 / 3)  # its own schedule, step 1 of 3
+    assert losses(with_moments)[0] == losses(weights_only)[0]  # same weights, same first batch
+    assert losses(with_moments)[1] != losses(weights_only)[1]  # ... but another first update
