@@ -2,18 +2,25 @@
 
 Scheduled on the Assets of the datasets the mixture names: when they have all been updated, one run
 tokenizes every committed input partition not tokenized yet (same partition digest: nothing to do),
-mixes, pretrains and midtrains. Each step commits a partition (tokens.*, blend, checkpoints.*). No
-stage logic here.
+mixes, stress-tests the warmup (when `training.stress` is set: a diverged point stops the run here),
+pretrains (one task per phase of `training.pretrain.phases`, each loading the one before) and
+midtrains. Each step commits a partition (tokens.*, blend, checkpoints.*). No stage logic here.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, chain
 
 from operators.dag_args import dag_args
 from operators.spark_stage import SparkStageOperator, dataset_asset
-from operators.training import MegatronTrainOperator, MixOperator, TokenizerOperator, pending_tokenize
-from phiflow import settings, stages
+from operators.training import (
+    MegatronTrainOperator,
+    MixOperator,
+    StressTestOperator,
+    TokenizerOperator,
+    pending_tokenize,
+)
+from phiflow import settings, stages, training_plan
 from phiflow.check import require_closed
 from phiflow.recipe import load_recipe
 
@@ -43,7 +50,10 @@ if recipe.mixture is not None and recipe.training is not None:
                 )
                 >> mix
             )
-        pretrain = MegatronTrainOperator(task_id="pretrain", run="pretrain", recipe_path=RECIPE_PATH)
+        phases = [p.name for p in training_plan.phases(recipe)] or [None]
+        pretrain = [MegatronTrainOperator(task_id=f"pretrain_{p}" if p else "pretrain", run="pretrain", phase=p,
+                                          recipe_path=RECIPE_PATH) for p in phases]
         midtrain = MegatronTrainOperator(task_id="midtrain", run="midtrain", recipe_path=RECIPE_PATH)
-        mix >> pretrain >> midtrain
+        stress = [StressTestOperator(task_id="stress", recipe_path=RECIPE_PATH)] if recipe.training.stress else []
+        chain(mix, *stress, *pretrain, midtrain)
     globals()[dag.dag_id] = dag

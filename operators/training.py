@@ -9,6 +9,7 @@ stable folder per (inputs, recipe) outside the attempt folders, so a retried tas
 
 from __future__ import annotations
 
+import math
 import posixpath
 import shlex
 import subprocess
@@ -27,11 +28,12 @@ from phiflow import mix_stage, training_plan
 from phiflow.commit import commit_files, up_to_date
 from phiflow.manifest import Manifest, sha256_json
 from phiflow.recipe import Recipe, load_recipe
-from phiflow.schema import TRAIN_STEPS
+from phiflow.schema import STRESS_POINTS, TRAIN_STEPS
 from phiflow.storage import LEASE, Lake
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 Run = Literal["pretrain", "midtrain"]
+STRESS_DATASET = "stress.pretrain"
 
 
 def airflow_run(context: Any) -> dict[str, Any]:
@@ -115,45 +117,23 @@ class MegatronTrainOperator(_ManifestLineage, BaseOperator):
     """Pretrain or midtrain with megatron-core and commit `checkpoints.<run>/recipe=<name>`.
 
     :param run: `pretrain` or `midtrain` (midtrain loads the committed pretraining checkpoint)
+    :param phase: one phase of a phased pretraining run (`training.pretrain.phases`): it trains its steps
+        of the run's one schedule and commits `checkpoints.pretrain/recipe=<name>/phase=<phase>`; a later
+        phase loads the one before it whole
     :param mode: `local` (torchrun here) or `slurm` (sbatch + deferral); default: the recipe's cluster.kind
     """
 
     ui_color = "#f3e8fb"
 
-    def __init__(self, *, run: Run, recipe_path: str, mode: Literal["local", "slurm"] | None = None,
-                 timeout_s: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, run: Run, recipe_path: str, phase: str | None = None,
+                 mode: Literal["local", "slurm"] | None = None, timeout_s: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(outlets=[dataset_asset(f"checkpoints.{run}")], **kwargs)
-        self.run, self.recipe_path, self.mode, self.timeout_s = run, recipe_path, mode, timeout_s
+        self.run, self.recipe_path, self.phase, self.mode, self.timeout_s = run, recipe_path, phase, mode, timeout_s
         self._committed = []
 
-    # -- what to train ---------------------------------------------------------------------
     def plan(self, recipe: Recipe, lake: Lake) -> dict[str, Any]:
-        """Inputs, digests, folders and the run config of this run (no side effects but folders)."""
-        part = mix_stage.blend_partition(recipe)
-        blend_m = lake.require(mix_stage.DATASET, part)
-        blend = mix_stage.load_blend(lake, blend_m)
-        inputs = [blend_m.input_ref()]
-        load_dir = None
-        if self.run == "midtrain":
-            pre = lake.require("checkpoints.pretrain", part)
-            inputs.append(pre.input_ref())
-            load_dir = pre.params["checkpoint_dir"]
-        assert recipe.training is not None
-        training = recipe.training.model_dump(mode="json", exclude={"cluster"})
-        digest = sha256_json({"run": self.run, "training": training})
-        key = sha256_json({"inputs": [i.digest for i in inputs], "digest": digest})[:16]
-        ckpt_dir = posixpath.join(lake.root, "_checkpoints", recipe.name, self.run, key)
-        tok = blend["tokenizer"]
-        cfg = training_plan.run_config(recipe, self.run, [tuple(x) for x in blend[self.run]["blend"]],
-                                       tok["vocab_size"], tok["eod"], posixpath.join(ckpt_dir, "ckpt"), load_dir,
-                                       cache_dir=posixpath.join(ckpt_dir, "index_cache"))
-        cfg.data.source_names = mix_stage.source_names(blend, self.run)
-        padded = recipe.training.pretrain.model.padded_vocab_size
-        if padded and cfg.model.padded_vocab_size(cfg.parallel.tp) != padded:
-            raise AirflowException(f"training.pretrain.model.padded_vocab_size is {padded}, but the tokenizer's "
-                                   f"{tok['vocab_size']} entries pad to {cfg.model.padded_vocab_size(cfg.parallel.tp)}")
-        return {"partition": part, "inputs": inputs, "digest": digest, "checkpoint_dir": ckpt_dir, "cfg": cfg,
-                "dp": recipe.training.pretrain.parallel.dp}
+        return run_plan(recipe, lake, self.run, self.phase)
 
     def execute(self, context: Any) -> dict[str, Any]:
         recipe, lake = load_recipe(self.recipe_path), Lake()
@@ -205,10 +185,17 @@ class MegatronTrainOperator(_ManifestLineage, BaseOperator):
             raise AirflowException(f"run {metrics.get('name')} failed: {metrics.get('error')}")
         cfg = plan["cfg"]
         counters = metrics_summary(metrics, cfg.model.seq_length, cfg.batch.global_batch_size)
+        start = plan["start"]
+        if start is not None:  # what it started from, and that checkpoint's figures to compare with
+            counters["started_from"] = {"dataset": start.dataset, "partition": start.partition,
+                                        "valid_perplexity": start.counters.get("valid_perplexity"),
+                                        "seq_length": start.counters.get("seq_length")}
+        if self.phase is not None:
+            counters["phase"] = self.phase
+            counters["first_step"] = metrics["steps"][0]["step"] if metrics["steps"] else None
         if self.run == "midtrain":
-            pre = lake.require("checkpoints.pretrain", plan["partition"])
-            counters["pretrain_valid_perplexity"] = pre.counters.get("valid_perplexity")
-            counters["pretrain_seq_length"] = pre.counters.get("seq_length")
+            counters["pretrain_valid_perplexity"] = start.counters.get("valid_perplexity")
+            counters["pretrain_seq_length"] = start.counters.get("seq_length")
         m = commit_files(
             lake, dataset=dataset, partition=plan["partition"], attempt=attempt, stage=self.run, schema=TRAIN_STEPS,
             row_count=len(metrics["steps"]),
@@ -222,6 +209,135 @@ class MegatronTrainOperator(_ManifestLineage, BaseOperator):
         out = {**summary(m), "metrics": counters}
         context["outlet_events"][dataset_asset(dataset)].extra = {"partitions": [out]}
         return out
+
+
+class StressTestOperator(_ManifestLineage, BaseOperator):
+    """The warmup stress test before pretraining (training.stress): the first pretraining run's config at
+    each of `training.stress.lr_multipliers` x its peak learning rate, for `training.stress.steps` steps
+    through the warmup. Commits `stress.pretrain/recipe=<name>` (a row per multiplier: the verdict and
+    why, the loss, grad-norm spikes, attention-logit growth), then gates: a diverged point fails this
+    task, so pretraining does not start, unless `continue_on_divergence`. A current report (same blend
+    and settings) is not rerun, but its verdict gates again."""
+
+    ui_color = "#fbe8e8"
+
+    def __init__(self, *, recipe_path: str, timeout_s: float | None = None, **kwargs: Any) -> None:
+        super().__init__(outlets=[dataset_asset(STRESS_DATASET)], **kwargs)
+        self.recipe_path, self.timeout_s = recipe_path, timeout_s
+        self._committed = []
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from training.stress import run_stress
+
+        recipe, lake = load_recipe(self.recipe_path), Lake()
+        assert recipe.training is not None and recipe.training.stress is not None
+        spec, phases = recipe.training.stress, training_plan.phases(recipe)
+        plan = run_plan(recipe, lake, "pretrain", phases[0].name if phases else None)
+        part, inputs = mix_stage.blend_partition(recipe), plan["inputs"]
+        # the gate's setting is not part of the measurement: changing it re-judges, it does not rerun
+        digest = sha256_json({"stress": spec.model_dump(mode="json", exclude={"continue_on_divergence"}),
+                              "run": plan["digest"]})
+        done = up_to_date(lake, STRESS_DATASET, part, inputs, digest)
+        if done is None:
+            attempt = lake.new_attempt(STRESS_DATASET, part)
+            work, started, rows = lake.attempt_path(STRESS_DATASET, part, attempt), time.time(), []
+            warmup = min(plan["cfg"].optimizer.warmup_steps, spec.steps - 1)
+            for mult in spec.lr_multipliers:
+                metrics, verdict = run_stress(plan["cfg"], mult, posixpath.join(work, f"x{mult:g}"), steps=spec.steps,
+                                              warmup_steps=warmup, dp=plan["dp"], timeout_s=self.timeout_s)
+                rows.append(stress_row(mult, plan["cfg"].optimizer.lr * mult, metrics, verdict))
+                self.log.info("stress x%g (lr %.3g): %s", mult, rows[-1]["lr"],
+                              f"DIVERGED: {verdict['reason']}" if verdict["diverged"] else "stable")
+            diverged = [r["multiplier"] for r in rows if r["diverged"]]
+            done = commit_files(
+                lake, dataset=STRESS_DATASET, partition=part, attempt=attempt, stage="stress", schema=STRESS_POINTS,
+                row_count=len(rows), content=rows, inputs=inputs, recipe_digest=digest,
+                params={"stress": spec.model_dump(mode="json"), "warmup_steps": warmup,
+                        "peak_lr": plan["cfg"].optimizer.lr},
+                counters={"points": rows, "diverged": diverged},
+                airflow=airflow_run(context), started=started,
+            )
+        else:
+            self.log.info("%s/%s is current (same blend and settings): its verdict gates again", done.dataset, done.key)
+        self._committed = [done]
+        for r in done.counters["points"]:
+            self.log.info("x%g lr %.3g: %s; loss %.3f -> %.3f, max grad norm %.3g, spikes at %s, attention logit x%s",
+                          r["multiplier"], r["lr"], f"DIVERGED ({r['reason']})" if r["diverged"] else "stable",
+                          r["first_loss"], r["final_loss"], r["max_grad_norm"], r["grad_norm_spikes"] or "none",
+                          "?" if r["attention_logit_growth"] is None else f"{r['attention_logit_growth']:.2f}")
+        diverged = done.counters["diverged"]
+        if diverged and not spec.continue_on_divergence:
+            raise AirflowException(
+                f"warmup stress test: lr x{', x'.join(f'{m:g}' for m in diverged)} diverged; pretraining does not "
+                "start (lower training.pretrain.optimizer.lr or the multipliers, or set "
+                "training.stress.continue_on_divergence to go on)")
+        if diverged:
+            self.log.warning("lr x%s diverged; going on (training.stress.continue_on_divergence)",
+                             ", x".join(f"{m:g}" for m in diverged))
+        return {**summary(done), "diverged": diverged}
+
+
+def stress_row(multiplier: float, lr: float, metrics: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
+    """One multiplier of the stress report: the verdict and the curves it was read from."""
+    steps = metrics.get("steps") or []
+    row = {"multiplier": multiplier, "lr": lr, **verdict, "steps": len(steps),
+           "losses": [s["loss"] for s in steps], "grad_norms": [s["grad_norm"] for s in steps],
+           "attention_logits": [s.get("max_attention_logit") for s in steps], "error": metrics.get("error")}
+    return _json_safe(row)
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN and infinities (a diverged run's figures) as None: manifests are strict JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def run_plan(recipe: Recipe, lake: Lake, run: Run, phase: str | None = None) -> dict[str, Any]:
+    """Inputs, digests, folders and the run config of this run (no side effects but folders)."""
+    blend_m = lake.require(mix_stage.DATASET, mix_stage.blend_partition(recipe))
+    blend = mix_stage.load_blend(lake, blend_m)
+    inputs = [blend_m.input_ref()]
+    start = start_checkpoint(recipe, lake, run, phase)
+    if start is not None:
+        inputs.append(start.input_ref())
+    load_dir = start.params["checkpoint_dir"] if start is not None else None
+    assert recipe.training is not None
+    training = recipe.training.model_dump(mode="json", exclude={"cluster", "stress"})
+    digest = sha256_json({"run": run, "training": training, **({"phase": phase} if phase else {})})
+    key = sha256_json({"inputs": [i.digest for i in inputs], "digest": digest})[:16]
+    ckpt_dir = posixpath.join(lake.root, "_checkpoints", recipe.name, run, *filter(None, [phase]), key)
+    tok = blend["tokenizer"]
+    blend_run = next(p.run for p in training_plan.phases(recipe) if p.name == phase) if phase else run
+    cfg = training_plan.run_config(recipe, run, [tuple(x) for x in blend[blend_run]["blend"]],
+                                   tok["vocab_size"], tok["eod"], posixpath.join(ckpt_dir, "ckpt"), load_dir,
+                                   cache_dir=posixpath.join(ckpt_dir, "index_cache"), phase=phase)
+    cfg.data.source_names = mix_stage.source_names(blend, blend_run)
+    part = (training_plan.checkpoint_partition(recipe, phase) if run == "pretrain"
+            else mix_stage.blend_partition(recipe))
+    padded = recipe.training.pretrain.model.padded_vocab_size
+    if padded and cfg.model.padded_vocab_size(cfg.parallel.tp) != padded:
+        raise AirflowException(f"training.pretrain.model.padded_vocab_size is {padded}, but the tokenizer's "
+                               f"{tok['vocab_size']} entries pad to {cfg.model.padded_vocab_size(cfg.parallel.tp)}")
+    return {"partition": part, "inputs": inputs, "digest": digest, "checkpoint_dir": ckpt_dir, "cfg": cfg,
+            "dp": recipe.training.pretrain.parallel.dp, "start": start}
+
+
+def start_checkpoint(recipe: Recipe, lake: Lake, run: Run, phase: str | None = None) -> Manifest | None:
+    """The committed checkpoint this run loads: the previous phase's (whole), the pretraining run's for
+    midtraining (weights), the recipe's `init_from` (weights and Adam moments), or none."""
+    if run == "midtrain":
+        return lake.require("checkpoints.pretrain", training_plan.final_pretrain_partition(recipe))
+    names = [p.name for p in training_plan.phases(recipe)]
+    if phase is not None and names.index(phase) > 0:
+        previous = names[names.index(phase) - 1]
+        return lake.require("checkpoints.pretrain", training_plan.checkpoint_partition(recipe, previous))
+    ref = recipe.training.pretrain.init_from if recipe.training is not None else None
+    return lake.require(ref.dataset, ref.partition) if ref is not None else None
 
 
 def metrics_summary(metrics: dict[str, Any], seq_length: int, global_batch: int) -> dict[str, Any]:

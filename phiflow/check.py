@@ -48,7 +48,7 @@ def nodes(recipe: Recipe) -> list[Node]:
     if recipe.mixture is not None and recipe.training is not None:
         for d in stages.training_datasets(recipe):
             out.append(Node(stages.stage("tokenize"), d, stages.io(recipe, "tokenize", d)))
-        for name in ("mix", "pretrain", "midtrain"):
+        for name in ("mix", *(["stress"] if recipe.training.stress else []), "pretrain", "midtrain"):
             out.append(Node(stages.stage(name), "*", stages.io(recipe, name, "*")))
     return out
 

@@ -42,6 +42,7 @@ class DashboardData:
     contamination: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> report
     mixture: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # blend partition -> source rows
     training: list[dict[str, Any]] = field(default_factory=list)  # checkpoint partitions: name, steps [(step, loss)]
+    stress: dict[str, dict[str, Any]] = field(default_factory=dict)  # stress partition -> points, gate setting
     datasets: list[dict[str, Any]] = field(default_factory=list)  # every dataset: partitions, rows, bytes
     failed_files: list[dict[str, Any]] = field(default_factory=list)  # input files a stage could not read
     in_progress: list[dict[str, Any]] = field(default_factory=list)  # sharded partitions without a roll-up yet
@@ -118,6 +119,9 @@ def build(manifests: Iterable[Manifest], in_progress: Iterable[dict[str, Any]] =
             d.mixture[m.key] = list(c["sources"])
         if m.dataset.startswith("checkpoints.") and c.get("losses"):
             d.training.append(_training_run(m))
+        if m.stage == "stress":
+            d.stress[m.key] = {"points": c.get("points") or [],
+                               "continue_on_divergence": (m.params.get("stress") or {}).get("continue_on_divergence")}
     d.funnel = {s: {k: _funnel_order(v) for k, v in sorted(iv.items())} for s, iv in sorted(funnel.items())}
     d.totals = {s: _funnel_order(v) for s, v in sorted(totals.items())}
     d.languages = {s: dict(c.most_common()) for s, c in sorted(langs.items())}
@@ -239,6 +243,35 @@ def _curve(run: dict[str, Any]) -> str:
             f"<text x='40' y='192'>step {x0}</text><text x='470' y='192'>step {x1}</text></svg>")
 
 
+def _growth(x: float | None) -> str:
+    return "-" if x is None else f"x{x:.3g}"
+
+
+def _stress(reports: dict[str, dict[str, Any]]) -> str:
+    """Each stress report: a row per lr multiplier with the verdict and why, then what the gate did."""
+    if not reports:
+        return "<p class='none'>no stress partitions (training.stress is not set)</p>"
+    out = []
+    for key, rep in reports.items():
+        rows = "".join(
+            f"<tr><td>x{r['multiplier']:g}</td><td>{r['lr']:.3g}</td>"
+            f"<td data-testid='stress:{_e(key)}:x{r['multiplier']:g}'>"
+            f"{'diverged: ' + _e(r['reason']) if r['diverged'] else 'stable'}</td>"
+            f"<td>{_e(r['first_loss'])} &rarr; {_e(r['final_loss'])}</td><td>{_e(r['max_grad_norm'])}</td>"
+            f"<td>{_e(', '.join(map(str, r['grad_norm_spikes'])) or '-')}</td>"
+            f"<td>{_growth(r['attention_logit_growth'])}</td></tr>"
+            for r in rep["points"])
+        diverged = [f"x{r['multiplier']:g}" for r in rep["points"] if r["diverged"]]
+        gate = ("every point stable: pretraining may start" if not diverged else
+                f"{', '.join(diverged)} diverged: pretraining "
+                + ("went on (continue_on_divergence)" if rep["continue_on_divergence"] else "does not start"))
+        out.append(f"<h3>{_e(key)}</h3><table><thead><tr><th>lr multiplier</th><th>lr</th><th>verdict</th>"
+                   "<th>loss first &rarr; last</th><th>max grad norm</th><th>grad-norm spikes at</th>"
+                   f"<th>attention-logit growth</th></tr></thead><tbody>{rows}</tbody></table>"
+                   f"<p data-testid='stress-gate:{_e(key)}'>{_e(gate)}</p>")
+    return "".join(out)
+
+
 def _section(title: str, body: str) -> str:
     return f"<section><h2>{_e(title)}</h2>{body}</section>"
 
@@ -300,6 +333,7 @@ def render(d: DashboardData, title: str = "phiflow") -> str:
     else:
         body = "<p class='none'>no mix partitions</p>"
     parts.append(_section("Mixture", body))
+    parts.append(_section("Warmup stress test", _stress(d.stress)))
     runs = "".join(f"<div><h3>{_e(r['name'])}: final loss {_e(r['final_loss'])}, validation perplexity "
                    f"{_e(r['valid_perplexity'])}</h3>{_curve(r)}</div>" for r in d.training)
     parts.append(_section("Training curves (loss)", f"<div class='grid'>{runs}</div>" if runs

@@ -16,13 +16,20 @@ import json
 import posixpath
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from phiflow import training_plan
 from phiflow.commit import commit_files, up_to_date
 from phiflow.manifest import InputRef, Manifest, sha256_json
-from phiflow.mixture import Mixture, MixtureError, SourceSpec, compute_mixture, midtraining_mixture
+from phiflow.mixture import (
+    Mixture,
+    MixtureError,
+    SourceAllocation,
+    SourceSpec,
+    compute_mixture,
+    midtraining_mixture,
+)
 from phiflow.recipe import MixtureSource, Recipe
 from phiflow.schema import BLEND_SOURCES
 from phiflow.storage import Lake
@@ -198,11 +205,12 @@ def compute_blends(recipe: Recipe, lake: Lake, tokens: TokenSources, subsample: 
         merge = Merger(subsample, folder, split_min_documents(recipe.training.pretrain.split),
                        int(tokens.tokenizer["vocab_size"]), int(tokens.tokenizer["eod"]))
     pre_specs = source_specs(recipe, lake, tokens, "part", subsample, folder, merge)
-    try:
-        pre = compute_mixture(pre_specs, training_plan.pretrain_tokens(recipe))
-    except MixtureError as e:
-        raise MixtureError(f"pretrain mixture: {e}") from None
-    out = {"pretrain": pre}
+    out = phase_blends(recipe, pre_specs) if recipe.training is not None else {}
+    if not out:
+        try:
+            out["pretrain"] = compute_mixture(pre_specs, training_plan.pretrain_tokens(recipe))
+        except MixtureError as e:
+            raise MixtureError(f"pretrain mixture: {e}") from None
     if recipe.training is None:
         return out
     long_specs = long_context_specs(recipe, lake, tokens, merge)
@@ -211,6 +219,31 @@ def compute_blends(recipe: Recipe, lake: Lake, tokens: TokenSources, subsample: 
                                               recipe.training.midtrain.long_context_share)
     except MixtureError as e:
         raise MixtureError(f"midtrain mixture: {e}") from None
+    return out
+
+
+def phase_blends(recipe: Recipe, specs: list[SourceSpec]) -> dict[str, Mixture]:
+    """One mixture per pretraining phase (its shares over the same sources, its tokens), then `pretrain`:
+    the whole run, the phases summed per source, where `max_epochs` is held (a source may be repeated
+    that often over the run, not per phase). No phases: nothing."""
+    out = {}
+    for ph in training_plan.phases(recipe):
+        try:
+            out[ph.run] = compute_mixture([replace(s, share=ph.shares.get(s.name, 0.0)) for s in specs], ph.tokens)
+        except MixtureError as e:
+            raise MixtureError(f"pretrain phase {ph.name}: {e}") from None
+    if not out:
+        return out
+    total = sum(m.total_tokens for m in out.values())
+    whole = []
+    for s in specs:
+        tokens = sum(m.by_name(s.name).tokens for m in out.values())
+        epochs = tokens / s.unique_tokens if s.unique_tokens else 0.0
+        if s.max_epochs is not None and epochs > s.max_epochs * (1 + 1e-6):
+            raise MixtureError(f"pretrain (all phases): source {s.name!r}: {epochs:.2f} epochs over the run exceeds "
+                               f"max_epochs={s.max_epochs:g} ({tokens} tokens, {s.unique_tokens} unique)")
+        whole.append(SourceAllocation(s.name, tokens / total, s.unique_tokens, tokens, epochs, s.max_epochs, s.shards))
+    out["pretrain"] = Mixture(total, tuple(whole))
     return out
 
 
@@ -228,7 +261,9 @@ def markdown(recipe: Recipe, blends: dict[str, Mixture], tokenizer: dict[str, An
              f"Tokenizer `{tokenizer['name']}` ({tokenizer['kind']}, vocabulary {tokenizer['vocab_size']}, "
              f"digest `{tokenizer['digest'][:12]}`).", ""]
     for run, mix in blends.items():
-        lines += [f"## {run}: {mix.total_tokens:,} training tokens", "",
+        phased = run == "pretrain" and any(r.startswith("pretrain.") for r in blends)
+        title = "pretrain, the whole run (its phases summed)" if phased else run
+        lines += [f"## {title}: {mix.total_tokens:,} training tokens", "",
                   "| source | share | unique tokens | tokens | epochs | max epochs | shards | report's unique tokens |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for s in mix.sources:
@@ -276,6 +311,8 @@ def mix_params(recipe: Recipe) -> dict[str, Any]:
     if recipe.training is not None:
         # shards smaller than the split needs are merged (Merger): the split decides the blend's shards
         params["merge_min_documents"] = split_min_documents(recipe.training.pretrain.split)
+        if training_plan.phases(recipe):  # (absent without phases: the digests of one-phase blends stay)
+            params["phases"] = [vars(ph) for ph in training_plan.phases(recipe)]
         params["midtrain"] = {"tokens": training_plan.midtrain_tokens(recipe),
                               **recipe.training.midtrain.model_dump(mode="json", include={"long_context_share",
                                                                                            "long_doc_tokens",

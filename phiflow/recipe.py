@@ -707,6 +707,47 @@ class OptimizerSpec(Strict):
     adam_beta2: float = 0.95
 
 
+class PhaseSpec(Strict):
+    """One phase of pretraining (Phi-4: phase 1 mostly filtered web, phase 2 mostly synthetic): its own
+    shares over the mixture's sources and its own part of the run's tokens. The learning-rate curve is
+    the whole run's; the optimizer state carries across the boundary."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    tokens: Annotated[int | None, Field(gt=0)] = None
+    fraction: Annotated[float | None, Field(gt=0, le=1)] = None  # of the run's tokens
+    mixture: dict[str, Annotated[float, Field(ge=0, le=1)]]  # mixture source -> share in this phase
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _budget(self) -> PhaseSpec:
+        if (self.tokens is None) == (self.fraction is None):
+            raise ValueError(f"phase {self.name}: give exactly one of tokens or fraction")
+        total = sum(self.mixture.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"phase {self.name}: mixture shares sum to {total:.6g}, not 1")
+        return self
+
+
+class CheckpointRef(Strict):
+    """A committed checkpoint partition a run starts from, e.g. `checkpoints.pretrain/phase=phase1`
+    (the recipe's own name is the `recipe=` key unless the reference names another)."""
+
+    dataset: Annotated[str, Field(pattern=r"^checkpoints\.[a-z0-9_]+$")]
+    partition: dict[str, str]
+
+    @classmethod
+    def parse(cls, ref: str, recipe_name: str) -> CheckpointRef:
+        from phiflow.manifest import parse_partition_key
+
+        dataset, _, key = ref.partition("/")
+        return cls(dataset=dataset, partition={"recipe": recipe_name, **parse_partition_key(key)})
+
+    def __str__(self) -> str:
+        from phiflow.manifest import partition_key
+
+        return f"{self.dataset}/{partition_key(self.partition)}"
+
+
 class PretrainSpec(Strict):
     model: ModelShape = ModelShape()
     parallel: ParallelSpec = ParallelSpec()
@@ -719,6 +760,20 @@ class PretrainSpec(Strict):
     eval_iters: Annotated[int, Field(gt=0)] = 2
     split: str = "98,2,0"  # train, validation, test weights of every shard
     seed: int = 1234
+    # Phases of one run (one LR curve over all of them); empty: one phase on the mixture's own shares.
+    phases: list[PhaseSpec] = Field(default_factory=list)
+    # Start from a committed checkpoint (its weights and Adam moments; a fresh step counter and schedule):
+    # what an ablation point `from:` a phase-1 checkpoint trains. Set by phiflow.sweeps, not by hand.
+    init_from: CheckpointRef | None = None
+
+    @model_validator(mode="after")
+    def _phase_names(self) -> PretrainSpec:
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phases: names must be unique: {names}")
+        if self.phases and self.init_from is not None:
+            raise ValueError("phases and init_from: a run that starts from a checkpoint has one phase")
+        return self
 
 
 class MidtrainSpec(Strict):
@@ -761,9 +816,22 @@ class ClusterSpec(Strict):
     poll_s: Annotated[float, Field(gt=0)] = 60.0  # squeue/sacct polling interval of the trigger
 
 
+class StressSpec(Strict):
+    """The warmup stress test before the long run (Phi-4: settings "stress-tested during learning-rate
+    warmup for stability"): the pretraining run's first `steps` steps, through its warmup, at the peak
+    learning rate times each multiplier (then held there). A diverged point stops pretraining unless
+    `continue_on_divergence`."""
+
+    lr_multipliers: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = Field(
+        default_factory=lambda: [1.0, 2.0])
+    steps: Annotated[int, Field(gt=0)] = 20
+    continue_on_divergence: bool = False
+
+
 class TrainingSpec(Strict):
     pretrain: PretrainSpec = PretrainSpec()
     midtrain: MidtrainSpec = MidtrainSpec()
+    stress: StressSpec | None = None  # None: no stress test before pretraining
     cluster: ClusterSpec = ClusterSpec()
 
 
@@ -774,6 +842,9 @@ class EpochsAxis(Strict):
     source: str
     unique_tokens: Annotated[int, Field(gt=0)]
     values: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]
+    # The sources that fill the rest of the tokens, in their mixture ratios (the report: "the rest fresh
+    # web"); None: every other source, in its ratio.
+    rest: Annotated[list[str], Field(min_length=1)] | None = None
 
 
 class SweepAxes(Strict):
@@ -802,6 +873,10 @@ class SweepSpec(Strict):
     pretrain: dict[str, Any] = Field(default_factory=dict)  # merged into training.pretrain (steps, parallel...)
     axes: SweepAxes
     max_active: Annotated[int, Field(gt=0)] = 1  # points training at once (max_active_tis_per_dag)
+    # `from: checkpoints.pretrain/phase=phase1`: every point continues from that committed checkpoint
+    # and trains the same tokens (the report's phase-1 ablations); None: every point from scratch.
+    from_: Annotated[str | None, Field(alias="from", pattern=r"^checkpoints\.[a-z0-9_]+/.+$")] = None
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
 
 
 class Stages(Strict):

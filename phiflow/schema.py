@@ -299,11 +299,26 @@ ABLATION_POINTS = pa.schema([
     pa.field("point", pa.string()),
     pa.field("label", pa.string()),
     pa.field("recipe", pa.string()),
-    pa.field("status", pa.string()),  # ok | missing (no current checkpoint manifest)
+    pa.field("status", pa.string()),  # ok | missing (no current checkpoint manifest) | base (what `from` named)
     pa.field("steps", pa.int64()),
+    pa.field("tokens", pa.int64()),  # training tokens of the point: equal across a sweep's points
     pa.field("valid_loss", pa.float64()),
     pa.field("valid_perplexity", pa.float64()),
     pa.field("final_loss", pa.float64()),
     pa.field("loss_end_mean", pa.float64()),
     pa.field("manifest", pa.string()),  # digest of the point's checkpoints.pretrain manifest
+])
+
+# stress.pretrain: the warmup stress test, a row per learning-rate multiplier (operators/training.py)
+STRESS_POINTS = pa.schema([
+    pa.field("multiplier", pa.float64()),
+    pa.field("lr", pa.float64()),
+    pa.field("diverged", pa.bool_()),
+    pa.field("reason", pa.string()),
+    pa.field("first_loss", pa.float64()),
+    pa.field("final_loss", pa.float64()),
+    pa.field("max_grad_norm", pa.float64()),
+    pa.field("grad_norm_spikes", pa.list_(pa.int64())),
+    pa.field("attention_logit_growth", pa.float64()),
+    pa.field("nonfinite_at", pa.int64()),
 ])

@@ -181,6 +181,8 @@ STAGES: tuple[Stage, ...] = (
           lambda r, d: _one(d, f"tokens.{d}"), scope="dataset"),
     Stage("mix", "phiflow.mix_stage", None, "in_process", frozenset(),
           lambda r, _s: StageIO(tuple(f"tokens.{d}" for d in training_datasets(r)), ("blend",)), scope="global"),
+    Stage("stress", "training.stress", None, "megatron", frozenset(),
+          lambda r, _s: _one("blend", "stress.pretrain"), scope="global"),
     Stage("pretrain", "training.pretrain", None, "megatron", frozenset(),
           lambda r, _s: _one("blend", "checkpoints.pretrain"), scope="global"),
     Stage("midtrain", "training.pretrain", None, "megatron", frozenset(),

@@ -94,12 +94,16 @@ def _epochs_shares(recipe_data: dict[str, Any], field: str, ax: Any, epochs: flo
         raise SweepError(f"{field}.values: {epochs:g} epochs of {ax.source!r} exceeds its max_epochs="
                          f"{src['max_epochs']:g}")
     share = epochs * ax.unique_tokens / total_tokens
-    rest = sum(s["share"] for s in sources if s is not src)
+    fillers = [s for s in sources if s is not src and (ax.rest is None or s["name"] in ax.rest)]
+    if ax.rest is not None and len(fillers) != len(ax.rest):
+        known = [s["name"] for s in sources]
+        raise SweepError(f"{field}.rest: {ax.rest} must name other mixture sources; known: {known}")
+    rest = sum(s["share"] for s in fillers)
     if share > 1 or (share < 1 and rest <= 0):
         raise SweepError(f"{field}.values: {epochs:g} epochs x {ax.unique_tokens} unique tokens = share "
                          f"{share:.4g} of the {total_tokens} training tokens, which the other sources cannot fill")
     return [{**s, "share": share, "subsample_tokens": ax.unique_tokens} if s is src
-            else {**s, "share": (1 - share) * s["share"] / rest} for s in sources]
+            else {**s, "share": (1 - share) * s["share"] / rest if s in fillers else 0.0} for s in sources]
 
 
 def point_recipe(recipe: Recipe, sweep_name: str, point_id: str) -> Recipe:
@@ -119,8 +123,21 @@ def expand(recipe: Recipe, sweep_name: str) -> list[tuple[Point, Recipe]]:
     base["sweeps"] = []  # a point does not sweep again
     if base.get("training") is None or base.get("mixture") is None:
         raise SweepError(f"sweeps.{sweep.name}: the recipe needs mixture and training sections to sweep")
-    base["training"]["pretrain"] = deep_merge(base["training"]["pretrain"], sweep.pretrain)
+    base["training"]["pretrain"] = deep_merge({**base["training"]["pretrain"], "phases": []}, sweep.pretrain)
     base["mixture"]["total_tokens"] = None  # a point's budget is its own run: steps x batch x seq_length
+    if sweep.from_ is not None:  # every point continues from the base checkpoint: its shape is the base's
+        if sweep.axes.model is not None or "model" in sweep.pretrain:
+            raise SweepError(f"sweeps.{sweep.name}.from: points continue from {sweep.from_}, so the model "
+                             "shape cannot change (drop the model axis or pretrain.model)")
+        from phiflow.recipe import CheckpointRef
+
+        ref = CheckpointRef.parse(sweep.from_, recipe.name)
+        declared = [p.name for p in recipe.training.pretrain.phases]  # type: ignore[union-attr]
+        if ref.partition["recipe"] == recipe.name and ref.dataset == "checkpoints.pretrain" and (
+                ref.partition.get("phase") not in declared if declared else "phase" in ref.partition):
+            raise SweepError(f"sweeps.{sweep.name}.from: {sweep.from_} is no checkpoint this recipe commits "
+                             f"(its pretraining phases: {declared or 'none'})")
+        base["training"]["pretrain"]["init_from"] = ref.model_dump()
     out = []
     for i, values in enumerate(grid(sweep)):
         pid = f"p{i}"
@@ -166,19 +183,28 @@ def training_digest(recipe: Recipe) -> str:
     """The recipe digest MegatronTrainOperator gives a pretraining run (to tell a current point manifest)."""
     assert recipe.training is not None
     return sha256_json({"run": "pretrain",
-                        "training": recipe.training.model_dump(mode="json", exclude={"cluster"})})
+                        "training": recipe.training.model_dump(mode="json", exclude={"cluster", "stress"})})
 
 
 def current_checkpoint(lake: Any, recipe: Recipe) -> Manifest | None:
     """The point's committed `checkpoints.pretrain` partition if it was trained from the point's current
-    blend (mixed with the point's mixture) and training section; None: failed, stale or not run yet."""
+    blend (mixed with the point's mixture), training section and, for a point `from` a checkpoint, that
+    checkpoint's current version; None: failed, stale or not run yet."""
     from phiflow.mix_stage import DATASET, blend_partition, mix_params
 
     part = blend_partition(recipe)
     blend, m = lake.manifest(DATASET, part), lake.manifest("checkpoints.pretrain", part)
     if blend is None or m is None or blend.recipe_digest != sha256_json(mix_params(recipe)):
         return None
-    return m if m.recipe_digest == training_digest(recipe) and m.inputs == [blend.input_ref()] else None
+    base = base_checkpoint(lake, recipe)
+    inputs = [blend.input_ref()] + ([base.input_ref()] if base is not None else [])
+    return m if m.recipe_digest == training_digest(recipe) and m.inputs == inputs else None
+
+
+def base_checkpoint(lake: Any, recipe: Recipe) -> Manifest | None:
+    """The committed checkpoint a point continues from (`init_from`), if the recipe names one and it exists."""
+    ref = recipe.training.pretrain.init_from if recipe.training is not None else None
+    return lake.manifest(ref.dataset, ref.partition) if ref is not None else None
 
 
 # -- the report ---------------------------------------------------------------------------------------
@@ -195,19 +221,32 @@ def point_row(point: Point, manifest: Manifest | None, evaluation: Manifest | No
                            **{f"axis_{k}": _fmt(v) for k, v in point.values.items()}}
     if manifest is None:
         return {**row, "status": "missing", **dict.fromkeys(METRICS), "steps": None, "manifest": None}
+    return {**row, "status": "ok", **_metrics(manifest, evaluation)}
+
+
+def _metrics(manifest: Manifest, evaluation: Manifest | None) -> dict[str, Any]:
     c = manifest.counters
     by_source = {f"valid_perplexity_{k}": v["perplexity"] for k, v in (c.get("valid_by_source") or {}).items()}
     scores = evaluation.counters["benchmarks"] if evaluation else {}
     mc = {f"mc_{k}_accuracy": v["accuracy"] for k, v in scores.items()}
-    return {**row, "status": "ok", **{k: c.get(k) for k in METRICS}, **by_source, **mc, "steps": c.get("steps"),
+    return {**{k: c.get(k) for k in METRICS}, **by_source, **mc, "steps": c.get("steps"), "tokens": c.get("tokens"),
             "mean_tokens_per_s": c.get("mean_tokens_per_s"), "manifest": manifest.digest}
+
+
+def base_row(sweep: SweepSpec, base: Manifest | None, evaluation: Manifest | None) -> dict[str, Any]:
+    """The checkpoint every point continued from, as the report's first row (`status: base`): what each
+    point's equal tokens bought is read against it."""
+    row = {"point": "base", "label": f"from {sweep.from_}", "recipe": None}
+    if base is None:
+        return {**row, "status": "missing", **dict.fromkeys(METRICS), "steps": None, "manifest": None}
+    return {**row, "status": "base", **_metrics(base, evaluation)}
 
 
 def best_points(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
     """The point with the lowest value of each metric (finite values only)."""
     out = {}
     for m in METRICS:
-        have = [r for r in rows if isinstance(r.get(m), int | float) and math.isfinite(r[m])]
+        have = [r for r in rows if r["status"] == "ok" and isinstance(r.get(m), int | float) and math.isfinite(r[m])]
         if have:
             out[m] = min(have, key=lambda r: r[m])["point"]
     return out
@@ -223,10 +262,13 @@ def table_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def table_markdown(sweep: str, rows: Sequence[dict[str, Any]], best: dict[str, str]) -> str:
-    cols = ["point", "label", "status", "steps", *METRICS]
+    """Points side by side at their tokens: metrics, held-out perplexity per source, benchmark accuracies."""
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith(("valid_perplexity_", "mc_"))]
+    cols = ["point", "label", "status", "steps", "tokens", *METRICS, *extra]
     lines = [f"# Ablation `{sweep}`", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = [f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
+        cells = [f"{r[c]:.4f}" if isinstance(r.get(c), float) else "" if r.get(c) is None else str(r[c])
+                 for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Best point per metric (lower is better): "
               + ", ".join(f"{m}: {p}" for m, p in best.items()), ""]
@@ -313,6 +355,27 @@ def lr_interpolation(recipe: Recipe, points: Sequence[tuple[Point, Recipe, dict[
     }
 
 
+def hparam_interpolation(points: Sequence[tuple[Point, Recipe, dict[str, Any]]]) -> dict[str, Any] | None:
+    """For a sweep over `lr` (and `global_batch_size`) at one model size: the loss surface fitted from the
+    short runs and the setting it proposes for the long run (phiflow.hparam_fit). None when the sweep
+    varies no lr, also varies the model (lr_interpolation's case), or too few points finished."""
+    from phiflow.hparam_fit import fit_lr_batch
+
+    axes = points[0][0].values.keys() if points else set()
+    if "lr" not in axes or "model" in axes:
+        return None
+    fit_points = []
+    for point, pr, row in points:
+        if row["status"] != "ok":
+            continue
+        assert pr.training is not None
+        loss = row.get("valid_loss") if row.get("valid_loss") is not None else row.get("final_loss")
+        fit_points.append({"point": point.id, "lr": pr.training.pretrain.optimizer.lr, "loss": loss,
+                           "global_batch_size": pr.training.pretrain.global_batch_size
+                           if "global_batch_size" in axes else None})
+    return fit_lr_batch(fit_points)
+
+
 def commit_report(recipe: Recipe, sweep_name: str, lake: Any, airflow: dict[str, Any] | None = None) -> Manifest:
     """Join the points' current checkpoint manifests into `ablations.<sweep>/recipe=<name>`.
 
@@ -338,14 +401,25 @@ def commit_report(recipe: Recipe, sweep_name: str, lake: Any, airflow: dict[str,
             curves[point.id] = m.counters["losses"]
             inputs += [m.input_ref()] + ([ev.input_ref()] if ev is not None else [])
     best = best_points(rows)
+    spec = sweep_spec(recipe, sweep_name)
+    if spec.from_ is not None:
+        base = base_checkpoint(lake, joined[0][1])
+        rows.insert(0, base_row(spec, base, current_evaluation(lake, recipe, base) if base is not None else None))
+        inputs += [base.input_ref()] if base is not None else []
     lr_fit = lr_interpolation(recipe, joined)
+    hparams = hparam_interpolation(joined)
     attempt = lake.new_attempt(dataset, part)
     folder = lake.attempt_path(dataset, part, attempt)
-    body = {"sweep": sweep_name, "recipe": recipe.name, "points": rows, "best": best, "lr_fit": lr_fit}
+    body = {"sweep": sweep_name, "recipe": recipe.name, "points": rows, "best": best, "lr_fit": lr_fit,
+            "hparam_fit": hparams}
     report = table_markdown(sweep_name, rows, best)
     if lr_fit is not None:
         report += (f"\nLearning rate across model sizes: best lr ~ params^{lr_fit['b']:.3f}; for this recipe's model "
                    f"({lr_fit['target_params']:,} parameters) the fit predicts lr = {lr_fit['predicted_lr']:.3g}\n")
+    if hparams is not None:
+        from phiflow.hparam_fit import markdown
+
+        report += "\n## Learning rate x batch size, interpolated from the points\n\n" + markdown(hparams) + "\n"
     lake.fs.pipe_file(posixpath.join(folder, "report.json"), json.dumps(body, indent=2).encode())
     lake.fs.pipe_file(posixpath.join(folder, "report.csv"), table_csv(rows).encode())
     lake.fs.pipe_file(posixpath.join(folder, "report.md"), report.encode())
@@ -358,7 +432,7 @@ def commit_report(recipe: Recipe, sweep_name: str, lake: Any, airflow: dict[str,
         row_count=len(rows), content=body, inputs=inputs,
         recipe_digest=sha256_json(sweep_spec(recipe, sweep_name).model_dump(mode="json")),
         params={"sweep": sweep_spec(recipe, sweep_name).model_dump(mode="json")}, airflow=airflow, started=started,
-        counters={"points": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
-                  "missing": [r["point"] for r in rows if r["status"] != "ok"], "best": best, "plot": png is not None,
-                  "lr_fit": lr_fit},
+        counters={"points": len(rows) - (spec.from_ is not None), "ok": sum(r["status"] == "ok" for r in rows),
+                  "missing": [r["point"] for r in rows if r["status"] == "missing"], "best": best,
+                  "plot": png is not None, "lr_fit": lr_fit, "hparam_fit": hparams},
     )

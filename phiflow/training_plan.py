@@ -17,6 +17,55 @@ if TYPE_CHECKING:
 RunName = Literal["pretrain", "midtrain"]
 TOKENS_TOLERANCE = 0.01  # mixture.total_tokens may differ this much from steps x batch x seq_length
 
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One pretraining phase as steps of the whole run: it trains steps start+1 .. end."""
+
+    name: str
+    start: int
+    end: int
+    tokens: int
+    shares: dict[str, float]
+
+    @property
+    def run(self) -> str:
+        """Its key in the blend JSON and the mixture report (`pretrain.phase1`)."""
+        return f"pretrain.{self.name}"
+
+    @property
+    def partition(self) -> dict[str, str]:
+        return {"phase": self.name}
+
+
+def phases(recipe: Recipe) -> list[Phase]:
+    """The run's phases in order, as step ranges; a recipe without phases has none (one run).
+
+    A phase's steps are its token budget (or fraction of the run) in whole optimizer steps; the last
+    phase ends at `training.pretrain.steps`, so the phases tile the run whatever the rounding."""
+    t = _training(recipe).pretrain
+    if not t.phases:
+        return []
+    per_step = t.global_batch_size * t.model.seq_length
+    out, start = [], 0
+    for i, p in enumerate(t.phases):
+        steps = round(p.tokens / per_step) if p.tokens is not None else round(p.fraction * t.steps)
+        end = t.steps if i == len(t.phases) - 1 else start + steps
+        out.append(Phase(p.name, start, end, (end - start) * per_step, dict(p.mixture)))
+        start = end
+    return out
+
+
+def checkpoint_partition(recipe: Recipe, phase: str | None = None) -> dict[str, str]:
+    """`checkpoints.pretrain/recipe=<name>[/phase=<phase>]`: a phase boundary later steps can name."""
+    return {"recipe": recipe.name, **({"phase": phase} if phase else {})}
+
+
+def final_pretrain_partition(recipe: Recipe) -> dict[str, str]:
+    """The pretraining checkpoint midtraining loads: the last phase's, or the one run's."""
+    ps = phases(recipe)
+    return checkpoint_partition(recipe, ps[-1].name if ps else None)
+
 # RunConfig field -> the recipe field (under training.<run>) that sets it, where the names differ.
 _PRETRAIN_FIELDS = {
     "optimizer.total_steps": "steps",
@@ -39,9 +88,14 @@ _MIDTRAIN_FIELDS = {
 
 def pretrain_config(
     recipe: Recipe, blend: list[tuple[float, str]], vocab_size: int, eod: int,
-    save_dir: str | None = None, cache_dir: str | None = None,
+    save_dir: str | None = None, cache_dir: str | None = None, phase: str | None = None,
+    load_dir: str | None = None,
 ) -> RunConfig:
-    """The pretraining run: the recipe's shape, batch, schedule, with the mix stage's blend."""
+    """The pretraining run: the recipe's shape, batch, schedule, with the mix stage's blend.
+
+    A phase trains its steps of the one schedule (`stop_at_step`), loading the previous phase's
+    checkpoint whole (`load_dir`: weights, optimizer, schedule, step, RNG). A run `init_from` a
+    checkpoint loads its weights and Adam moments with a fresh step counter and schedule."""
     from training.config import (
         BatchConfig,
         CheckpointConfig,
@@ -55,7 +109,7 @@ def pretrain_config(
     t = _training(recipe).pretrain
     m, o = t.model, t.optimizer
     return RunConfig(
-        name=f"{recipe.name}-pretrain",
+        name=f"{recipe.name}-pretrain" + (f"-{phase}" if phase else ""),
         model=ModelConfig(
             num_layers=m.num_layers, hidden_size=m.hidden_size, num_attention_heads=m.num_attention_heads,
             ffn_hidden_size=m.ffn_hidden_size, vocab_size=vocab_size,
@@ -70,8 +124,11 @@ def pretrain_config(
         batch=BatchConfig(micro_batch_size=t.micro_batch_size, global_batch_size=t.global_batch_size),
         data=DataConfig(blend=list(blend), split=t.split, seed=t.seed, eod_token_id=eod,
                         eval_iters=t.eval_iters, cache_dir=cache_dir),
-        checkpoint=CheckpointConfig(save_dir=save_dir, save_interval=t.checkpoint_interval if save_dir else 0),
+        checkpoint=CheckpointConfig(save_dir=save_dir, save_interval=t.checkpoint_interval if save_dir else 0,
+                                    load_dir=load_dir, finetune=t.init_from is not None and load_dir is not None,
+                                    load_optimizer=t.init_from is not None),
         seed=t.seed,
+        stop_at_step=next((p.end for p in phases(recipe) if p.name == phase), None),
     )
 
 
@@ -93,9 +150,10 @@ def midtrain_config(
 
 
 def run_config(recipe: Recipe, run: RunName, blend: list[tuple[float, str]], vocab_size: int, eod: int,
-               save_dir: str | None, load_dir: str | None = None, cache_dir: str | None = None) -> RunConfig:
+               save_dir: str | None, load_dir: str | None = None, cache_dir: str | None = None,
+               phase: str | None = None) -> RunConfig:
     if run == "pretrain":
-        return pretrain_config(recipe, blend, vocab_size, eod, save_dir, cache_dir)
+        return pretrain_config(recipe, blend, vocab_size, eod, save_dir, cache_dir, phase, load_dir)
     if load_dir is None:
         raise ValueError("midtrain needs the pretraining checkpoint (load_dir)")
     return midtrain_config(recipe, blend, vocab_size, eod, load_dir, save_dir, cache_dir)
@@ -146,9 +204,34 @@ def recipe_problems(recipe: Recipe) -> list[tuple[str, str]]:
         if abs(trained - budget) > TOKENS_TOLERANCE * budget:
             problems.append(("mixture.total_tokens", f"{budget} tokens, but training.pretrain trains steps x "
                              f"global_batch_size x seq_length = {trained}"))
+    problems += phase_problems(recipe)
     if t.midtrain.long_doc_tokens < m.seq_length:
         problems.append(("training.midtrain.long_doc_tokens",
                          f"{t.midtrain.long_doc_tokens} is shorter than the pretraining seq_length {m.seq_length}"))
+    return problems
+
+
+def phase_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """Phases must name the mixture's sources, tile the run (fractions sum to 1, tokens to the run's) and
+    each get at least one step."""
+    t = _training(recipe).pretrain
+    if not t.phases:
+        return []
+    problems = []
+    sources = [s.name for s in recipe.mixture.sources] if recipe.mixture is not None else []
+    for i, p in enumerate(t.phases):
+        unknown = sorted(set(p.mixture) - set(sources))
+        if unknown:
+            problems.append((f"training.pretrain.phases[{i}].mixture", f"{unknown} are not mixture sources {sources}"))
+    per_step = t.global_batch_size * t.model.seq_length
+    planned = sum(p.tokens if p.tokens is not None else p.fraction * t.steps * per_step for p in t.phases)
+    run_tokens = t.steps * per_step
+    if abs(planned - run_tokens) > TOKENS_TOLERANCE * run_tokens:
+        problems.append(("training.pretrain.phases", f"the phases plan {planned:,.0f} tokens, but the run trains "
+                         f"steps x global_batch_size x seq_length = {run_tokens:,}"))
+    for i, ph in enumerate(phases(recipe)):
+        if ph.end <= ph.start:
+            problems.append((f"training.pretrain.phases[{i}]", f"phase {ph.name} gets no step of the run's {t.steps}"))
     return problems
 
 

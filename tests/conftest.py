@@ -85,6 +85,9 @@ def write_test_recipe(path: Path, **stage_overrides: dict) -> Path:
     recipe["stages"]["quality"]["classifier"] = None
     # Training tests read web.langid, so they need only the first two ingest stages.
     recipe["mixture"]["sources"] = [{"name": "web", "datasets": ["web.langid"], "share": 1.0, "max_epochs": 4}]
+    recipe["training"]["pretrain"]["phases"] = [  # two phases of the one source: the boundary, not the shares
+        {"name": "phase1", "fraction": 0.5, "mixture": {"web": 1.0}},
+        {"name": "phase2", "fraction": 0.5, "mixture": {"web": 1.0}}]
     recipe.pop("sweeps", None)  # the demo sweeps name the demo mixture's sources; tests write their own
     for bench in recipe["stages"].get("decontaminate", {}).get("benchmarks", []):
         bench["path"] = str((ROOT / "recipes" / bench["path"]).resolve())  # the copy lives in a temp dir

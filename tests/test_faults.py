@@ -65,7 +65,9 @@ class Faults:
         data["airflow"] = {"retries": 2, "retry_delay_s": 4}
         data["llm"] = {"backend": "openai", "model": "scripted", "base_url": self.llm.base_url, "max_concurrency": 1,
                        "max_retries": 2, "backoff_s": 0.05}
-        data["training"]["pretrain"].update({"steps": 24, "checkpoint_interval": 6})  # killed between 6 and 12
+        data["training"]["pretrain"].update({"steps": 24, "checkpoint_interval": 6,  # killed between 6 and 12
+                                             "phases": []})  # one pretraining task (phases: test_training_dag)
+        data["training"].pop("stress", None)
         data["training"]["midtrain"]["steps"] = 2
         data["stages"]["seed_select"]["input_suffix"] = "langid"
         data["stages"]["commoncrawl_extract"]["shard_files"] = 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -16,14 +17,25 @@ DEMO = "recipes/demo.yaml"
 FINAL_MIX = "web:0.15/web_rewrites:0.15/synthetic:0.4/code:0.2/acquired:0.1"  # the demo sweep's last point
 
 
-def with_sweep(**sweep):
+def with_sweep(name: str = "s", **sweep):
     data = load_recipe(DEMO).model_dump(mode="json")
-    data["sweeps"] = [{"name": "s", **sweep}]
+    data["sweeps"] = [{"name": name, **sweep}]
     return parse_recipe(data, load_recipe(DEMO).path)
 
 
+def mix_sweep():
+    """The demo recipe with a mixture sweep of three points, web share down, synthetic up."""
+    return with_sweep("mix", pretrain={"steps": 5, "parallel": {"tp": 1}, "checkpoint_interval": 0},
+                      axes={"mixture": [{"web": 0.45, "web_rewrites": 0.15, "synthetic": 0.10, "code": 0.20,
+                                         "acquired": 0.10},
+                                        {"web": 0.30, "web_rewrites": 0.15, "synthetic": 0.25, "code": 0.20,
+                                         "acquired": 0.10},
+                                        {"web": 0.15, "web_rewrites": 0.15, "synthetic": 0.40, "code": 0.20,
+                                         "acquired": 0.10}]})
+
+
 def test_demo_sweep_expands_into_point_recipes() -> None:
-    recipe = load_recipe(DEMO)
+    recipe = mix_sweep()
     points = sweeps.expand(recipe, "mix")
     assert [p.id for p, _ in points] == ["p0", "p1", "p2"]
     for p, r in points:
@@ -31,8 +43,9 @@ def test_demo_sweep_expands_into_point_recipes() -> None:
         assert {s.name: s.share for s in r.mixture.sources} == p.values["mixture"]
         assert r.training.pretrain.steps == 5 and r.training.pretrain.parallel.tp == 1
         assert r.training.pretrain.model == recipe.training.pretrain.model  # the base run otherwise
-    ref = sweeps.point_ref(str(recipe.path), "mix", "p2")
-    assert load_recipe(ref).model_dump() == points[2][1].model_dump()
+    demo = load_recipe(DEMO)
+    ref = sweeps.point_ref(str(demo.path), "lr", "p2")
+    assert load_recipe(ref).model_dump() == sweeps.expand(demo, "lr")[2][1].model_dump()
 
 
 def test_grid_is_the_product_of_the_axes() -> None:
@@ -79,7 +92,7 @@ def test_sweep_needs_an_axis() -> None:
         with_sweep(axes={})
 
 
-def commit_point(lake, point, recipe, losses, valid_loss, blend_recipe=None) -> None:
+def commit_point(lake, point, recipe, losses, valid_loss, blend_recipe=None, start=None, tokens=None) -> None:
     """A blend and a checkpoint manifest as the operators commit them (blend of `blend_recipe`'s mixture)."""
     from phiflow import mix_stage
     from phiflow.commit import commit_files
@@ -97,14 +110,15 @@ def commit_point(lake, point, recipe, losses, valid_loss, blend_recipe=None) -> 
     lake.fs.pipe_file(lake.attempt_path("checkpoints.pretrain", part, attempt) + "/metrics.json", b"{}")
     counters = {"steps": len(losses), "losses": losses, "final_loss": losses[-1], "loss_end_mean": losses[-1],
                 "valid_loss": valid_loss, "valid_perplexity": math.exp(valid_loss)}
+    counters["tokens"] = tokens
     commit_files(lake, dataset="checkpoints.pretrain", partition=part, attempt=attempt, stage="pretrain",
                  schema=TRAIN_STEPS, row_count=len(losses), content=losses,
-                 inputs=[blend.input_ref()], recipe_digest=sweeps.training_digest(recipe),
-                 params={}, counters=counters)
+                 inputs=[blend.input_ref()] + ([start.input_ref()] if start is not None else []),
+                 recipe_digest=sweeps.training_digest(recipe), params={}, counters=counters)
 
 
 def test_report_joins_current_point_manifests(lake) -> None:
-    recipe = load_recipe(DEMO)
+    recipe = mix_sweep()
     (p0, r0), (p1, r1), (p2, r2) = sweeps.expand(recipe, "mix")
     commit_point(lake, p0, r0, [6.2, 5.9], 5.8)
     commit_point(lake, p2, r2, [6.2, 5.1], 5.3)
@@ -119,7 +133,7 @@ def test_report_joins_current_point_manifests(lake) -> None:
     assert [r["status"] for r in rows] == ["ok", "missing", "ok"]
     assert rows[2]["valid_loss"] == 5.3 and rows[2]["axis_mixture"] == FINAL_MIX
     md = [p for p in lake.data_files(m) if p.endswith("report.md")]
-    assert f"| p2 | mixture={FINAL_MIX} | ok | 2 | 5.3000 |" in lake.fs.cat_file(md[0]).decode()
+    assert f"| p2 | mixture={FINAL_MIX} | ok | 2 |  | 5.3000 |" in lake.fs.cat_file(md[0]).decode()
 
 
 def test_lr_fit_recovers_a_power_law() -> None:
@@ -154,4 +168,92 @@ def test_report_interpolates_the_lr_across_model_sizes(lake) -> None:
     assert fit["target_params"] == n and fit["predicted_lr"] == pytest.approx(sweeps.predict_lr((a, b), n))
     md = [p for p in lake.data_files(m) if p.endswith("report.md")]
     assert "the fit predicts lr" in lake.fs.cat_file(md[0]).decode()
-    assert sweeps.commit_report(load_recipe(DEMO), "mix", lake).counters["lr_fit"] is None  # no lr x model axes
+    assert sweeps.commit_report(mix_sweep(), "mix", lake).counters["lr_fit"] is None  # no lr x model axes
+
+
+def commit_checkpoint(lake, partition, valid_loss, by_source):
+    """A committed pretraining checkpoint manifest (the phase-1 checkpoint a sweep continues from)."""
+    from phiflow.commit import commit_files
+
+    attempt = lake.new_attempt("checkpoints.pretrain", partition)
+    lake.fs.pipe_file(lake.attempt_path("checkpoints.pretrain", partition, attempt) + "/metrics.json", b"{}")
+    counters = {"steps": 15, "tokens": 7680, "valid_loss": valid_loss, "valid_perplexity": math.exp(valid_loss),
+                "final_loss": valid_loss, "loss_end_mean": valid_loss,
+                "valid_by_source": {k: {"loss": v, "perplexity": math.exp(v)} for k, v in by_source.items()}}
+    return commit_files(lake, dataset="checkpoints.pretrain", partition=partition, attempt=attempt,
+                        stage="pretrain", schema=TRAIN_STEPS, row_count=15, content=valid_loss, inputs=[],
+                        recipe_digest="x", params={}, counters=counters)
+
+
+def test_points_from_a_checkpoint_name_it_and_the_report_puts_it_first(lake) -> None:
+    recipe = load_recipe(DEMO)
+    points = sweeps.expand(recipe, "synthetic_epochs")
+    assert [p.values for p, _ in points] == [{"epochs": 4.0}, {"epochs": 12.0}]
+    for _, pr in points:
+        ref = pr.training.pretrain.init_from
+        assert (ref.dataset, ref.partition) == ("checkpoints.pretrain", {"recipe": "demo", "phase": "phase1"})
+        assert pr.training.pretrain.phases == [] and pr.training.pretrain.steps == 5
+        shares = {s.name: s.share for s in pr.mixture.sources}
+        assert shares["web"] + shares["synthetic"] == pytest.approx(1)  # the rest is fresh web only
+    base = commit_checkpoint(lake, {"recipe": "demo", "phase": "phase1"}, 4.0, {"web": 4.2, "synthetic": 3.1})
+    (p0, r0), (p1, r1) = points
+    commit_point(lake, p0, r0, [4.0, 3.8], 3.9, start=base, tokens=2560)
+    commit_point(lake, p1, r1, [4.0, 3.6], 3.7, tokens=2560)  # trained without loading the base: not this point
+    m = sweeps.commit_report(recipe, "synthetic_epochs", lake)
+    rows = json.loads(lake.fs.cat_file(next(p for p in lake.data_files(m) if p.endswith("report.json"))))["points"]
+    assert [(r["point"], r["status"]) for r in rows] == [("base", "base"), ("p0", "ok"), ("p1", "missing")]
+    assert rows[0]["valid_perplexity_synthetic"] == pytest.approx(math.exp(3.1)) and rows[1]["tokens"] == 2560
+    assert m.counters["points"] == 2 and m.counters["missing"] == ["p1"]
+    assert base.input_ref() in m.inputs
+    md = lake.fs.cat_file(next(p for p in lake.data_files(m) if p.endswith("report.md"))).decode()
+    assert "| base | from checkpoints.pretrain/phase=phase1 | base | 15 | 7680 | 4.0000 |" in md
+    assert "valid_perplexity_synthetic" in md.splitlines()[2]
+
+
+def test_a_sweep_from_a_checkpoint_cannot_change_the_model() -> None:
+    with pytest.raises(RecipeError, match=r"sweeps.s.from: .*model shape cannot change"):
+        with_sweep(**{"from": "checkpoints.pretrain/phase=phase1", "axes": {"model": [{"num_layers": 2}]}})
+
+
+def test_report_interpolates_lr_and_batch_from_the_points(lake) -> None:
+    """Held-out losses on a known basin (best lr 4e-3 at batch 16): the report proposes it with an
+    interval, ready to paste."""
+    import yaml
+
+    r = with_sweep(pretrain={"parallel": {"tp": 1}}, axes={"lr": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2],
+                                                           "global_batch_size": [8, 16, 32]})
+    for p, pr in sweeps.expand(r, "s"):
+        x, y = math.log(p.values["lr"] / 4e-3), math.log(p.values["global_batch_size"] / 16)
+        valid = 4.0 + 0.3 * x * x + 0.2 * y * y + 0.05 * x * y + 0.002 * math.sin(7 * x + 3 * y)
+        commit_point(lake, p, pr, [6.0, valid], valid)
+    fit = sweeps.commit_report(r, "s", lake).counters["hparam_fit"]
+    assert fit["lr"] == pytest.approx(4e-3, rel=0.05) and fit["global_batch_size"] == 16
+    assert fit["lr_interval"][0] < fit["lr"] < fit["lr_interval"][1] and not fit["extrapolated"]
+    md = lake.fs.cat_file(next(p for p in lake.data_files(sweeps.commit_report(r, "s", lake))
+                               if p.endswith("report.md"))).decode()
+    snippet = md.split("```yaml\n")[1].split("```")[0]
+    assert yaml.safe_load(snippet)["training"]["pretrain"]["global_batch_size"] == 16
+    assert sweeps.commit_report(mix_sweep(), "mix", lake).counters["hparam_fit"] is None  # no lr axis
+
+
+@pytest.mark.parametrize(("phases", "field"), [
+    ([{"name": "a", "fraction": 0.5, "mixture": {"web": 1.0}},
+      {"name": "b", "fraction": 0.4, "mixture": {"web": 1.0}}], "training.pretrain.phases: the phases plan"),
+    ([{"name": "a", "fraction": 1.0, "mixture": {"web": 0.5, "books": 0.5}}],
+     "training.pretrain.phases[0].mixture: ['books'] are not mixture sources"),
+    ([{"name": "a", "fraction": 0.5, "tokens": 100, "mixture": {"web": 1.0}}], "give exactly one of tokens or"),
+    ([{"name": "a", "fraction": 0.99, "mixture": {"web": 1.0}},
+      {"name": "b", "fraction": 0.01, "mixture": {"web": 1.0}}], "phase b gets no step"),
+])
+def test_bad_phases_are_refused_at_load(phases, field) -> None:
+    data = load_recipe(DEMO).model_dump(mode="json")
+    data["training"]["pretrain"]["phases"] = phases
+    data["sweeps"] = []
+    with pytest.raises(RecipeError, match=re.escape(field)):
+        parse_recipe(data, load_recipe(DEMO).path)
+
+
+def test_a_sweep_from_an_undeclared_phase_is_refused() -> None:
+    with pytest.raises(RecipeError, match=r"sweeps.s.from: checkpoints.pretrain/phase=phase3 is no checkpoint .*"
+                                          r"phase1"):
+        with_sweep(**{"from": "checkpoints.pretrain/phase=phase3", "axes": {"lr": [1e-3]}})

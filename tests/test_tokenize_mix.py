@@ -96,9 +96,10 @@ def test_rerun_gives_the_same_partition(spark, tokenized, test_recipe) -> None:
     assert again.digest == m.digest and again.attempt != m.attempt
 
 
-def mixed_recipe(test_recipe, **mixture):
+def mixed_recipe(test_recipe, phases=(), **mixture):
     data = test_recipe.model_dump(mode="json", exclude_none=False)
     data["mixture"] = {**data["mixture"], **mixture}
+    data["training"]["pretrain"]["phases"] = list(phases)
     return parse_recipe(data, test_recipe.path)
 
 
@@ -221,3 +222,31 @@ def test_small_shards_of_a_source_are_merged_so_every_split_holds_a_document(tok
     assert tokens == sum(t for _, t, _ in tiny)
     merged = read_sidecar(prefix).to_pylist()
     assert len(merged) == sum(len(read_sidecar(p)) for p, _, _ in tiny)
+
+
+def test_phases_mix_their_own_shares_and_the_run_holds_max_epochs(spark, tokenized, test_recipe) -> None:
+    """Each phase is blended at its own shares over its own tokens; the whole run sums them, and a
+    source's max_epochs holds over the run, not per phase."""
+    lake, _ = tokenized
+    tokenization.run(spark, ctx(test_recipe, lake, "web.extracted"))
+    sources = [{"name": "web", "datasets": ["web.langid"], "share": 0.5},
+               {"name": "raw", "datasets": ["web.extracted"], "share": 0.5}]
+    phases = [{"name": "one", "fraction": 0.5, "mixture": {"web": 0.9, "raw": 0.1}},
+              {"name": "two", "fraction": 0.5, "mixture": {"web": 0.2, "raw": 0.8}}]
+    m = mix_stage.run(mixed_recipe(test_recipe, phases, sources=sources), lake)
+    blend = mix_stage.load_blend(lake, m)
+    half = 15 * 8 * 64
+    for run, raw_share in (("pretrain.one", 0.1), ("pretrain.two", 0.8)):
+        mix = {s["name"]: s for s in blend[run]["mixture"]["sources"]}
+        assert blend[run]["mixture"]["total_tokens"] == half and mix["raw"]["tokens"] == round(raw_share * half)
+        assert sum(w for w, p in blend[run]["blend"] if "tokens.web.extracted" in p) == pytest.approx(raw_share)
+    whole = {s["name"]: s for s in blend["pretrain"]["mixture"]["sources"]}
+    assert whole["raw"]["tokens"] == round(0.1 * half) + round(0.8 * half)
+    assert whole["raw"]["share"] == pytest.approx(0.45)
+    rows = {(r["run"], r["source"]) for r in m.counters["sources"]}
+    assert {("pretrain.one", "raw"), ("pretrain.two", "raw"), ("pretrain", "raw")} <= rows
+    unique = whole["raw"]["unique_tokens"]
+    cap = 0.9 * whole["raw"]["tokens"] / unique  # each phase under it, the two together over it
+    tight = [{**sources[0]}, {**sources[1], "max_epochs": cap}]
+    with pytest.raises(MixtureError, match=r"pretrain \(all phases\): source 'raw': .* exceeds max_epochs"):
+        mix_stage.run(mixed_recipe(test_recipe, phases, sources=tight), lake)
