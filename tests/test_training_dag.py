@@ -5,6 +5,7 @@ checkpoint manifests carry the metrics. A second run finds every digest unchange
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime
 
@@ -152,3 +153,43 @@ def test_stress_test_judges_each_multiplier_and_gates_pretraining(trained, tmp_p
     with pytest.raises(AirflowException, match="lr x300 diverged; pretraining does not start"):
         StressTestOperator(task_id="stress", recipe_path=str(strict)).execute({})
     assert lake.require("stress.pretrain", PART).attempt == st.attempt  # judged again, not trained again
+
+
+def test_a_sweep_from_the_phase1_checkpoint_continues_it(trained, tmp_path, monkeypatch) -> None:
+    """The ablation DAG of a sweep `from: checkpoints.pretrain/phase=phase1`: each point loads that
+    checkpoint (its input, its weights: a low first loss), trains its own equal tokens, and the report
+    puts the base checkpoint first."""
+    import os
+    from pathlib import Path
+
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+
+    from phiflow import sweeps
+    from phiflow.recipe import load_recipe
+
+    data = yaml.safe_load(Path(os.environ["PHIFLOW_RECIPE"]).read_text())
+    data["sweeps"] = [{"name": "cont", "from": "checkpoints.pretrain/phase=phase1",
+                       "pretrain": {"steps": 3, "parallel": {"tp": 1}, "checkpoint_interval": 0,
+                                    "optimizer": {"warmup_steps": 1}},
+                       "axes": {"lr": [1e-3, 3e-3]}}]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    monkeypatch.setenv("PHIFLOW_RECIPE", str(path))
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "phiflow_ablations.py"))
+    run = bag.get_dag("phiflow_ablation_cont").test()
+    assert run.state == "success", {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
+    lake, recipe = Lake(), load_recipe(path)
+    base = lake.require("checkpoints.pretrain", PHASE1)
+    for point, pr in sweeps.expand(recipe, "cont"):
+        m = lake.require("checkpoints.pretrain", {"recipe": point.recipe_name})
+        assert m.inputs[1] == base.input_ref() and m.counters["started_from"]["partition"] == PHASE1
+        assert m.counters["resumed_from"].startswith(base.params["checkpoint_dir"])
+        assert m.counters["tokens"] == 3 * 8 * 64 and m.counters["first_loss"] < base.counters["first_loss"] - 0.5
+        assert sweeps.current_checkpoint(lake, pr) == m
+    report = lake.require("ablations.cont", PART)
+    assert report.counters["ok"] == 2 and base.input_ref() in report.inputs, report.counters
+    (path,) = [p for p in lake.data_files(report) if p.endswith("report.json")]
+    rows = json.loads(lake.fs.cat_file(path))["points"]
+    assert [(r["point"], r["status"]) for r in rows] == [("base", "base"), ("p0", "ok"), ("p1", "ok")]
+    assert rows[0]["valid_perplexity"] == base.counters["valid_perplexity"]
