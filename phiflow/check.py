@@ -212,6 +212,15 @@ def graph_text(recipe: Recipe) -> str:
         for src in recipe.mixture.sources:
             lines.append(f"  {src.name:<14} {src.share:>6.1%}  <- {', '.join(src.datasets)}")
     if recipe.training is not None:
+        from phiflow.training_plan import phases
+
+        for ph in phases(recipe):
+            shares = ", ".join(f"{k} {v:.0%}" for k, v in ph.shares.items() if v)
+            lines.append(f"  phase {ph.name:<10} steps {ph.start + 1}-{ph.end}: {shares}")
+        if recipe.training.stress is not None:
+            st = recipe.training.stress
+            lines.append(f"stress test before pretraining: lr x{', x'.join(f'{m:g}' for m in st.lr_multipliers)}, "
+                         f"{st.steps} steps, {'goes on' if st.continue_on_divergence else 'stops'} on divergence")
         mid = recipe.training.midtrain
         extra = "".join(f", {s.name} {s.share:.0%} <- {', '.join(s.datasets)}" for s in mid.long_context)
         lines.append(f"midtraining: {mid.long_context_share:.0%} long-context (documents >= {mid.long_doc_tokens} "
