@@ -53,3 +53,21 @@ def test_smollm2_generates_batched_greedy_and_seeded_samples(tmp_path, monkeypat
     monkeypatch.setattr(offline_hf, "_MODELS", {})
     reloaded = make_client(cfg.model_copy(update={"cache_dir": None})).chat(greedy)
     assert [r.texts for r in reloaded] == [r.texts for r in first[:2]]
+
+
+def test_workers_starting_together_convert_the_model_once(tmp_path) -> None:
+    """Two processes load the model at once into an empty model cache (a task's two Spark workers):
+    one dequantizes the GGUF, the other waits for it and loads the saved copy."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout); "
+            "from phiflow.llm import offline_hf as o; o.load_model(o.default_model_path(), 1)")
+    env = {**os.environ, "PHIFLOW_MODEL_CACHE": str(tmp_path / "models"), "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sum("llm: dequantized" in out for out in outs) == 1, outs
+    assert all("llm: loaded" in out for out in outs)

@@ -15,6 +15,8 @@ logits, as for greedy rows).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import logging
 import os
@@ -70,11 +72,13 @@ def load_model(path: str, threads: int | None = None) -> tuple[Any, Any]:
         started = time.time()
         if path.endswith(".gguf"):
             cached = converted_path(path)
-            if (cached / _COMPLETE).exists():
-                tok, model = _from_pretrained(str(cached))
-            else:
-                tok, model = _from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
-                _save_converted(tok, model, cached)
+            with _conversion_lock(cached):  # one process converts; the others wait, then load its result
+                if (cached / _COMPLETE).exists():
+                    tok, model = _from_pretrained(str(cached))
+                else:
+                    tok, model = _from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+                    _save_converted(tok, model, cached)
+                    log.info("llm: dequantized %s into %s", os.path.basename(path), cached)
         else:
             tok, model = _from_pretrained(path)
         tok.padding_side = "left"
@@ -86,6 +90,22 @@ def load_model(path: str, threads: int | None = None) -> tuple[Any, Any]:
 
 
 _COMPLETE = "PHIFLOW_COMPLETE"
+
+
+@contextlib.contextmanager
+def _conversion_lock(target: Path) -> Iterator[None]:
+    """An exclusive lock beside the converted model's folder: the Spark workers of one task start at
+    once, and without it each would dequantize the GGUF (~20 s of both cores) instead of one. Where no
+    lock can be taken (a read-only cache), each process converts for itself."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        f = open(target.parent / f".{target.name}.lock", "w")  # noqa: SIM115 - held for the with block
+    except OSError:
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def _from_pretrained(folder: str, **kwargs: str) -> tuple[Any, Any]:
