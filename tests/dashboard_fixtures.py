@@ -60,7 +60,13 @@ def training_manifests(recipe: str = "demo", steps: int = 12, seed: int = 0) -> 
             for s, share, u in (("web", 0.3, 200_000), ("synthetic", 0.7, 90_000))]
     losses = [round(6.0 - 3 * i / steps + rng.random() / 10, 4) for i in range(steps)]
     part = {"recipe": recipe}
-    return [manifest("blend", part, "mix", 0, len(rows), {}, sources=rows),
+    stress = [{"multiplier": m, "lr": 3e-3 * m, "diverged": m > 1, "reason": "loss rose: 9.1 vs 6.3" if m > 1 else None,
+               "first_loss": 6.3, "final_loss": 9.1 if m > 1 else 5.2, "max_grad_norm": 4.0 * m,
+               "grad_norm_spikes": [5] if m > 1 else [], "attention_logit_growth": 900.0 if m > 1 else 1.6}
+              for m in (1.0, 300.0)]
+    stressed = manifest("stress.pretrain", part, "stress", 0, 2, {}, points=stress, diverged=[300.0])
+    stressed.params = {"stress": {"continue_on_divergence": True}}
+    return [manifest("blend", part, "mix", 0, len(rows), {}, sources=rows), stressed,
             manifest("checkpoints.pretrain", part, "pretrain", 0, steps, {}, losses=losses, final_step=steps,
                      final_loss=losses[-1], valid_perplexity=42.0)]
 

@@ -93,6 +93,8 @@ def test_dashboard_through_the_ui(airflow: Airflow) -> None:
             assert cell("contamination:web:removed") == str(removed)
             assert cell("mix:recipe=demo:pretrain:synthetic:share") == "70.0%"
             assert frame.locator("[data-testid='curve:pretrain recipe=demo'] polyline").count() == 1
+            assert cell("stress:recipe=demo:x300").startswith("diverged: loss rose")
+            assert "pretraining went on" in cell("stress-gate:recipe=demo")
             assert frame.locator("p.none").count() == 1, frame.locator("p.none").all_inner_texts()  # failed files
             page.screenshot(path=str(shot))
         finally:
