@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import posixpath
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from operators.lineage import manifest_lineage, tokenizer_lineage
+from operators.slurm_hook import SlurmHook
 from operators.spark_stage import dataset_asset, summary
 from operators.triggers import SlurmJobTrigger
 from phiflow import mix_stage, training_plan
@@ -382,13 +382,10 @@ def sbatch_script(recipe: Recipe, cfg: Any, work: str, python: str = "python") -
 
 
 def submit_slurm(recipe: Recipe, cfg: Any, work: str) -> str:
-    """Write run.json and job.sbatch into the attempt folder and `sbatch --parsable` it; the job id."""
+    """Write run.json and job.sbatch into the attempt folder and submit it (SlurmHook); the job id."""
     cfg.output.metrics_path = posixpath.join(work, "metrics.json")
     cfg.validate(cfg.world_size(recipe.training.pretrain.parallel.dp))  # type: ignore[union-attr]
     cfg.save(posixpath.join(work, "run.json"))
     script = Path(work, "job.sbatch")
     script.write_text(sbatch_script(recipe, cfg, work))
-    out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise AirflowException(f"sbatch failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
-    return out.stdout.strip().split(";")[0]
+    return SlurmHook().submit(script)

@@ -1,4 +1,4 @@
-"""SlurmJobTrigger: waits in the triggerer for a Slurm job, polling `squeue` then `sacct`.
+"""SlurmJobTrigger: waits in the triggerer for a Slurm job, polling `squeue` then `sacct` (SlurmHook).
 
 The worker slot is free while a pretraining job runs for weeks; the trigger holds only a job id.
 `squeue` answers while the job is pending or running; once it has left the queue, `sacct` gives the
@@ -17,34 +17,10 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from operators.slurm_hook import SlurmHook
+
 SUCCESS = {"COMPLETED"}
 ACCOUNTING_RETRIES = 5
-
-
-async def _run(*cmd: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode(errors="replace").strip()
-
-
-async def queue_state(job_id: str) -> str | None:
-    """The job's state while Slurm still queues it (PENDING, RUNNING, COMPLETING...), else None."""
-    rc, out = await _run("squeue", "-h", "-j", job_id, "-o", "%T")
-    if rc != 0 and "Invalid job id" not in out:
-        raise RuntimeError(f"squeue failed ({rc}): {out}")
-    return out.splitlines()[0].strip() if rc == 0 and out else None
-
-
-async def final_state(job_id: str) -> tuple[str, str] | None:
-    """(state, exit code) of a finished job from accounting, or None when not recorded yet."""
-    rc, out = await _run("sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State,ExitCode")
-    if rc != 0:
-        raise RuntimeError(f"sacct failed ({rc}): {out}")
-    for line in out.splitlines():
-        if line.strip():
-            state, _, code = line.strip().partition("|")
-            return state.split()[0], code  # "CANCELLED by 123" -> CANCELLED
-    return None
 
 
 class SlurmJobTrigger(BaseTrigger):
@@ -66,14 +42,13 @@ class SlurmJobTrigger(BaseTrigger):
                 Path(self.lease_path).touch(exist_ok=True)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        missing = 0
-        last = None
+        hook, missing, last = SlurmHook(), 0, None
         while True:
             self._renew_lease()
             try:
-                state = await queue_state(self.job_id)
+                state = await hook.queue_state(self.job_id)
                 if state is None:
-                    final = await final_state(self.job_id)
+                    final = await hook.final_state(self.job_id)
                     if final is not None:
                         status = "success" if final[0] in SUCCESS else "error"
                         yield TriggerEvent({"status": status, "job_id": self.job_id, "state": final[0],

@@ -96,3 +96,16 @@ def test_sbatch_script_from_the_phi4_run(slurm: Path) -> None:
     saved = RunConfig.load(work / "run.json")
     assert saved.model.padded_vocab_size(saved.parallel.tp) == 100_352
     assert (saved.parallel.tp, saved.parallel.pp, saved.batch.global_batch_size) == (4, 2, 5760)
+
+
+def test_the_hook_reports_a_refused_submission(slurm: Path) -> None:
+    """The operator and the trigger share SlurmHook; a refused sbatch is an error naming sbatch's reason."""
+    from airflow.sdk.exceptions import AirflowException
+
+    from operators.slurm_hook import SlurmHook
+
+    fake(slurm / "bin", "sbatch", 'echo "sbatch: error: invalid partition specified: h100" >&2; exit 1\n')
+    with pytest.raises(AirflowException, match=r"sbatch failed \(1\): sbatch: error: invalid partition"):
+        SlurmHook().submit(slurm / "job.sbatch")
+    fake(slurm / "bin", "sbatch", 'echo "77;cluster"\n')
+    assert SlurmHook().submit(slurm / "job.sbatch") == "77"
