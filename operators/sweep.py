@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from operators.evaluation import mc_evaluation
 from operators.lineage import input_dataset, manifest_lineage
-from operators.training import MegatronTrainOperator, MixOperator, airflow_run
+from operators.training import MegatronTrainOperator, MixOperator, _ManifestLineage, airflow_run
 from phiflow import sweeps
 from phiflow.manifest import Manifest
 from phiflow.recipe import load_recipe
@@ -75,15 +75,18 @@ class PointEvalOperator(BaseOperator):
         return OperatorLineage(inputs=[input_dataset(Lake(), checkpoint.input_ref())])
 
 
-class AblationReportOperator(BaseOperator):
-    """Join the points into the committed `ablations.<sweep>` dataset (table, markdown, plot, best points)."""
+class AblationReportOperator(_ManifestLineage, BaseOperator):
+    """Join the points into the committed `ablations.<sweep>` dataset (table, markdown, plot, best points);
+    its lineage: the report partition, from the point (and base) checkpoints and evaluations it joined."""
 
     ui_color = "#eef7e8"
 
     def __init__(self, *, recipe_path: str, sweep: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.recipe_path, self.sweep = recipe_path, sweep
+        self._committed = []
 
     def execute(self, context: Any) -> dict[str, Any]:
         m = sweeps.commit_report(load_recipe(self.recipe_path), self.sweep, Lake(), airflow_run(context))
+        self._committed = [m]
         return {"dataset": m.dataset, "partition": m.partition, "digest": m.digest, **m.counters}
