@@ -192,7 +192,7 @@ def test_points_from_a_checkpoint_name_it_and_the_report_puts_it_first(lake) -> 
     for _, pr in points:
         ref = pr.training.pretrain.init_from
         assert (ref.dataset, ref.partition) == ("checkpoints.pretrain", {"recipe": "demo", "phase": "phase1"})
-        assert pr.training.pretrain.phases == [] and pr.training.pretrain.steps == 5
+        assert pr.training.pretrain.phases == [] and pr.training.pretrain.steps == 15
         shares = {s.name: s.share for s in pr.mixture.sources}
         assert shares["web"] + shares["synthetic"] == pytest.approx(1)  # the rest is fresh web only
     base = commit_checkpoint(lake, {"recipe": "demo", "phase": "phase1"}, 4.0, {"web": 4.2, "synthetic": 3.1})
