@@ -896,6 +896,28 @@ class Stages(Strict):
     code_repos: CodeReposParams = CodeReposParams()
 
 
+class RejectedSpec(Strict):
+    """What each stage keeps of the rows it drops, as `<dataset>.rejected` (doc_id, url or page, reason,
+    stage, excerpt): `fraction` of them, chosen by doc_id (the same documents on every rerun), so an
+    audit sees what a rule removed. 1.0 keeps every dropped row; 0 turns the side datasets off.
+    `stages` sets a stage's own fraction (e.g. every quality drop, a sample of extraction's)."""
+
+    fraction: Annotated[float, Field(ge=0, le=1)] = 0.01
+    excerpt_chars: Annotated[int, Field(ge=0, le=10_000)] = 200
+    stages: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+
+    @field_validator("stages")
+    @classmethod
+    def _known(cls, stages: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(stages) - set(Stages.model_fields))
+        if unknown:
+            raise ValueError(f"no such stage {unknown}; stages: {sorted(Stages.model_fields)}")
+        return stages
+
+    def fraction_for(self, stage: str) -> float:
+        return self.stages.get(stage, self.fraction)
+
+
 class Recipe(Strict):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
     description: str = ""
@@ -908,6 +930,7 @@ class Recipe(Strict):
     mixture: MixtureSpec | None = None
     training: TrainingSpec | None = None
     sweeps: list[SweepSpec] = Field(default_factory=list)
+    rejected: RejectedSpec = RejectedSpec()  # the sampled side datasets of dropped rows
     path: Path | None = Field(default=None, exclude=True)  # where it was loaded from
 
     @field_validator("sources")

@@ -45,6 +45,22 @@ LANGID_FIELDS: list[pa.Field] = [
 DROP_REASON = pa.field("drop_reason", pa.string())
 
 
+# `<dataset>.rejected`: what a stage dropped, sampled as the recipe's `rejected` says (whole or a
+# deterministic share by doc_id), so an audit, `phiflow trace` and the dashboard can say why a
+# document is gone. A short excerpt stands in for the text.
+REJECTED = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("url", pa.string()),  # the page's URL (web), where a document was acquired (books)
+        pa.field("page", pa.string()),  # title (wiki, books) or repo/path (code)
+        pa.field("excerpt", pa.string()),  # the first `rejected.excerpt_chars` characters of the text
+    ]
+)
+
+
 def with_fields(schema: pa.Schema, fields: list[pa.Field]) -> pa.Schema:
     """A stage's output schema: its input schema plus the columns it adds."""
     out = schema

@@ -230,3 +230,15 @@ def funnel_suffixes() -> tuple[str, ...]:
         if st.funnel and st.funnel not in out:
             out.append(st.funnel)
     return tuple(out)
+
+
+REJECTED_SUFFIX = ".rejected"
+
+
+def rejected_of(dataset: str) -> str:
+    """The side dataset of the rows a stage dropped while writing `dataset` (`recipe.rejected`)."""
+    return dataset + REJECTED_SUFFIX
+
+
+def is_rejected(dataset: str) -> bool:
+    return dataset.endswith(REJECTED_SUFFIX)

@@ -6,7 +6,8 @@ training sequence of a token dataset instead, through the doc-id sidecar of its 
 walk reads only the partitions the manifests name as inputs, one Parquet scan with the id pushed down
 per stage: the same document upstream (dedup -> quality -> langid -> extracted), the parents of a
 derived row (`parent_ids`: synthetic rows -> their seeds -> the seed's own chain), until a row that no
-input holds, whose origin (WARC record, wiki revision, code file, book) it prints.
+input holds, whose origin (WARC record, wiki revision, code file, book) it prints. Where a stage
+dropped the document, its row in that stage's `<dataset>.rejected` says why.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from phiflow.storage import Lake
 
 ORIGIN_FIELDS = ("url", "warc_record_id", "warc_offset", "warc_member_offset", "fetch_time", "wiki", "page_id",
                  "revision_id", "title", "repo", "path", "blob_sha", "license", "author", "origin_url")
+REJECTED_FIELDS = ("stage", "reason", "page", "excerpt")  # phiflow.schema.REJECTED's own columns
+EXCERPT_SHOWN = 120
 SIDECAR = ".docs.parquet"  # training/indexed_writer.py: a token shard's sequence -> doc_id
 
 
@@ -38,8 +41,9 @@ class Hit:
     row: dict[str, Any]
 
 
-def find_in(lake: Lake, m: Manifest, doc_id: str) -> dict[str, Any] | None:
-    """The row of `doc_id` in one committed partition (its Parquet files only), or None."""
+def find_in(lake: Lake, m: Manifest, doc_id: str, columns: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The row of `doc_id` in one committed partition (its Parquet files only), or None: its origin
+    columns and `columns`."""
     if "doc_id" not in {f["name"] for f in m.schema}:
         return None
     base = lake.partition_path(m.dataset, m.partition)
@@ -47,7 +51,8 @@ def find_in(lake: Lake, m: Manifest, doc_id: str) -> dict[str, Any] | None:
     if not tables:
         return None
     ds = pads.dataset(tables, filesystem=lake.fs, format="parquet")
-    cols = [c for c in ("doc_id", "source", "source_uri", "parent_ids", *ORIGIN_FIELDS) if c in ds.schema.names]
+    wanted = ("doc_id", "source", "source_uri", "parent_ids", *ORIGIN_FIELDS, *columns)
+    cols = [c for c in wanted if c in ds.schema.names]
     rows = ds.to_table(columns=cols, filter=pc.field("doc_id") == doc_id).to_pylist()
     return rows[0] if rows else None
 
@@ -56,7 +61,7 @@ def locate(lake: Lake, doc_id: str) -> list[Hit]:
     """Where the document got furthest: the synthetic datasets, then each source's curation datasets
     from the last stage to the first (a dropped document is found where it was last kept), then any
     other dataset with a doc_id column."""
-    datasets = lake.datasets()
+    datasets = [d for d in lake.datasets() if not stages.is_rejected(d)]
     groups = [[d for d in datasets if d.startswith("synthetic.") and d != "synthetic.seeds"]]
     groups += [[d for d in datasets if d.rsplit(".", 1)[-1] == suffix and not d.startswith("tokens.")]
                for suffix in reversed(stages.funnel_suffixes())]
@@ -67,6 +72,21 @@ def locate(lake: Lake, doc_id: str) -> list[Hit]:
         if hits:
             return hits
     return []
+
+
+def rejections(lake: Lake, doc_id: str) -> list[Hit]:
+    """Where stages dropped the document: its rows in the `<dataset>.rejected` side datasets (only the
+    share of dropped rows the recipe's `rejected` keeps is there)."""
+    return [Hit(m, row) for d in lake.datasets() if stages.is_rejected(d) for m in lake.partitions(d)
+            if (row := find_in(lake, m, doc_id, REJECTED_FIELDS))]
+
+
+def _dropped(pad: str, hit: Hit) -> list[str]:
+    row, m = hit.row, hit.manifest
+    where = row.get("url") or row.get("page") or ""
+    excerpt = " ".join((row.get("excerpt") or "").split())[:EXCERPT_SHOWN]
+    return [f"{pad}  dropped by {row['stage']}: {row['reason']}  ({m.dataset}/{m.key}, attempt {m.attempt})",
+            f"{pad}    {where}  \"{excerpt}\"" if where or excerpt else f"{pad}    (no url, page or text)"]
 
 
 def sample_doc(lake: Lake, spec: str) -> tuple[Manifest, str]:
@@ -162,11 +182,14 @@ def _external(m: Manifest) -> str:
 
 
 def trace(lake: Lake, doc_id: str) -> list[str]:
-    hits = locate(lake, doc_id)
-    if not hits:
+    """The document's stages from its origin down; where a stage dropped it, why (when the recipe
+    kept that dropped row). A document dropped before any stage kept it is walked from its rejected row."""
+    hits, gone = locate(lake, doc_id), rejections(lake, doc_id)
+    if not hits and not gone:
         return [f"{doc_id}: not found in any committed partition of {lake.url}"]
     seen: set[str] = set()
-    return [line for h in hits for line in walk(lake, h, 0, seen)]
+    lines = [line for h in hits or gone[:1] for line in walk(lake, h, 0, seen)]
+    return lines + [line for g in gone for line in _dropped("", g)]
 
 
 def trace_sample(lake: Lake, spec: str) -> list[str]:

@@ -94,6 +94,7 @@ def run(spark, ctx: StageContext) -> Manifest:
         inputs=[source.input_ref()],
         counters={"read": source.row_count},
         known_reasons=REASONS,
+        keep_rejected=True,
     )
 
 

@@ -139,6 +139,7 @@ def extract_collection(
                       "units": {"total": len(units), "failed": len(failed), "failed_units": sorted(failed)[:20]},
                       **extra},
             counted=counted,
+            keep_rejected=True,
         )
     finally:
         rows.unpersist()

@@ -36,7 +36,15 @@ from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import CommonCrawlExtractParams, CommonCrawlSource
 from phiflow.schema import WEB_EXTRACTED, with_drop_reason
 from spark_jobs.shard_runner import ShardPlan, ShardRejected, run_shards
-from spark_jobs.stage_io import StageContext, commit_written, spark_schema, stage_main, step, write_attempt
+from spark_jobs.stage_io import (
+    StageContext,
+    commit_written,
+    rejected_excerpt,
+    spark_schema,
+    stage_main,
+    step,
+    write_attempt,
+)
 from spark_jobs.warc_records import FILE_OK, FILE_PREFIX, iter_rows
 
 STAGE = "commoncrawl_extract"
@@ -70,9 +78,12 @@ def report_name(url: str) -> str:
     return f"{REPORT_PREFIX}{hashlib.sha1(url.encode()).hexdigest()[:20]}.json"
 
 
-def extract_files(source: str, params: CommonCrawlExtractParams, report_dir: str):  # -> mapInArrow function
+def extract_files(
+    source: str, params: CommonCrawlExtractParams, report_dir: str, excerpt_chars: int | None = None
+):  # -> mapInArrow function
     """The per-task function: WARC URLs in, kept document rows out in Arrow batches, and one report
-    per file written to `report_dir` (idempotent: a retried or speculative task rewrites the same name)."""
+    per file written to `report_dir` (idempotent: a retried or speculative task rewrites the same name).
+    With `excerpt_chars`, the dropped pages go out too, their text cut to it (`recipe.rejected`)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -90,9 +101,6 @@ def extract_files(source: str, params: CommonCrawlExtractParams, report_dir: str
                             if reason is None:
                                 kept += 1
                                 buf.append(row)
-                                if len(buf) >= BATCH_ROWS:
-                                    yield pa.RecordBatch.from_pylist(buf, schema=ROWS)
-                                    buf = []
                             elif reason.startswith(FILE_PREFIX):
                                 outcome, records = reason[len(FILE_PREFIX) :], row["records"]
                             else:
@@ -100,6 +108,12 @@ def extract_files(source: str, params: CommonCrawlExtractParams, report_dir: str
                                 if not row["doc_id"] and len(lost) < MAX_LOST:
                                     lost.append({"url": url, "offset": row.get("warc_offset"),
                                                  "member_offset": row.get("warc_member_offset") or 0, "reason": reason})
+                                elif row["doc_id"] and excerpt_chars is not None:
+                                    text = row.get("text")
+                                    buf.append({**row, "text": text[:excerpt_chars] if text else text})
+                            if len(buf) >= BATCH_ROWS:
+                                yield pa.RecordBatch.from_pylist(buf, schema=ROWS)
+                                buf = []
                 except OSError as err:  # cannot open: the whole file is one failure
                     outcome, error = f"open_error:{type(err).__name__}", str(err)[:MAX_ERROR_CHARS]
                 if buf:
@@ -157,11 +171,11 @@ def extract_shard(spark, ctx: StageContext, plan: ShardPlan) -> Manifest:
     attempt = lake.new_attempt(dataset, ctx.partition)
     report_dir = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
     listing = spark.sparkContext.parallelize([(u,) for u in urls], len(urls)).toDF("warc_url string")
-    rows = listing.mapInArrow(extract_files(ctx.source, params, report_dir), spark_schema(ROWS))
+    extract = extract_files(ctx.source, params, report_dir, rejected_excerpt(ctx, STAGE))
+    rows = listing.mapInArrow(extract, spark_schema(ROWS))
     with step(spark, STAGE, f"shard {ctx.partition[shards.SHARD]}, {len(urls)} files"):
-        written = write_attempt(
-            ctx, dataset=dataset, rows=rows, schema=WEB_EXTRACTED, known_reasons=(), attempt=attempt
-        )
+        written = write_attempt(ctx, stage=STAGE, dataset=dataset, rows=rows, schema=WEB_EXTRACTED, known_reasons=(),
+                                attempt=attempt, reported_drops=True, keep_rejected=True)
     reports = read_reports(ctx, dataset, attempt, urls)
     failed = failed_files(reports)
     if len(failed) / len(urls) > params.shard_failure_budget:

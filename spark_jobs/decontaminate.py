@@ -230,6 +230,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                 "allowlist_digest": allow.digest,
                 "contamination_digest": flags.digest,
             },
+            keep_rejected=True,
         )
     finally:
         report.unpersist()

@@ -450,6 +450,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                 rows=docs.join(decisions, "doc_id"),
                 counters={**counters, "dup_clusters_digest": clusters.digest},
                 known_reasons=DROP_REASONS,  # counted while written: the documents are read once
+                keep_rejected=True,
                 **common,
             )
             minhash = commit_partition(

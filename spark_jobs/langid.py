@@ -49,7 +49,8 @@ def identify_partition(spark, ctx: StageContext, source: Manifest) -> Manifest:
     # One pass: the drops are counted while the kept rows are written (no cache of the partition);
     # the language mix is read back from the written files' `language` column.
     out = langid_schema(ctx.kind)
-    written = write_attempt(ctx, dataset=io.output, rows=rows, schema=out, known_reasons=DROP_REASONS)
+    written = write_attempt(ctx, stage=STAGE, dataset=io.output, rows=rows, schema=out, known_reasons=DROP_REASONS,
+                            keep_rejected=True)
     return commit_written(
         ctx,
         written,

@@ -192,6 +192,7 @@ def score(spark, ctx: StageContext, source: Manifest, models: dict[str, bytes], 
                     "topics_after": after,
                     "selected_by": selected,
                 },
+                keep_rejected=True,
             )
 
 

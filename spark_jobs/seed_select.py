@@ -54,7 +54,8 @@ def run(spark, ctx: StageContext) -> Manifest:
     rows = pages.mapInArrow(seed_partitions(params, code), spark_schema(with_drop_reason(SEEDS)))
     # One pass, no cache: drops are counted while the seeds are written, the kinds read back from them.
     out_ctx = dataclasses.replace(ctx, partition=out_partition(ctx))
-    written = write_attempt(out_ctx, dataset=io.output, rows=rows, schema=SEEDS, known_reasons=DROP_REASONS)
+    written = write_attempt(out_ctx, stage=STAGE, dataset=io.output, rows=rows, schema=SEEDS,
+                            known_reasons=DROP_REASONS, keep_rejected=True)
     return commit_written(
         out_ctx,
         written,

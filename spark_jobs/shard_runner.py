@@ -22,7 +22,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from phiflow import shards
+from phiflow import shards, stages
 from phiflow.commit import up_to_date
 from phiflow.manifest import InputRef, Manifest, partition_key
 from phiflow.version import code_version
@@ -132,7 +132,8 @@ def commit_rollup(
     inputs: list[InputRef],
     check: Callable[[list[Manifest]], None] | None = None,
 ) -> Manifest:
-    """Commit the snapshot's roll-up from its committed shards `ids`: the snapshot becomes readable."""
+    """Commit the snapshot's roll-up from its committed shards `ids`: the snapshot becomes readable.
+    The shards' rejected rows (`<output>.rejected`) are rolled up first, when every shard has them."""
     lake = ctx.lake
     have = {m.partition[shards.SHARD]: m for m in lake.shards(output, ctx.partition)}
     missing = [i for i in ids if i not in have]
@@ -141,15 +142,24 @@ def commit_rollup(
     parts = [have[i] for i in ids]
     if check is not None:
         check(parts)
+    side = {m.partition[shards.SHARD]: m for m in lake.shards(stages.rejected_of(output), ctx.partition)}
+    if side and all(i in side for i in ids):
+        _rollup(ctx, stage, stages.rejected_of(output), [side[i] for i in ids], inputs)
+    committed = _rollup(ctx, stage, output, parts, inputs)
+    print_summary(committed)
+    return committed
+
+
+def _rollup(ctx: StageContext, stage: str, dataset: str, parts: list[Manifest], inputs: list[InputRef]) -> Manifest:
     started = min(_when(m, "started") for m in parts)
     finished = max(_when(m, "finished") for m in parts)
     manifest = shards.rollup(
-        output,
+        dataset,
         ctx.partition,
         parts,
         inputs=inputs,
         recipe_digest=ctx.recipe.stage_digest(stage),
-        params=getattr(ctx.recipe.stages, stage).model_dump(mode="json"),
+        params=parts[0].params,
         code_version=code_version(),
         airflow=ctx.airflow,
         timings={
@@ -158,9 +168,7 @@ def commit_rollup(
             "seconds": round(sum(float(m.timings.get("seconds") or 0) for m in parts), 2),
         },
     )
-    committed = lake.commit(manifest)
-    print_summary(committed)
-    return committed
+    return ctx.lake.commit(manifest)
 
 
 def _when(m: Manifest, key: str) -> datetime:

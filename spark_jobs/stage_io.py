@@ -1,10 +1,11 @@
 """The thin Spark plumbing every stage shares: arguments, session, and the commit of a partition.
 
 A stage builds one DataFrame holding its kept rows and its dropped rows (with `drop_reason`);
-`write_attempt` writes only the kept rows into a fresh attempt folder while counting the reasons and
-hashing the kept rows (in the same pass when the stage names its reasons, else in a tally pass
-before), and `commit_written` commits the manifest (phiflow.storage); `commit_partition` is the two
-in a row. Stages stay a few lines of engine code around their pure per-record functions.
+`write_attempt` writes the kept rows into a fresh attempt folder (with the sample of dropped rows the
+recipe keeps, spark_jobs.rejected) while counting the reasons and hashing the kept rows (in the same
+pass when the stage names its reasons, else in a tally pass before), and `commit_written` commits the
+manifest (phiflow.storage), `<dataset>.rejected` first; `commit_partition` is the two in a row.
+Stages stay a few lines of engine code around their pure per-record functions.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from phiflow import stages
 from phiflow.commit import commit_attempt
 from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import Recipe, load_recipe
+from phiflow.schema import REJECTED
 from phiflow.shards import SHARD_COUNTER
 from phiflow.stages import StageIO
 from phiflow.storage import Lake
+from spark_jobs import rejected
 
 log = logging.getLogger("phiflow.stage")
 
@@ -100,6 +103,9 @@ def spark_session(recipe: Recipe, app: str) -> SparkSession:
     # Standard INT64 microsecond timestamps instead of Spark's legacy INT96: pyarrow, DuckDB and
     # Trino read the lake's files without conversion.
     builder = builder.config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    # A write partitioned by drop reason (spark_jobs.rejected) opens a writer per reason instead of
+    # sorting each task's rows first.
+    builder = builder.config("spark.sql.maxConcurrentOutputFileWriters", "64")
     for k, v in recipe.spark.conf.items():
         builder = builder.config(k, v)
     return builder.getOrCreate()
@@ -158,12 +164,16 @@ def tally(rows: DataFrame, schema: pa.Schema, by: str | None = None) -> Tally:
 TALLY_PREFIX = "_tally-"  # per-task drop counts in an attempt folder (`_` keeps them out of the data)
 
 
-def dropping(fn: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]], report_dir: str):
-    """Wrap a mapInArrow function that yields kept and dropped rows (`drop_reason`): only the kept rows
-    leave the Python task, and the task writes its drop counts to `report_dir` as
-    `_tally-<partition id>.json` (a retried or speculative task rewrites the same file). With the kept
-    rows observed during the write, a stage whose drop reasons are open-ended (`extract_error:<type>`)
-    is counted in one pass, without caching its output."""
+Batches = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]  # a mapInArrow function
+
+
+def dropping(fn: Batches, report_dir: str, excerpt_chars: int | None = None) -> Batches:
+    """Wrap a mapInArrow function that yields kept and dropped rows (`drop_reason`): the task writes
+    its drop counts to `report_dir` as `_tally-<partition id>.json` (a retried or speculative task
+    rewrites the same file), and only the kept rows leave the Python task, with the dropped ones cut
+    to `excerpt_chars` of text when the stage keeps rejected rows (`write_attempt(reported_drops=True)`).
+    With the kept rows observed during the write, a stage whose drop reasons are open-ended
+    (`extract_error:<type>`) is counted in one pass, without caching its output."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow.compute as pc
@@ -175,7 +185,10 @@ def dropping(fn: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
             if reason.null_count < len(batch):
                 for item in pc.value_counts(reason.drop_null()).to_pylist():
                     counts[item["values"]] = counts.get(item["values"], 0) + int(item["counts"])
-                batch = batch.filter(pc.is_null(reason))
+                if excerpt_chars is None:
+                    batch = batch.filter(pc.is_null(reason))
+                else:
+                    batch = rejected.cut_dropped_text(batch, excerpt_chars)
             if len(batch):
                 yield batch
         name = f"{TALLY_PREFIX}{TaskContext.get().partitionId():06d}.json"
@@ -183,6 +196,12 @@ def dropping(fn: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
             json.dump(counts, out)
 
     return run
+
+
+def rejected_excerpt(ctx: StageContext, stage: str) -> int | None:
+    """The excerpt length a Python task cuts its dropped rows to, None when the stage keeps none."""
+    spec = ctx.recipe.rejected
+    return spec.excerpt_chars if spec.fraction_for(stage) > 0 else None
 
 
 def task_drops(ctx: StageContext, dataset: str, attempt: str) -> dict[str, int]:
@@ -224,34 +243,46 @@ def step(spark: SparkSession, stage: str, what: str) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Written:
-    """An attempt folder holding a stage's kept rows, not yet committed, and what was counted."""
+    """An attempt folder holding a stage's kept rows, not yet committed, and what was counted.
+    `spark`: set when the attempt also holds the sampled dropped rows (`recipe.rejected`), by reason."""
 
     dataset: str
     attempt: str
     uri: str
     schema: pa.Schema
     counted: Tally
+    spark: SparkSession | None = None
 
 
 def write_attempt(
     ctx: StageContext,
     *,
+    stage: str,
     dataset: str,
     rows: DataFrame,
     schema: pa.Schema,
     counted: Tally | None = None,
     known_reasons: Sequence[str] | None = None,
     attempt: str | None = None,
+    reported_drops: bool = False,
+    keep_rejected: bool = False,
 ) -> Written:
-    """Write the kept rows of `rows` (those without a `drop_reason`) into a fresh attempt folder.
+    """Write the kept rows of `rows` (those without a `drop_reason`) into a fresh attempt folder, and
+    in the same write the share of the dropped rows `recipe.rejected` keeps (spark_jobs.rejected).
 
     The figures come from `counted` if the stage took them first (a failure budget needs them before
     the write); else, when the stage names every drop reason it can give (`known_reasons`), they are
     observed during the write itself, one pass and no cache; else a `tally` pass runs first (persist
-    costly `rows`). `attempt`: a folder the stage opened itself (its tasks write side files there)."""
+    costly `rows`). `known_reasons=()`: the stage drops nothing. `reported_drops`: the stage's tasks
+    count their drops themselves (open-ended reasons) and pass on only the dropped rows to keep, so
+    only the kept rows are counted here. `keep_rejected`: the dropped rows are documents, of which
+    `<dataset>.rejected` keeps the share the recipe says. `attempt`: a folder the stage opened itself
+    (its tasks write side files there)."""
     lake = ctx.lake
     attempt = attempt or lake.new_attempt(dataset, ctx.partition)
     uri = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
+    fraction = ctx.recipe.rejected.fraction_for(stage)
+    side = keep_rejected and fraction > 0
     observation = None
     try:
         if counted is None and known_reasons is not None:
@@ -259,14 +290,18 @@ def write_attempt(
             rows = rows.observe(observation, *_tally_metrics(schema, known_reasons))
         elif counted is None:
             counted = tally(rows, schema)
-        # append: the fresh folder holds the attempt's lease, which an overwrite would delete
-        rows.filter(F.col("drop_reason").isNull()).select(*schema.names).write.mode("append").parquet(uri)
+        if side:
+            rejected.write_partitioned(
+                rejected.with_rejected(rows, schema, fraction, ctx.recipe.rejected.excerpt_chars), uri
+            )
+        else:  # append: the fresh folder holds the attempt's lease, which an overwrite would delete
+            rows.filter(F.col("drop_reason").isNull()).select(*schema.names).write.mode("append").parquet(uri)
         if observation is not None:
-            counted = _observed_tally(observation.get, known_reasons)
+            counted = _observed_tally(observation.get, known_reasons, strict=not reported_drops)
     except BaseException:
         lake.discard_attempt(dataset, ctx.partition, attempt)
         raise
-    return Written(dataset, attempt, uri, schema, counted)
+    return Written(dataset, attempt, uri, schema, counted, rows.sparkSession if side else None)
 
 
 def _tally_metrics(schema: pa.Schema, reasons: Sequence[str]) -> list:  # -> list[Column]
@@ -279,11 +314,11 @@ def _tally_metrics(schema: pa.Schema, reasons: Sequence[str]) -> list:  # -> lis
     ]
 
 
-def _observed_tally(metrics: dict[str, Any], reasons: Sequence[str]) -> Tally:
+def _observed_tally(metrics: dict[str, Any], reasons: Sequence[str], *, strict: bool = True) -> Tally:
     counts: dict[str | None, int] = {None: int(metrics["kept"])}
     counts.update({r: int(metrics[f"r{i}"]) for i, r in enumerate(reasons) if metrics[f"r{i}"]})
     unnamed = metrics["rows"] - sum(counts.values())
-    if unnamed:
+    if unnamed and strict:
         raise RuntimeError(f"{unnamed} rows carry a drop reason outside the stage's list {list(reasons)}")
     return Tally(counts, _digest(metrics["h"]))
 
@@ -314,6 +349,8 @@ def commit_written(
     records its stage's drops; extraction leaves out its file-level rows)."""
     reasons = written.counted.reasons if reasons is None else reasons
     dropped = {k: v for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]) if k is not None}
+    if written.spark is not None:
+        commit_rejected(ctx, written, stage=stage, inputs=inputs, dropped=dropped)
     manifest = commit_attempt(
         ctx.lake,
         dataset=written.dataset,
@@ -332,6 +369,49 @@ def commit_written(
         started=ctx.started,
     )
     print_summary(manifest)
+    return manifest
+
+
+def commit_rejected(
+    ctx: StageContext, written: Written, *, stage: str, inputs: list[InputRef], dropped: dict[str, int]
+) -> Manifest:
+    """Commit the dropped rows a written attempt holds as `<dataset>.rejected` (same partition, same
+    inputs), then take them out of the attempt. It goes before the main commit, so a committed
+    partition always has its rejected rows beside it."""
+    assert written.spark is not None
+    lake, spec = ctx.lake, ctx.recipe.rejected
+    dirs = rejected.reason_dirs(lake.fs, lake.attempt_path(written.dataset, ctx.partition, written.attempt))
+    out = stages.rejected_of(written.dataset)
+    attempt = lake.new_attempt(out, ctx.partition)
+    uri = lake.uri(lake.attempt_path(out, ctx.partition, attempt))
+    try:
+        rejected.rewrite(written.spark, {r: lake.uri(p) for r, p in dirs.items()}, uri, stage, spec.excerpt_chars)
+        rows = written.spark.read.parquet(uri)
+        n, digest = content_digest(rows)
+        manifest = commit_attempt(
+            lake,
+            dataset=out,
+            partition=ctx.partition,
+            attempt=attempt,
+            stage=stage,
+            schema=REJECTED,
+            row_count=n,
+            content_digest=digest,
+            inputs=inputs,
+            recipe_digest=ctx.recipe.stage_digest(stage),
+            params={"fraction": spec.fraction_for(stage), "excerpt_chars": spec.excerpt_chars},
+            counters={"read": sum(dropped.values()), "sampled": counts(rows, "reason") if n else {},
+                      **_shard_counter(ctx)},
+            dropped={},
+            airflow=ctx.airflow,
+            started=ctx.started,
+        )
+    except BaseException:
+        lake.discard_attempt(out, ctx.partition, attempt)
+        raise
+    for path in dirs.values():
+        lake.fs.rm(path, recursive=True)
+    print(f"[phiflow]   kept {n} of {sum(dropped.values())} dropped rows in {out}/{manifest.key}", flush=True)
     return manifest
 
 
@@ -355,12 +435,14 @@ def commit_partition(
     counted: Tally | None = None,
     known_reasons: Sequence[str] | None = None,
     reasons: dict[str | None, int] | None = None,
+    keep_rejected: bool = False,
 ) -> Manifest:
     """`write_attempt` then `commit_written`: the kept rows of `rows` become the partition's content.
 
     Without `counted` or `known_reasons`, `rows` is read twice (tally, write): persist it if it is costly."""
     written = write_attempt(
-        ctx, dataset=dataset, rows=rows, schema=schema, counted=counted, known_reasons=known_reasons
+        ctx, stage=stage, dataset=dataset, rows=rows, schema=schema, counted=counted, known_reasons=known_reasons,
+        keep_rejected=keep_rejected,
     )
     return commit_written(ctx, written, stage=stage, inputs=inputs, counters=counters, reasons=reasons)
 

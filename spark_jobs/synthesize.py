@@ -122,6 +122,7 @@ def run(spark, ctx: StageContext) -> dict[str, Manifest]:
                 inputs=[seeds_m.input_ref()],
                 counters={"read": seeds_m.row_count, **output_counters(mine), **llm_counters(part, cfg)},
                 known_reasons=sorted({g["drop_reason"] for g in mine} - {None}),  # counted while writing
+                keep_rejected=True,
             )
     return committed
 

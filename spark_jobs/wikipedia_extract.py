@@ -28,6 +28,7 @@ from spark_jobs.stage_io import (
     StageContext,
     commit_written,
     dropping,
+    rejected_excerpt,
     spark_schema,
     stage_main,
     task_drops,
@@ -180,8 +181,10 @@ def run(spark, ctx: StageContext) -> Manifest:
     lake, dataset = ctx.lake, ctx.io(STAGE).output
     attempt = lake.new_attempt(dataset, ctx.partition)
     report_dir = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
-    rows = listing.mapInArrow(dropping(extract_streams(ctx.source, site, params), report_dir), spark_schema(ROWS))
-    written = write_attempt(ctx, dataset=dataset, rows=rows, schema=WIKI_EXTRACTED, known_reasons=(), attempt=attempt)
+    extract = dropping(extract_streams(ctx.source, site, params), report_dir, rejected_excerpt(ctx, STAGE))
+    rows = listing.mapInArrow(extract, spark_schema(ROWS))
+    written = write_attempt(ctx, stage=STAGE, dataset=dataset, rows=rows, schema=WIKI_EXTRACTED, known_reasons=(),
+                            attempt=attempt, reported_drops=True, keep_rejected=True)
     reasons: dict[str | None, int] = {None: written.counted.kept, **task_drops(ctx, dataset, attempt)}
     pages = sum(n for _, _, n in ranges)
     lost = {k: v for k, v in reasons.items() if k and k.split(":")[0] in LOST}

@@ -111,6 +111,7 @@ def spark():
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        .config("spark.sql.maxConcurrentOutputFileWriters", "64")  # as stage_io.spark_session
         .getOrCreate()
     )
     yield s

@@ -1,0 +1,107 @@
+"""`<dataset>.rejected`: the rows a stage drops, kept (a deterministic sample, as `recipe.rejected`
+says) so an audit, `phiflow trace` and the dashboard can tell why a document is gone.
+
+The dropped rows are written in the same Spark write as the kept ones, partitioned by `drop_reason`
+(the kept rows are its null partition), so the stage's input is still read once. Spark then runs one
+writer per reason in each task instead of sorting the task's rows (`maxConcurrentOutputFileWriters`,
+set in `stage_io.spark_session`), and a dropped row's text is cut to its excerpt before it is written.
+`rewrite` turns the reason folders into REJECTED rows for the `<dataset>.rejected` partition, which
+`stage_io.commit_written` commits before it removes them from the main attempt (whose files are then
+its kept rows only).
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from phiflow.schema import REJECTED
+
+REASON = "drop_reason"
+REASON_DIR = f"{REASON}="
+KEPT_DIR = f"{REASON_DIR}__HIVE_DEFAULT_PARTITION__"  # Spark's folder for the null (kept) partition
+SAMPLE_BUCKETS = 1_000_000
+
+
+def sampled(fraction: float) -> Column:
+    """True for the share `fraction` of doc_ids, the same ones on every run (a hash, not a random draw)."""
+    if fraction >= 1:
+        return F.lit(True)
+    return F.pmod(F.xxhash64("doc_id"), F.lit(SAMPLE_BUCKETS)) < F.lit(int(fraction * SAMPLE_BUCKETS))
+
+
+def with_rejected(rows: DataFrame, schema: pa.Schema, fraction: float, excerpt_chars: int) -> DataFrame:
+    """The kept rows and the sampled dropped rows (those with a doc_id), the latter's text cut to its
+    excerpt: `schema`'s columns plus `drop_reason`, ready for `write_partitioned`."""
+    reason = F.col(REASON)
+    keep = reason.isNull() | ((F.coalesce(F.col("doc_id"), F.lit("")) != "") & sampled(fraction))
+    cols = [
+        F.when(reason.isNull(), F.col(c)).otherwise(F.substring(c, 1, excerpt_chars)).alias(c) if c == "text" else c
+        for c in schema.names
+    ]
+    return rows.filter(keep).select(*cols, REASON)
+
+
+def write_partitioned(rows: DataFrame, uri: str) -> None:
+    # append: the fresh folder holds the attempt's lease, which an overwrite would delete
+    rows.write.mode("append").partitionBy(REASON).parquet(uri)
+
+
+def cut_dropped_text(batch: pa.RecordBatch, excerpt_chars: int) -> pa.RecordBatch:
+    """A Python stage's batch with its dropped rows' text cut to the excerpt (what reaches the JVM)."""
+    if "text" not in batch.schema.names:
+        return batch
+    i = batch.schema.get_field_index("text")
+    text = batch.column(i)
+    cut = pc.if_else(pc.is_null(batch.column(REASON)), text, pc.utf8_slice_codeunits(text, 0, excerpt_chars))
+    return batch.set_column(i, batch.schema.field(i), cut)
+
+
+def projection(columns: list[str], stage: str, excerpt_chars: int) -> list[Column]:
+    """A stage row (any source kind's schema) as a REJECTED row."""
+
+    def first(*names: str) -> Column:
+        present = [F.col(n) for n in names if n in columns]
+        return F.coalesce(*present) if len(present) > 1 else present[0] if present else F.lit(None)
+
+    code_path = F.concat_ws("/", "repo", "path") if {"repo", "path"} <= set(columns) else None
+    page = F.coalesce(*(c for c in (code_path, first("title", "repo")) if c is not None))
+    text = F.substring("text", 1, excerpt_chars) if "text" in columns else F.lit(None)
+    return [
+        F.col("doc_id"),
+        first("source"),
+        F.lit(stage).alias("stage"),
+        F.col(REASON).alias("reason"),
+        first("url", "origin_url").cast("string").alias("url"),
+        page.cast("string").alias("page"),
+        text.cast("string").alias("excerpt"),
+    ]
+
+
+def reason_dirs(fs, attempt_dir: str) -> dict[str, str]:
+    """The dropped rows' folders of a partitioned write: reason -> folder."""
+    out = {}
+    for path in fs.ls(attempt_dir, detail=False):
+        name = posixpath.basename(path.rstrip("/"))
+        if name.startswith(REASON_DIR) and name != KEPT_DIR:
+            out[unquote(name[len(REASON_DIR) :])] = path
+    return out
+
+
+def rewrite(spark: SparkSession, dirs: dict[str, str], out_uri: str, stage: str, excerpt_chars: int) -> None:
+    """The reason folders of a partitioned write as REJECTED rows in `out_uri` (one file; an empty
+    one when nothing was dropped, so the side partition still records that)."""
+    frames = [spark.read.parquet(uri).withColumn(REASON, F.lit(r)) for r, uri in sorted(dirs.items())]
+    if frames:
+        rows = functools.reduce(lambda a, b: a.unionByName(b), frames)
+        rows = rows.select(*projection(rows.columns, stage, excerpt_chars))
+    else:
+        rows = spark.createDataFrame([], from_arrow_schema(REJECTED))
+    rows.coalesce(1).write.mode("append").parquet(out_uri)
