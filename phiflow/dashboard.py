@@ -20,6 +20,7 @@ from phiflow.storage import Lake
 
 # Document datasets of one source, in pipeline order (the stage table's): the funnel's columns.
 FUNNEL_STAGES = stages.funnel_suffixes()
+EXAMPLES_SHOWN = 3  # dropped rows shown per reason
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d")
 
 
@@ -43,6 +44,7 @@ class DashboardData:
     mixture: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # blend partition -> source rows
     training: list[dict[str, Any]] = field(default_factory=list)  # checkpoint partitions: name, steps [(step, loss)]
     stress: dict[str, dict[str, Any]] = field(default_factory=dict)  # stress partition -> points, gate setting
+    rejected: dict[str, dict[str, Any]] = field(default_factory=dict)  # <dataset>.rejected -> kept drops by reason
     datasets: list[dict[str, Any]] = field(default_factory=list)  # every dataset: partitions, rows, bytes
     failed_files: list[dict[str, Any]] = field(default_factory=list)  # input files a stage could not read
     in_progress: list[dict[str, Any]] = field(default_factory=list)  # sharded partitions without a roll-up yet
@@ -119,6 +121,8 @@ def build(manifests: Iterable[Manifest], in_progress: Iterable[dict[str, Any]] =
             d.mixture[m.key] = list(c["sources"])
         if m.dataset.startswith("checkpoints.") and c.get("losses"):
             d.training.append(_training_run(m))
+        if stages.is_rejected(m.dataset):
+            _add_rejected(d.rejected, m)
         if m.stage == "stress":
             d.stress[m.key] = {"points": c.get("points") or [],
                                "continue_on_divergence": (m.params.get("stress") or {}).get("continue_on_divergence")}
@@ -131,7 +135,22 @@ def build(manifests: Iterable[Manifest], in_progress: Iterable[dict[str, Any]] =
     d.datasets = [per_dataset[k] for k in sorted(per_dataset)]
     d.mixture = dict(sorted(d.mixture.items()))
     d.training.sort(key=lambda r: r["name"])
+    d.rejected = dict(sorted(d.rejected.items()))
     return d
+
+
+def _add_rejected(out: dict[str, dict[str, Any]], m: Manifest) -> None:
+    """Fold a `<dataset>.rejected` partition in: the dropped rows it keeps per reason, and a few of them
+    (their manifest carries the examples, so the page reads no data)."""
+    rep = out.setdefault(m.dataset, {"stage": m.stage, "fraction": m.params.get("fraction"), "dropped": 0,
+                                     "kept": 0, "reasons": {}})
+    rep["dropped"] += int(m.counters.get("read") or 0)
+    rep["kept"] += m.row_count
+    examples = m.counters.get("examples") or {}
+    for reason, n in (m.counters.get("sampled") or {}).items():
+        r = rep["reasons"].setdefault(reason, {"kept": 0, "examples": []})
+        r["kept"] += int(n)
+        r["examples"] = (r["examples"] + list(examples.get(reason) or []))[:EXAMPLES_SHOWN]
 
 
 def _training_run(m: Manifest) -> dict[str, Any]:
@@ -272,6 +291,27 @@ def _stress(reports: dict[str, dict[str, Any]]) -> str:
     return "".join(out)
 
 
+def _rejected_example(ds: str, reason: str, x: dict[str, Any]) -> str:
+    where = x.get("url") or x.get("page") or x["doc_id"]
+    return (f"<div data-testid='rejected-example:{_e(ds)}:{_e(reason)}'><code>{_e(where)}</code> "
+            f"{_e(x.get('excerpt') or '')}</div>")
+
+
+def _rejected(reports: dict[str, dict[str, Any]]) -> str:
+    if not reports:
+        return "<p class='none'>no rejected rows kept (recipe.rejected.fraction: 0, or no stage has run)</p>"
+    out = []
+    for ds, rep in reports.items():
+        rows = "".join(
+            f"<tr><td>{_e(reason)}</td><td data-testid='rejected:{_e(ds)}:{_e(reason)}'>{r['kept']}</td><td>"
+            + "".join(_rejected_example(ds, reason, x) for x in r["examples"]) + "</td></tr>"
+            for reason, r in sorted(rep["reasons"].items(), key=lambda kv: -kv[1]["kept"]))
+        out.append(f"<h3>{_e(ds)} ({_e(rep['stage'])}): {rep['kept']} of {rep['dropped']} dropped rows kept "
+                   f"(fraction {_e(rep['fraction'])})</h3><table><thead><tr><th>reason</th><th>kept</th>"
+                   f"<th>examples</th></tr></thead><tbody>{rows}</tbody></table>")
+    return "".join(out)
+
+
 def _section(title: str, body: str) -> str:
     return f"<section><h2>{_e(title)}</h2>{body}</section>"
 
@@ -320,6 +360,7 @@ def render(d: DashboardData, title: str = "phiflow") -> str:
     else:
         body = "<p class='none'>no decontamination partitions</p>"
     parts.append(_section("Contamination", body))
+    parts.append(_section("Dropped documents (rejected rows)", _rejected(d.rejected)))
     if d.mixture:
         body = "".join(
             f"<h3>{_e(key)}</h3><table><thead><tr><th>run</th><th>source</th><th>share</th><th>unique tokens</th>"

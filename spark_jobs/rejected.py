@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -28,20 +28,32 @@ REASON = "drop_reason"
 REASON_DIR = f"{REASON}="
 KEPT_DIR = f"{REASON_DIR}__HIVE_DEFAULT_PARTITION__"  # Spark's folder for the null (kept) partition
 SAMPLE_BUCKETS = 1_000_000
+EXAMPLES_PER_REASON = 3  # in the manifest's counters: what the dashboard shows without reading data
+EXAMPLE_CHARS = 160
 
 
-def sampled(fraction: float) -> Column:
-    """True for the share `fraction` of doc_ids, the same ones on every run (a hash, not a random draw)."""
+IDENTITY = ("doc_id", "url", "origin_url", "title", "path")  # what names a dropped row, best first
+
+
+def identity(columns: list[str]) -> Column:
+    """What names a dropped row: its doc_id, else its URL or title (a page too broken to get a doc_id
+    still has its title). Null: nothing names it, only its count is kept (in the stage's manifest)."""
+    return F.coalesce(*(F.when(F.col(c).cast("string") != "", F.col(c).cast("string")) for c in IDENTITY
+                        if c in columns))
+
+
+def sampled(key: Column, fraction: float) -> Column:
+    """True for the share `fraction` of keys, the same ones on every run (a hash, not a random draw)."""
     if fraction >= 1:
-        return F.lit(True)
-    return F.pmod(F.xxhash64("doc_id"), F.lit(SAMPLE_BUCKETS)) < F.lit(int(fraction * SAMPLE_BUCKETS))
+        return key.isNotNull()
+    return key.isNotNull() & (F.pmod(F.xxhash64(key), F.lit(SAMPLE_BUCKETS)) < F.lit(int(fraction * SAMPLE_BUCKETS)))
 
 
 def with_rejected(rows: DataFrame, schema: pa.Schema, fraction: float, excerpt_chars: int) -> DataFrame:
-    """The kept rows and the sampled dropped rows (those with a doc_id), the latter's text cut to its
-    excerpt: `schema`'s columns plus `drop_reason`, ready for `write_partitioned`."""
+    """The kept rows and the sampled dropped rows that something names (`identity`), the latter's text
+    cut to its excerpt: `schema`'s columns plus `drop_reason`, ready for `write_partitioned`."""
     reason = F.col(REASON)
-    keep = reason.isNull() | ((F.coalesce(F.col("doc_id"), F.lit("")) != "") & sampled(fraction))
+    keep = reason.isNull() | sampled(identity(schema.names), fraction)
     cols = [
         F.when(reason.isNull(), F.col(c)).otherwise(F.substring(c, 1, excerpt_chars)).alias(c) if c == "text" else c
         for c in schema.names
@@ -75,7 +87,7 @@ def projection(columns: list[str], stage: str, excerpt_chars: int) -> list[Colum
     page = F.coalesce(*(c for c in (code_path, first("title", "repo")) if c is not None))
     text = F.substring("text", 1, excerpt_chars) if "text" in columns else F.lit(None)
     return [
-        F.col("doc_id"),
+        F.coalesce(F.col("doc_id"), F.lit("")).alias("doc_id"),
         first("source"),
         F.lit(stage).alias("stage"),
         F.col(REASON).alias("reason"),
@@ -105,3 +117,16 @@ def rewrite(spark: SparkSession, dirs: dict[str, str], out_uri: str, stage: str,
     else:
         rows = spark.createDataFrame([], from_arrow_schema(REJECTED))
     rows.coalesce(1).write.mode("append").parquet(out_uri)
+
+
+def examples(rows: DataFrame) -> dict[str, list[dict[str, str | None]]]:
+    """A few REJECTED rows of each reason (the smallest doc_ids: the same ones on a rerun), their
+    excerpt shortened, for the manifest."""
+    first = Window.partitionBy("reason").orderBy("doc_id")
+    picked = (rows.withColumn("_n", F.row_number().over(first)).where(F.col("_n") <= EXAMPLES_PER_REASON)
+              .select("reason", "doc_id", "url", "page", F.substring("excerpt", 1, EXAMPLE_CHARS).alias("excerpt"))
+              .orderBy("reason", "doc_id").collect())
+    out: dict[str, list[dict[str, str | None]]] = {}
+    for r in picked:
+        out.setdefault(r["reason"], []).append({k: r[k] for k in ("doc_id", "url", "page", "excerpt")})
+    return out

@@ -401,7 +401,7 @@ def commit_rejected(
             recipe_digest=ctx.recipe.stage_digest(stage),
             params={"fraction": spec.fraction_for(stage), "excerpt_chars": spec.excerpt_chars},
             counters={"read": sum(dropped.values()), "sampled": counts(rows, "reason") if n else {},
-                      **_shard_counter(ctx)},
+                      "examples": rejected.examples(rows) if n else {}, **_shard_counter(ctx)},
             dropped={},
             airflow=ctx.airflow,
             started=ctx.started,

@@ -97,7 +97,7 @@ def page_rows(
             "namespace": page.namespace,
             "timestamp": page.timestamp,
             "stream_offset": offset,
-            "text": text if reason is None else None,
+            "text": text,  # a dropped page's goes out only as recipe.rejected's excerpt (stage_io.dropping)
             "wikitext_bytes": len(page.wikitext.encode()),
             "text_chars": len(text),
             "language": site.language,

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from phiflow.dashboard import build_from_lake, render
 from phiflow.recipe import Recipe, RejectedSpec
 from phiflow.storage import Lake
 from phiflow.trace import trace
@@ -64,6 +65,11 @@ def test_extraction_keeps_every_dropped_page_beside_an_unchanged_output(spark, t
     assert all(len(r["excerpt"] or "") <= 50 for r in rows)
     kept = set(on.read_table(m, columns=["doc_id"]).column("doc_id").to_pylist())
     assert kept.isdisjoint(r["doc_id"] for r in rows) and len({r["doc_id"] for r in rows}) == len(rows)
+    (too_large,) = [r for r in rows if r["reason"] == "too_large"]
+    lines = trace(on, too_large["doc_id"])  # never kept by any stage: walked from its rejected row
+    assert lines[0] == too_large["doc_id"]
+    assert lines[1].split()[0] == "broken.extracted.rejected/snapshot=CC-MAIN-BROKEN"
+    assert "dropped by commoncrawl_extract: too_large" in lines[-2] and too_large["url"] in lines[-1]
     (short,) = [r for r in rows if r["reason"] == "too_little_text"]
     assert short["url"] and len(short["excerpt"] or "") < test_recipe.stages.commoncrawl_extract.min_text_chars
 
@@ -114,6 +120,23 @@ def test_trace_says_which_stage_dropped_a_document_and_why(spark, test_recipe, e
     assert lines[0] == row["doc_id"] and lines[1].split()[0] == "web.extracted/snapshot=CC-MAIN-2024-10"
     assert "dropped by langid: language_not_kept  (web.langid.rejected/snapshot=CC-MAIN-2024-10" in text
     assert row["url"] in lines[-1]
+
+
+def test_the_dashboard_shows_each_reason_with_examples_from_the_manifest(spark, test_recipe, extracted) -> None:
+    lake = extracted
+    m = run(langid, spark, english_only(test_recipe, 1.0), lake, "web", SNAP)
+    side = lake.require("web.langid.rejected", SNAP)
+    d = build_from_lake(lake)
+    rep = d.rejected["web.langid.rejected"]
+    n = m.counters["dropped"]["language_not_kept"]
+    assert (rep["stage"], rep["kept"], rep["dropped"], rep["fraction"]) == ("langid", n, n, 1.0)
+    examples = rep["reasons"]["language_not_kept"]["examples"]
+    urls = dict(zip(*lake.read_table(side, columns=["doc_id", "url"]).to_pydict().values(), strict=True))
+    assert len(examples) == 3 and all(urls[x["doc_id"]] == x["url"] for x in examples)
+    assert side.counters["shards"]["total"] == 2 and len(side.counters["examples"]["language_not_kept"]) == 6
+    page = render(d)
+    assert f"data-testid='rejected:web.langid.rejected:language_not_kept'>{n}<" in page
+    assert page.count("data-testid='rejected-example:web.langid.rejected:language_not_kept'") == 3
 
 
 def test_recipe_names_only_real_stages() -> None:

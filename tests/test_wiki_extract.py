@@ -53,6 +53,21 @@ def test_every_page_is_kept_or_counted_by_reason(extracted) -> None:
         assert set(table.column("language").to_pylist()) == {exp["language"]}
 
 
+def test_dropped_pages_are_kept_beside_by_title(extracted) -> None:
+    """recipe.rejected (the demo's fraction 1.0): every dropped page with an identity is in
+    wiki.extracted.rejected; the pages of a corrupt stream have none (only their count is known)."""
+    _, lake, manifests = extracted
+    for wiki, m in manifests.items():
+        rows = lake.read_table(lake.require("wiki.extracted.rejected", m.partition)).to_pylist()
+        got = Counter(r["reason"] for r in rows)
+        page_level = {r: n for r, n in m.counters["dropped"].items() if not r.endswith("_stream")}
+        assert dict(got) == page_level, wiki
+        assert all(r["page"] and r["stage"] == "wikipedia_extract" for r in rows)
+    (redirect, *_) = [r for r in lake.read_table(lake.require("wiki.extracted.rejected", {"dump": "enwiki-20240601"}))
+                      .to_pylist() if r["reason"] == "redirect"]
+    assert redirect["excerpt"] is None or len(redirect["excerpt"]) <= 200
+
+
 def test_a_corrupt_stream_loses_only_its_pages(extracted) -> None:
     _, lake, manifests = extracted
     titles = set(lake.read_table(manifests["enwiki"], columns=["title"]).column("title").to_pylist())
