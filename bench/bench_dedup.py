@@ -231,8 +231,9 @@ def main() -> None:
         lake = Lake(tmp)
         ctx = StageContext(recipe=recipe, source="web", partition={"snapshot": "CC-MAIN-2024-10"}, lake=lake)
         t0 = datetime(2024, 2, 20, tzinfo=UTC)
-        rows = [(f"d{i:07d}", "web", f"warc://{i}", [], f"https://ex.org/{i}", None, None, t0 + timedelta(seconds=i),
-                 200, "text/html", "utf-8", "", t, 0, len(t), "en", 1.0, None) for i, t in enumerate(texts)]
+        rows = [(f"d{i:07d}", "web", f"warc://{i}", [], f"https://ex.org/{i}", None, None, None,
+                 t0 + timedelta(seconds=i), 200, "text/html", "utf-8", "", t, 0, len(t), "en", 1.0, None)
+                for i, t in enumerate(texts)]
         df = spark.createDataFrame(rows, spark_schema(with_drop_reason(LANGID))).repartition(8)
         commit_partition(spark, ctx, stage="langid", dataset=f"web.{p.input}", rows=df, schema=LANGID, inputs=[],
                          counters={}, reasons={})

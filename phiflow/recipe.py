@@ -262,6 +262,13 @@ class DedupParams(Strict):
     # in buckets up to this size, a member that fails the check against the bucket's root is checked
     # against every other member (all-pairs components); larger buckets (boilerplate) stay stars
     recheck_max_bucket: Annotated[int, Field(ge=0)] = 100
+    # boilerplate-aware shingling (web pages): a line found on at least `boilerplate_min_docs` pages of
+    # a site in the partition and on `boilerplate_min_share` of them is the site's template, left out of
+    # the shingles (0: off); a page that would keep fewer than `boilerplate_min_words` words keeps its
+    # whole text (a page that is all template)
+    boilerplate_min_docs: Annotated[int, Field(ge=0)] = 0
+    boilerplate_min_share: Annotated[float, Field(ge=0, le=1)] = 0.5
+    boilerplate_min_words: Annotated[int, Field(ge=0)] = 10
     seed: Annotated[int, Field(ge=0)] = 42
     # survivor of a cluster: first by these columns; columns missing from the input are skipped,
     # `doc_id asc` always ends the rule so ties are broken the same way everywhere

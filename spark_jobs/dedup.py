@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+import numpy as np
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -36,6 +37,7 @@ from phiflow.manifest import Manifest, partition_key
 from phiflow.recipe import DedupParams, Source
 from phiflow.schema import DUP_CLUSTERS, MINHASH
 from phiflow.storage import Lake
+from spark_jobs import boilerplate
 from spark_jobs.dedup_index import HistoryIndex, minhash_rows
 from spark_jobs.minhash import SIGNATURE_FAMILY, MinHasher
 from spark_jobs.stage_io import StageContext, commit_partition, stage_main, step, tally
@@ -53,21 +55,60 @@ _ID_ROW_BYTES = 128  # a row of doc_ids and a short string in Spark's hashed rel
 _BYTE_UNITS = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 # Parameters the stored signatures depend on (with minhash.SIGNATURE_FAMILY, recorded in the `minhash`
 # manifest's counters): earlier partitions must have been hashed with the same.
-SIGNATURE_PARAMS = ("shingle_size", "num_perm", "bands", "rows", "seed")
+SIGNATURE_PARAMS = ("shingle_size", "num_perm", "bands", "rows", "seed", "boilerplate_min_docs",
+                    "boilerplate_min_share", "boilerplate_min_words")
 
 
 def hasher(params: DedupParams) -> MinHasher:
     return MinHasher(params.shingle_size, params.num_perm, params.bands, params.rows, params.seed)
 
 
-def signature_batches(mh: MinHasher, keep: list[str]):  # -> mapInArrow function
+def signature_batches(mh: MinHasher, keep: list[str], boiler=None, min_words: int = 0):  # -> mapInArrow function
+    """Hash, signature and band keys per document; `boiler`: a broadcast of the partition's sorted
+    boilerplate line keys, whose lines the shingles leave out (spark_jobs.boilerplate)."""
+
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        keys = boiler.value if boiler is not None else None
         for batch in batches:
-            content, sig, bands = mh.batch(batch.column("text").to_pylist())
+            texts = batch.column("text").to_pylist()
+            shingled = None
+            if keys is not None and len(keys):
+                urls = batch.column("url").to_pylist()
+                shingled = [boilerplate.strip(u, t, keys, min_words) for u, t in zip(urls, texts, strict=True)]
+            content, sig, bands = mh.batch(texts, shingled)
             cols = [batch.column(c) for c in keep] + [content, sig, bands]
             yield pa.RecordBatch.from_arrays(cols, names=[*keep, "content_hash", "signature", "bands"])
 
     return run
+
+
+def line_key_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow: (site, key) for each page's distinct line keys (spark_jobs.boilerplate.line_keys),
+    and one (site, PAGE) row per page of a site, which counts the site's pages."""
+    for batch in batches:
+        sites, keys = [], []
+        for url, text in zip(batch.column("url").to_pylist(), batch.column("text").to_pylist(), strict=True):
+            site = boilerplate.site_of(url)
+            if site:
+                k = boilerplate.line_keys(url, text)
+                sites += [site] * (len(k) + 1)
+                keys += [boilerplate.PAGE, *k.tolist()]
+        yield pa.RecordBatch.from_arrays([pa.array(sites, pa.string()), pa.array(keys, pa.int64())],
+                                         names=["site", "key"])
+
+
+def boilerplate_keys(docs: DataFrame, params: DedupParams) -> np.ndarray:
+    """The partition's boilerplate: the sorted keys of the site lines found in at least
+    `boilerplate_min_docs` of its documents and on at least `boilerplate_min_share` of the site's
+    pages (a template is on most of a site's pages; the paragraphs a few near copies share are not).
+    Collected to the driver and broadcast: a site's template is a few dozen lines, whatever its size."""
+    counted = docs.select("url", "text").mapInArrow(line_key_batches, "site string, key long").groupBy(
+        "site", "key").count()
+    pages = counted.where(F.col("key") == boilerplate.PAGE).select("site", F.col("count").alias("pages"))
+    shared = counted.where(F.col("key") != boilerplate.PAGE).join(pages, "site").where(
+        (F.col("count") >= params.boilerplate_min_docs)
+        & (F.col("count") >= F.col("pages") * params.boilerplate_min_share))
+    return np.sort(np.array([r["key"] for r in shared.select("key").collect()], dtype=np.int64))
 
 
 # -- partitions and ordering -------------------------------------------------------------------
@@ -336,14 +377,21 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
 
     prior_manifests = earlier_minhash(ctx, params) if params.cross_snapshot else []
     feat_schema = StructType([docs.schema[c] for c in ["doc_id", *rule_cols]] + FEATURES)
+    boiler, counters = None, {}
+    if params.boilerplate_min_docs and "url" in docs.columns:
+        with step(spark, STAGE, "boilerplate lines"):
+            keys = boilerplate_keys(docs, params)
+        boiler = spark.sparkContext.broadcast(keys)
+        counters["boilerplate_lines"] = len(keys)
+    signatures = signature_batches(hasher(params), ["doc_id", *rule_cols], boiler, params.boilerplate_min_words)
     current = (
-        docs.select("doc_id", "text", *rule_cols)
-        .mapInArrow(signature_batches(hasher(params), ["doc_id", *rule_cols]), feat_schema)
+        docs.select("doc_id", "text", *rule_cols, *(["url"] if boiler is not None else []))
+        .mapInArrow(signatures, feat_schema)
         .withColumn("origin", F.lit(0))
         .withColumn("origin_partition", F.lit(partition_key(ctx.partition)))
     )
     nodes = current
-    counters: dict = {"read": source.row_count, "earlier_partitions": [m.key for m in prior_manifests]}
+    counters |= {"read": source.row_count, "earlier_partitions": [m.key for m in prior_manifests]}
     if prior_manifests:
         with step(spark, STAGE, "hash"):
             current = _materialize(current)  # read by the history lookup and by the graph

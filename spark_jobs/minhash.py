@@ -107,8 +107,12 @@ class MinHasher:
                 acc = splitmix64(acc ^ used[..., j])
         return acc.view(np.int64)
 
-    def batch(self, texts: list[str | None]) -> tuple[pa.Array, pa.Array, pa.Array]:
-        """(content_hash, signature list<int32>, band keys list<int64>) for a batch of documents.
+    def batch(
+        self, texts: list[str | None], shingled: list[str | None] | None = None
+    ) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """(content_hash, signature list<int32>, band keys list<int64>) for a batch of documents; the
+        signatures of `shingled` when given (the texts without their boilerplate lines), the content
+        hash always of `texts`.
 
         A document without words gets no signature and no band keys: empty pages are all exact
         duplicates of each other, and must not collide with everything else in every band.
@@ -121,6 +125,8 @@ class MinHasher:
         for i, text in enumerate(texts):
             tokens = words(text)  # split once: the content hash and the shingles see the same words
             hashes.append(_digest(" ".join(tokens)))
+            if shingled is not None and shingled[i] is not text:
+                tokens = words(shingled[i])
             sh = self._shingle_hashes(tokens)  # not made distinct: a repeat cannot change a minimum
             if len(sh):
                 sigs[i] = self._signature(sh, a, b, scratch)
