@@ -244,7 +244,8 @@ def step(spark: SparkSession, stage: str, what: str) -> Iterator[None]:
 @dataclass(frozen=True)
 class Written:
     """An attempt folder holding a stage's kept rows, not yet committed, and what was counted.
-    `spark`: set when the attempt also holds the sampled dropped rows (`recipe.rejected`), by reason."""
+    `spark`: set when the attempt also holds the sampled dropped rows (`recipe.rejected`), by reason;
+    `uri` is then the kept rows' folder inside it."""
 
     dataset: str
     attempt: str
@@ -291,9 +292,12 @@ def write_attempt(
         elif counted is None:
             counted = tally(rows, schema)
         if side:
-            rejected.write_partitioned(
-                rejected.with_rejected(rows, schema, fraction, ctx.recipe.rejected.excerpt_chars), uri
-            )
+            rows_out = rejected.with_rejected(rows, schema, fraction, ctx.recipe.rejected.excerpt_chars)
+            rejected.write_partitioned(rows_out, uri)
+            kept_dir = f"{lake.attempt_path(dataset, ctx.partition, attempt)}/{rejected.KEPT_DIR}"
+            if not lake.fs.exists(kept_dir):  # nothing kept: one empty file, as an unpartitioned write leaves
+                spark = rows.sparkSession
+                spark.createDataFrame([], spark_schema(schema)).write.mode("append").parquet(lake.uri(kept_dir))
         else:  # append: the fresh folder holds the attempt's lease, which an overwrite would delete
             rows.filter(F.col("drop_reason").isNull()).select(*schema.names).write.mode("append").parquet(uri)
         if observation is not None:
@@ -301,7 +305,9 @@ def write_attempt(
     except BaseException:
         lake.discard_attempt(dataset, ctx.partition, attempt)
         raise
-    return Written(dataset, attempt, uri, schema, counted, rows.sparkSession if side else None)
+    if side:
+        return Written(dataset, attempt, f"{uri}/{rejected.KEPT_DIR}", schema, counted, rows.sparkSession)
+    return Written(dataset, attempt, uri, schema, counted)
 
 
 def _tally_metrics(schema: pa.Schema, reasons: Sequence[str]) -> list:  # -> list[Column]

@@ -41,6 +41,13 @@ def pipeline_manifests(intervals: int, seed: int = 0, source: str = "web") -> li
         before = {t: after[t] + (below if t == "none" else 0) for t in TOPICS}
         out.append(manifest(f"{source}.quality", part, "quality", n, n - below, {"below_quality_threshold": below},
                             topics_before=before, topics_after=after))
+        examples = [{"doc_id": f"q{i}-{k}", "url": f"https://example.org/{i}/{k}", "page": None,
+                     "excerpt": "click here click here"} for k in range(min(below, 3))]
+        side = manifest(f"{source}.quality.rejected", part, "quality", below, below, {},
+                        sampled={"below_quality_threshold": below} if below else {},
+                        examples={"below_quality_threshold": examples} if below else {})
+        side.params = {"fraction": 1.0, "excerpt_chars": 200}
+        out.append(side)
         n -= below
         dup = {"exact_duplicate": rng.randint(0, n // 10), "near_duplicate": rng.randint(0, n // 10)}
         out.append(manifest(f"{source}.dedup", part, "dedup", n, n - sum(dup.values()), dup))

@@ -95,6 +95,9 @@ def test_dashboard_through_the_ui(airflow: Airflow) -> None:
             assert frame.locator("[data-testid='curve:pretrain recipe=demo'] polyline").count() == 1
             assert cell("stress:recipe=demo:x300").startswith("diverged: loss rose")
             assert "pretraining went on" in cell("stress-gate:recipe=demo")
+            assert cell("rejected:web.quality.rejected:below_quality_threshold") == str(below)
+            example = frame.locator("[data-testid='rejected-example:web.quality.rejected:below_quality_threshold']")
+            assert example.count() == 3 and example.first.inner_text().startswith("https://example.org/")
             assert frame.locator("p.none").count() == 1, frame.locator("p.none").all_inner_texts()  # failed files
             page.screenshot(path=str(shot))
         finally:

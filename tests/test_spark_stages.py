@@ -165,6 +165,8 @@ def test_crash_mid_write_leaves_no_half_partition(spark, test_recipe, lake, monk
     real_commit, commits = Lake.commit, []
 
     def die_on_second(self, manifest):  # shard 00000 commits; the process dies writing shard 00001
+        if manifest.dataset != "web.extracted":  # its rejected rows (recipe.rejected) commit as before
+            return real_commit(self, manifest)
         if commits:
             raise SystemExit("killed mid-write")
         commits.append(manifest.key)
@@ -221,10 +223,12 @@ def test_observed_tally_equals_a_separate_pass_and_names_an_undeclared_reason(sp
     )
     schema = pa.schema([("doc_id", pa.string()), ("n", pa.int64())])
     part = ctx(test_recipe, lake, partition={"t": "1"})
-    written = write_attempt(part, dataset="t.rows", rows=df, schema=schema, known_reasons=("short", "noisy", "unused"))
+    written = write_attempt(
+        part, stage="langid", dataset="t.rows", rows=df, schema=schema, known_reasons=("short", "noisy", "unused")
+    )
     assert written.counted == tally(df, schema)
     assert written.counted.reasons == {None: 100, "short": 50, "noisy": 50}
     with pytest.raises(RuntimeError, match="50 rows carry a drop reason outside"):
-        write_attempt(part, dataset="t.rows", rows=df, schema=schema, known_reasons=("short",))
+        write_attempt(part, stage="langid", dataset="t.rows", rows=df, schema=schema, known_reasons=("short",))
     attempts = lake.fs.ls(lake.partition_path("t.rows", {"t": "1"}) + "/_attempts", detail=False)
     assert attempts == [lake.attempt_path("t.rows", {"t": "1"}, written.attempt)]  # the failed one is gone
