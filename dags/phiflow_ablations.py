@@ -4,7 +4,8 @@ Triggered manually. `points` lists the sweep's point references; a mapped task g
 its blend from the committed tokens (nothing re-tokenized), pretrains it (at most `max_active` at
 once) and reads its held-out metrics; `report` (all_done) joins whatever points have a current
 checkpoint into `ablations.<sweep>`. A failed point is cleared and rerun alone (its map index),
-then the report again. No stage logic here: phiflow/sweeps.py and operators/sweep.py.
+then the report again. No stage logic here: the points are phiflow.recipe.sweep_points, the report
+training/sweep_report.py, the operators operators/sweep.py.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from airflow.sdk import DAG, task, task_group
 from operators.dag_args import dag_args
 from operators.spark_stage import dataset_asset
 from operators.sweep import AblationReportOperator, PointEvalOperator, PointMixOperator, PointTrainOperator
-from phiflow import settings, sweeps
-from phiflow.recipe import load_recipe
+from phiflow import settings
+from phiflow.recipe import load_recipe, sweep_point_ref, sweep_points
 
 RECIPE_PATH = str(settings.default_recipe())
 recipe = load_recipe(RECIPE_PATH)
@@ -32,7 +33,7 @@ for sweep in recipe.sweeps:
         def points(name: str = sweep.name) -> list[str]:
             """The sweep's point references (validated: the recipe loads)."""
             r = load_recipe(RECIPE_PATH)
-            return [sweeps.point_ref(RECIPE_PATH, name, p.id) for p, _ in sweeps.expand(r, name)]
+            return [sweep_point_ref(RECIPE_PATH, name, p.id) for p, _ in sweep_points(r, name)]
 
         @task_group(group_id="point")
         def point(recipe_path: str, max_active: int = sweep.max_active) -> None:

@@ -20,6 +20,7 @@ from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from operators.lineage import manifest_lineage
+from operators.llm_hook import LLMConnectionHook
 from phiflow import settings, stages
 from phiflow.intervals import source_partitions
 from phiflow.manifest import Manifest
@@ -99,6 +100,7 @@ class SparkStageOperator(SparkSubmitOperator):
         self.recipe_path = str(recipe_path)
         self.input_dataset = io.inputs[0] if io.inputs else None
         self.partition_by_source = entry.partitioned_by_source
+        self.llm_conn_id = recipe.llm.api_key_conn_id if entry.calls_llm else None
         self.partitions_callable = partitions_callable  # (recipe_path, context) -> partitions: overrides the rest
         self.fixed_partition = fixed_partition  # stages with one partition across intervals (a classifier)
         self._committed: list[Manifest] = []
@@ -145,6 +147,8 @@ class SparkStageOperator(SparkSubmitOperator):
             "logical_date": str(context.get("logical_date")),
         }
         lake = Lake()
+        if self.llm_conn_id:  # the job reads the connection from its environment, not from Airflow
+            self.env_vars = {**(self.env_vars or {}), **LLMConnectionHook(self.llm_conn_id).job_environment()}
         for partition in parts:
             if self.unchanged_output(context, partition):
                 continue

@@ -1,7 +1,7 @@
 """Operators of the ablation DAGs: the training DAG's mix and train operators, one per sweep point.
 
 A mapped task group hands each point's recipe reference (`<recipe>#sweep=..&point=..`, see
-phiflow.sweeps) to the operators inside it as a MappedArgument, which Airflow resolves only in
+phiflow.recipe.sweep_points) to the operators inside it as a MappedArgument, which Airflow resolves only in
 templated fields; MixOperator and MegatronTrainOperator keep `recipe_path` plain, so these subclasses
 only make it templated. Everything else (blend, checkpoint folder, manifest, resume) is theirs.
 """
@@ -13,13 +13,13 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from operators.evaluation import mc_evaluation
 from operators.lineage import input_dataset, manifest_lineage
 from operators.training import MegatronTrainOperator, MixOperator, _ManifestLineage, airflow_run
-from phiflow import sweeps
 from phiflow.manifest import Manifest
 from phiflow.recipe import load_recipe
 from phiflow.storage import Lake
+from training import sweep_report
+from training.evaluate import mc_evaluation
 
 
 class PointMixOperator(MixOperator):
@@ -40,7 +40,7 @@ class PointTrainOperator(MegatronTrainOperator):
 class PointEvalOperator(BaseOperator):
     """A point's evaluation: the held-out metrics of its committed checkpoint manifest (overall and per
     source), and its scores on the recipe's multiple-choice benchmarks, committed as
-    `evals.pretrain/recipe=<point>` (operators.evaluation; nothing to do when already current)."""
+    `evals.pretrain/recipe=<point>` (training.evaluate; nothing to do when already current)."""
 
     template_fields = ("recipe_path",)
     ui_color = "#e8f1fb"
@@ -52,10 +52,10 @@ class PointEvalOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         recipe, lake = load_recipe(self.recipe_path), Lake()
-        m = sweeps.current_checkpoint(lake, recipe)
+        m = sweep_report.current_checkpoint(lake, recipe)
         if m is None:
             raise AirflowException(f"{recipe.name}: no current checkpoints.pretrain partition")
-        out = {k: m.counters.get(k) for k in (*sweeps.METRICS, "steps", "valid_by_source")}
+        out = {k: m.counters.get(k) for k in (*sweep_report.METRICS, "steps", "valid_by_source")}
         ev = mc_evaluation(recipe, lake, m, airflow_run(context))
         self._evaluated = (m, ev)
         if ev is not None:
@@ -87,6 +87,6 @@ class AblationReportOperator(_ManifestLineage, BaseOperator):
         self._committed = []
 
     def execute(self, context: Any) -> dict[str, Any]:
-        m = sweeps.commit_report(load_recipe(self.recipe_path), self.sweep, Lake(), airflow_run(context))
+        m = sweep_report.commit_report(load_recipe(self.recipe_path), self.sweep, Lake(), airflow_run(context))
         self._committed = [m]
         return {"dataset": m.dataset, "partition": m.partition, "digest": m.digest, **m.counters}

@@ -24,7 +24,9 @@ from operators.lineage import manifest_lineage, tokenizer_lineage
 from operators.slurm_hook import SlurmHook
 from operators.spark_stage import dataset_asset, summary
 from operators.triggers import SlurmJobTrigger
-from phiflow import mix_stage, training_plan
+from phiflow import training_plan
+from phiflow.blend import DATASET as BLEND
+from phiflow.blend import blend_partition, load_blend, source_names
 from phiflow.commit import commit_files, up_to_date
 from phiflow.manifest import Manifest, sha256_json
 from phiflow.recipe import Recipe, load_recipe
@@ -90,26 +92,27 @@ class TokenizerOperator(BaseOperator):
 
 
 class MixOperator(_ManifestLineage, BaseOperator):
-    """Run the mix stage (phiflow.mix_stage) and commit the blend; unchanged tokens: nothing to do."""
+    """Run the mix stage (training.mix) and commit the blend; unchanged tokens: nothing to do."""
 
     ui_color = "#eef7e8"
 
     def __init__(self, *, recipe_path: str, **kwargs: Any) -> None:
-        super().__init__(outlets=[dataset_asset(mix_stage.DATASET)], **kwargs)
+        super().__init__(outlets=[dataset_asset(BLEND)], **kwargs)
         self.recipe_path = recipe_path
         self._committed = []
 
     def execute(self, context: Any) -> dict[str, Any]:
         from phiflow.mixture import MixtureError
+        from training import mix
         from training.indexed_writer import subsample
 
         try:
-            m = mix_stage.run(load_recipe(self.recipe_path), Lake(), airflow_run(context), subsample=subsample)
+            m = mix.run(load_recipe(self.recipe_path), Lake(), airflow_run(context), subsample=subsample)
         except MixtureError as e:
             raise AirflowException(f"infeasible mixture: {e}") from None
         self._committed = [m]
         out = {**summary(m), "epochs": m.counters["epochs"]}
-        context["outlet_events"][dataset_asset(mix_stage.DATASET)].extra = {"partitions": [out]}
+        context["outlet_events"][dataset_asset(BLEND)].extra = {"partitions": [out]}
         return out
 
 
@@ -233,7 +236,7 @@ class StressTestOperator(_ManifestLineage, BaseOperator):
         assert recipe.training is not None and recipe.training.stress is not None
         spec, phases = recipe.training.stress, training_plan.phases(recipe)
         plan = run_plan(recipe, lake, "pretrain", phases[0].name if phases else None)
-        part, inputs = mix_stage.blend_partition(recipe), plan["inputs"]
+        part, inputs = blend_partition(recipe), plan["inputs"]
         # the gate's setting is not part of the measurement: changing it re-judges, it does not rerun
         digest = sha256_json({"stress": spec.model_dump(mode="json", exclude={"continue_on_divergence"}),
                               "run": plan["digest"]})
@@ -299,8 +302,8 @@ def _json_safe(x: Any) -> Any:
 
 def run_plan(recipe: Recipe, lake: Lake, run: Run, phase: str | None = None) -> dict[str, Any]:
     """Inputs, digests, folders and the run config of this run (no side effects but folders)."""
-    blend_m = lake.require(mix_stage.DATASET, mix_stage.blend_partition(recipe))
-    blend = mix_stage.load_blend(lake, blend_m)
+    blend_m = lake.require(BLEND, blend_partition(recipe))
+    blend = load_blend(lake, blend_m)
     inputs = [blend_m.input_ref()]
     start = start_checkpoint(recipe, lake, run, phase)
     if start is not None:
@@ -316,9 +319,9 @@ def run_plan(recipe: Recipe, lake: Lake, run: Run, phase: str | None = None) -> 
     cfg = training_plan.run_config(recipe, run, [tuple(x) for x in blend[blend_run]["blend"]],
                                    tok["vocab_size"], tok["eod"], posixpath.join(ckpt_dir, "ckpt"), load_dir,
                                    cache_dir=posixpath.join(ckpt_dir, "index_cache"), phase=phase)
-    cfg.data.source_names = mix_stage.source_names(blend, blend_run)
+    cfg.data.source_names = source_names(blend, blend_run)
     part = (training_plan.checkpoint_partition(recipe, phase) if run == "pretrain"
-            else mix_stage.blend_partition(recipe))
+            else blend_partition(recipe))
     padded = recipe.training.pretrain.model.padded_vocab_size
     if padded and cfg.model.padded_vocab_size(cfg.parallel.tp) != padded:
         raise AirflowException(f"training.pretrain.model.padded_vocab_size is {padded}, but the tokenizer's "

@@ -7,8 +7,11 @@ It loads through pydantic into typed objects. A bad recipe fails before anything
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import parse_qsl, urlencode
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -770,7 +773,7 @@ class PretrainSpec(Strict):
     # Phases of one run (one LR curve over all of them); empty: one phase on the mixture's own shares.
     phases: list[PhaseSpec] = Field(default_factory=list)
     # Start from a committed checkpoint (its weights and Adam moments; a fresh step counter and schedule):
-    # what an ablation point `from:` a phase-1 checkpoint trains. Set by phiflow.sweeps, not by hand.
+    # what an ablation point `from:` a phase-1 checkpoint trains. Set by sweep_points, not by hand.
     init_from: CheckpointRef | None = None
 
     @model_validator(mode="after")
@@ -986,14 +989,12 @@ class Recipe(Strict):
     def _sweep_points(self) -> Recipe:
         """Every point of every sweep must be a valid recipe (shares, epochs, parallelism)."""
         if self.sweeps:
-            from phiflow.sweeps import SweepError, expand
-
             names = [s.name for s in self.sweeps]
             if len(set(names)) != len(names):
                 raise ValueError(f"sweeps: names must be unique: {names}")
             try:
                 for s in self.sweeps:
-                    expand(self, s.name)
+                    sweep_points(self, s.name)
             except SweepError as e:
                 raise ValueError(str(e)) from None
         return self
@@ -1044,13 +1045,11 @@ def parse_recipe(data: dict[str, Any], path: Path | None = None) -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """The recipe at `path`; `<path>#sweep=<name>&point=<id>` is one point of a sweep (phiflow.sweeps)."""
+    """The recipe at `path`; `<path>#sweep=<name>&point=<id>` is one point of a sweep (sweep_points below)."""
     if "#" in str(path):
-        from phiflow.sweeps import SweepError, parse_ref, point_recipe
-
-        base, ref = parse_ref(str(path))
+        base, ref = parse_sweep_ref(str(path))
         try:
-            return point_recipe(load_recipe(base), ref["sweep"], ref["point"])
+            return sweep_point_recipe(load_recipe(base), ref["sweep"], ref["point"])
         except (SweepError, KeyError) as e:
             raise RecipeError(f"invalid sweep point {path}: {e}") from None
     path = Path(path).resolve()
@@ -1061,3 +1060,161 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"invalid recipe {path}: top level must be a mapping, got {type(data).__name__}")
     return parse_recipe(data, path)
+
+
+# -- sweeps: every point of a sweep is a recipe ------------------------------------------------------
+# A point is the recipe with its `training.pretrain` (the base run) and `mixture` changed along the
+# sweep's axes, under its own recipe name `<recipe>_<sweep>_p<i>`: its blend, checkpoint folder and
+# manifests are then the ones the training stages already write for a recipe, and the committed tokens
+# are shared (tokens partitions do not depend on the recipe name). Every point is parsed as a full
+# recipe, so a bad point fails at recipe load with the field named. The report that joins the points'
+# checkpoints is a stage of its own (training/sweep_report.py).
+AXES = ("mixture", "epochs", "lr", "global_batch_size", "model")
+
+
+class SweepError(ValueError):
+    """A sweep point that cannot run; the message starts with the recipe field (`sweeps.<name>...`)."""
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One run of a sweep: its id, the axis values that define it, and its recipe name."""
+
+    sweep: str
+    id: str
+    values: dict[str, Any]
+    recipe_name: str
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={axis_text(v)}" for k, v in self.values.items())
+
+
+def axis_text(v: Any) -> str:
+    """An axis value as the report and the point labels print it."""
+    if isinstance(v, dict):
+        return "/".join(f"{k}:{axis_text(x)}" for k, x in v.items())
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def sweep_spec(recipe: Recipe, name: str) -> SweepSpec:
+    for s in recipe.sweeps:
+        if s.name == name:
+            return s
+    raise SweepError(f"sweeps: no sweep named {name!r}; known: {[s.name for s in recipe.sweeps]}")
+
+
+def sweep_grid(sweep: SweepSpec) -> list[dict[str, Any]]:
+    """The cartesian product of the sweep's axes, in the order the recipe lists them."""
+    axes = [(a, getattr(sweep.axes, a)) for a in AXES if getattr(sweep.axes, a) is not None]
+    values = [ax.values if a == "epochs" else ax for a, ax in axes]  # type: ignore[union-attr]
+    return [dict(zip([a for a, _ in axes], combo, strict=True)) for combo in itertools.product(*values)]
+
+
+def _shares(recipe_data: dict[str, Any], field: str, shares: dict[str, float]) -> list[dict[str, Any]]:
+    """The mixture's sources with the point's shares (sources the point leaves out get 0)."""
+    sources = recipe_data["mixture"]["sources"]
+    known = [s["name"] for s in sources]
+    for name, share in shares.items():
+        if name not in known:
+            raise SweepError(f"{field}.{name}: no such mixture source; known: {known}")
+        if not 0 <= share <= 1:
+            raise SweepError(f"{field}.{name}: share {share} is not in [0, 1]")
+    total = sum(shares.values())
+    if abs(total - 1) > 1e-6:
+        raise SweepError(f"{field}: shares sum to {total:.6g}, not 1")
+    return [{**s, "share": float(shares.get(s["name"], 0.0))} for s in sources]
+
+
+def _epochs_shares(recipe_data: dict[str, Any], field: str, ax: Any, epochs: float,
+                   total_tokens: int) -> list[dict[str, Any]]:
+    """Shares that repeat a fixed subsample of `ax.unique_tokens` of `ax.source` `epochs` times (the mix
+    stage cuts that subsample); the other sources keep their ratios."""
+    sources = recipe_data["mixture"]["sources"]
+    (src,) = [s for s in sources if s["name"] == ax.source] or [None]
+    if src is None:
+        raise SweepError(f"{field}.source: no such mixture source {ax.source!r}")
+    if src.get("max_epochs") is not None and epochs > src["max_epochs"]:
+        raise SweepError(f"{field}.values: {epochs:g} epochs of {ax.source!r} exceeds its max_epochs="
+                         f"{src['max_epochs']:g}")
+    share = epochs * ax.unique_tokens / total_tokens
+    fillers = [s for s in sources if s is not src and (ax.rest is None or s["name"] in ax.rest)]
+    if ax.rest is not None and len(fillers) != len(ax.rest):
+        known = [s["name"] for s in sources]
+        raise SweepError(f"{field}.rest: {ax.rest} must name other mixture sources; known: {known}")
+    rest = sum(s["share"] for s in fillers)
+    if share > 1 or (share < 1 and rest <= 0):
+        raise SweepError(f"{field}.values: {epochs:g} epochs x {ax.unique_tokens} unique tokens = share "
+                         f"{share:.4g} of the {total_tokens} training tokens, which the other sources cannot fill")
+    return [{**s, "share": share, "subsample_tokens": ax.unique_tokens} if s is src
+            else {**s, "share": (1 - share) * s["share"] / rest if s in fillers else 0.0} for s in sources]
+
+
+def sweep_point_recipe(recipe: Recipe, sweep_name: str, point_id: str) -> Recipe:
+    """The recipe of one point (validated as a whole recipe; SweepError names the sweep field)."""
+    for p, r in sweep_points(recipe, sweep_name):
+        if p.id == point_id:
+            return r
+    raise SweepError(f"sweeps.{sweep_name}: no point {point_id!r}")
+
+
+def sweep_points(recipe: Recipe, sweep_name: str) -> list[tuple[SweepPoint, Recipe]]:
+    """Every point of a sweep with its recipe; the first invalid point raises SweepError."""
+    from phiflow.recipe import RecipeError, deep_merge, parse_recipe
+
+    sweep = sweep_spec(recipe, sweep_name)
+    base = recipe.model_dump(mode="json")
+    base["sweeps"] = []  # a point does not sweep again
+    if base.get("training") is None or base.get("mixture") is None:
+        raise SweepError(f"sweeps.{sweep.name}: the recipe needs mixture and training sections to sweep")
+    base["training"]["pretrain"] = deep_merge({**base["training"]["pretrain"], "phases": []}, sweep.pretrain)
+    base["mixture"]["total_tokens"] = None  # a point's budget is its own run: steps x batch x seq_length
+    if sweep.from_ is not None:  # every point continues from the base checkpoint: its shape is the base's
+        if sweep.axes.model is not None or "model" in sweep.pretrain:
+            raise SweepError(f"sweeps.{sweep.name}.from: points continue from {sweep.from_}, so the model "
+                             "shape cannot change (drop the model axis or pretrain.model)")
+        ref = CheckpointRef.parse(sweep.from_, recipe.name)
+        declared = [p.name for p in recipe.training.pretrain.phases]  # type: ignore[union-attr]
+        if ref.partition["recipe"] == recipe.name and ref.dataset == "checkpoints.pretrain" and (
+                ref.partition.get("phase") not in declared if declared else "phase" in ref.partition):
+            raise SweepError(f"sweeps.{sweep.name}.from: {sweep.from_} is no checkpoint this recipe commits "
+                             f"(its pretraining phases: {declared or 'none'})")
+        base["training"]["pretrain"]["init_from"] = ref.model_dump()
+    out = []
+    for i, values in enumerate(sweep_grid(sweep)):
+        pid = f"p{i}"
+        field = f"sweeps.{sweep.name}.points[{pid}]"
+        data = deep_merge(base, {"name": f"{recipe.name}_{sweep.name}_{pid}"})
+        pre = data["training"]["pretrain"]
+        if "lr" in values:
+            pre["optimizer"] = {**pre["optimizer"], "lr": values["lr"],
+                                "min_lr": min(pre["optimizer"]["min_lr"], values["lr"])}
+        if "global_batch_size" in values:
+            pre["global_batch_size"] = values["global_batch_size"]
+        if "model" in values:
+            pre["model"] = {**pre["model"], **values["model"]}
+        if "mixture" in values:
+            data["mixture"]["sources"] = _shares(data, f"{field}.mixture", values["mixture"])
+        if "epochs" in values:
+            t = pre["steps"] * pre["global_batch_size"] * pre["model"]["seq_length"]
+            total = data["mixture"].get("total_tokens") or t
+            data["mixture"]["sources"] = _epochs_shares(data, f"{field}.epochs", sweep.axes.epochs,
+                                                        values["epochs"], total)
+        try:
+            point_r = parse_recipe(data, recipe.path)
+        except RecipeError as e:
+            reasons = "; ".join(line.replace("<recipe>: ", "").replace("Value error, ", "")
+                                for line in str(e).splitlines()[1:])
+            raise SweepError(f"{field} ({SweepPoint(sweep.name, pid, values, '').label}): {reasons}") from None
+        out.append((SweepPoint(sweep.name, pid, values, point_r.name), point_r))
+    return out
+
+
+def sweep_point_ref(recipe_path: str, sweep_name: str, point_id: str) -> str:
+    """`<recipe.yaml>#sweep=<name>&point=<id>`: what load_recipe turns into the point's recipe."""
+    return f"{recipe_path}#{urlencode({'sweep': sweep_name, 'point': point_id})}"
+
+
+def parse_sweep_ref(ref: str) -> tuple[str, dict[str, str]]:
+    path, _, fragment = ref.partition("#")
+    return path, dict(parse_qsl(fragment))

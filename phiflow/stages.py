@@ -47,7 +47,7 @@ IOFn = Callable[[Recipe, str], StageIO]
 @dataclass(frozen=True)
 class Stage:
     name: str  # the task id and the name in manifests
-    module: str  # what runs it: `spark_jobs.<file>`, `phiflow.mix_stage`, `training.pretrain`...
+    module: str  # what runs it: `spark_jobs.<file>`, `training.mix`, `training.pretrain`...
     recipe_key: str | None  # `stages.<key>` of the recipe, or None (its parameters live elsewhere)
     engine: Engine
     kinds: frozenset[str]  # source kinds it applies to; empty for stages that are not per source
@@ -59,6 +59,7 @@ class Stage:
     # and whether the other columns of its outputs are its input's, passed through unchanged.
     derives: tuple[tuple[str, tuple[str, ...]], ...] = ()
     passes_columns: bool = False
+    calls_llm: bool = False  # its job calls the recipe's `llm:` (the operator hands it the connection)
 
     @property
     def job_file(self) -> str:
@@ -155,7 +156,7 @@ STAGES: tuple[Stage, ...] = (
           NEEDS_LANGID, lambda r, s: _one(f"{s}.extracted", f"{s}.langid"), funnel="langid",
           derives=(("language", ("text",)), ("language_score", ("text",))), passes_columns=True),
     Stage("quality_annotate", "spark_jobs.quality_annotate", "quality_annotate", "spark", ALL_KINDS,
-          lambda r, s: _one(quality_input(r, s), f"{s}.annotations")),
+          lambda r, s: _one(quality_input(r, s), f"{s}.annotations"), calls_llm=True),
     Stage("quality_train", "spark_jobs.quality_train", "quality_train", "spark", ALL_KINDS, _quality_train,
           scope="global"),
     Stage("quality", "spark_jobs.quality", "quality", "spark", ALL_KINDS, _quality, funnel="quality",
@@ -175,11 +176,11 @@ STAGES: tuple[Stage, ...] = (
           lambda r, s: _one(f"{s}.{r.stages.seed_select.input_suffix}", "synthetic.seeds"),
           partitioned_by_source=True, passes_columns=True),
     Stage("synthesize", "spark_jobs.synthesize", "synthesize", "spark", SEED_KINDS, _synthesize,
-          partitioned_by_source=True, derives=(("text", ("text",)),)),
+          partitioned_by_source=True, derives=(("text", ("text",)),), calls_llm=True),
     # -- training --------------------------------------------------------------------------------
     Stage("tokenize", "spark_jobs.tokenization", "tokenize", "spark", frozenset(),
           lambda r, d: _one(d, f"tokens.{d}"), scope="dataset"),
-    Stage("mix", "phiflow.mix_stage", None, "in_process", frozenset(),
+    Stage("mix", "training.mix", None, "in_process", frozenset(),
           lambda r, _s: StageIO(tuple(f"tokens.{d}" for d in training_datasets(r)), ("blend",)), scope="global"),
     Stage("stress", "training.stress", None, "megatron", frozenset(),
           lambda r, _s: _one("blend", "stress.pretrain"), scope="global"),

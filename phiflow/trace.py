@@ -20,8 +20,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from phiflow import stages
+from phiflow.blend import shard_entries
 from phiflow.manifest import InputRef, Manifest, partition_key
-from phiflow.mix_stage import shard_entries
 from phiflow.storage import Lake
 
 ORIGIN_FIELDS = ("url", "warc_record_id", "warc_offset", "warc_member_offset", "fetch_time", "wiki", "page_id",

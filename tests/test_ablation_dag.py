@@ -18,9 +18,9 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from phiflow import sweeps
-from phiflow.recipe import load_recipe
+from phiflow.recipe import load_recipe, sweep_points
 from phiflow.storage import Lake
+from training import sweep_report
 
 pytestmark = [pytest.mark.airflow, pytest.mark.spark]
 SNAP = {"snapshot": "CC-MAIN-2024-10"}
@@ -118,14 +118,14 @@ def test_rerun_of_the_point_and_report_match_the_manifests(swept) -> None:
     assert set(files) == {"report.json", "report.csv", "report.md", "report.png"}
     body = json.loads(lake.fs.cat_file(files["report.json"]))
     rows = list(csv.DictReader(io.StringIO(lake.fs.cat_file(files["report.csv"]).decode())))
-    points = sweeps.expand(recipe, "lr")
+    points = sweep_points(recipe, "lr")
     assert [r["point"] for r in rows] == [p.id for p, _ in points] == ["p0", "p1", "p2"]
     for (p, pr), row, csv_row in zip(points, body["points"], rows, strict=True):
         m = lake.require("checkpoints.pretrain", {"recipe": p.recipe_name})
-        assert m.recipe_digest == sweeps.training_digest(pr) and row["manifest"] == m.digest
+        assert m.recipe_digest == sweep_report.training_digest(pr) and row["manifest"] == m.digest
         assert m.params["run"]["optimizer"]["lr"] == p.values["lr"] and m.counters["steps"] == 5
         assert m.counters["tp"] == 1 and math.isfinite(m.counters["valid_loss"])
-        for k in sweeps.METRICS:
+        for k in sweep_report.METRICS:
             assert row[k] == m.counters[k] and float(csv_row[k]) == pytest.approx(m.counters[k])
         ev = lake.require("evals.pretrain", {"recipe": p.recipe_name})  # the point's benchmark scores
         assert ev.inputs[0] == m.input_ref() and ev.counters["items"] == 60 + 16

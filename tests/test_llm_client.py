@@ -114,6 +114,32 @@ def test_key_and_url_from_an_airflow_connection(tmp_path, monkeypatch) -> None:
         assert res.texts == ["echo[0]: via airflow"] and srv.auth_headers == [f"Bearer {KEY}"]
 
 
+def test_connection_reaches_the_job_through_the_environment_not_airflow(monkeypatch) -> None:
+    """The operator's hook exports the connection in Airflow's format; the core reads it back without
+    Airflow (JSON and URI forms, a URL-encoded password), and a missing one is named, not guessed."""
+    import subprocess
+    import sys
+
+    from operators.llm_hook import LLMConnectionHook
+    from phiflow.llm.secrets import connection_from_env
+
+    conn = {"conn_type": "http", "host": "https://llm.example/v1", "port": 8443, "password": KEY}
+    monkeypatch.setenv("AIRFLOW_CONN_PHIFLOW_LLM_HOOK", json.dumps(conn))
+    env = LLMConnectionHook("phiflow_llm_hook").job_environment()
+    assert list(env) == ["AIRFLOW_CONN_PHIFLOW_LLM_HOOK"]
+    code = ("import sys; from phiflow.llm.secrets import connection_from_env as c; x = c('phiflow_llm_hook'); "
+            "print(x.host, x.port, x.password == sys.argv[1], 'airflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, KEY], env={**env, "PATH": ""}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split() == ["https://llm.example/v1", "8443", "True", "False"]
+    monkeypatch.setenv("AIRFLOW_CONN_PHIFLOW_LLM_URI", "http://user:p%40ss@llm.internal:8000")
+    uri = connection_from_env("phiflow_llm_uri")
+    assert (uri.host, uri.port, uri.password) == ("llm.internal", 8000, "p@ss")
+    monkeypatch.delenv("AIRFLOW_CONN_PHIFLOW_LLM_NONE", raising=False)
+    with pytest.raises(LLMError, match="AIRFLOW_CONN_PHIFLOW_LLM_NONE"):
+        connection_from_env("phiflow_llm_none")
+
+
 def test_n_samples_topped_up_when_the_server_ignores_n(tmp_path, key_env) -> None:
     with LLMTestServer(api_key=KEY, max_choices=1) as srv:
         [res] = make_client(config(srv, tmp_path)).chat([ask("vote", n=3, seed=10, temperature=1.0)])

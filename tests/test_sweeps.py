@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from phiflow import sweeps
-from phiflow.recipe import RecipeError, load_recipe, parse_recipe
+from phiflow.recipe import RecipeError, SweepError, load_recipe, parse_recipe, sweep_point_ref, sweep_points
 from phiflow.schema import TRAIN_STEPS
+from training import sweep_report
 
 DEMO = "recipes/demo.yaml"
 FINAL_MIX = "web:0.15/web_rewrites:0.15/synthetic:0.4/code:0.2/acquired:0.1"  # the demo sweep's last point
@@ -36,7 +36,7 @@ def mix_sweep():
 
 def test_demo_sweep_expands_into_point_recipes() -> None:
     recipe = mix_sweep()
-    points = sweeps.expand(recipe, "mix")
+    points = sweep_points(recipe, "mix")
     assert [p.id for p, _ in points] == ["p0", "p1", "p2"]
     for p, r in points:
         assert r.name == p.recipe_name == f"demo_mix_{p.id}" and r.sweeps == []
@@ -44,14 +44,14 @@ def test_demo_sweep_expands_into_point_recipes() -> None:
         assert r.training.pretrain.steps == 5 and r.training.pretrain.parallel.tp == 1
         assert r.training.pretrain.model == recipe.training.pretrain.model  # the base run otherwise
     demo = load_recipe(DEMO)
-    ref = sweeps.point_ref(str(demo.path), "lr", "p2")
-    assert load_recipe(ref).model_dump() == sweeps.expand(demo, "lr")[2][1].model_dump()
+    ref = sweep_point_ref(str(demo.path), "lr", "p2")
+    assert load_recipe(ref).model_dump() == sweep_points(demo, "lr")[2][1].model_dump()
 
 
 def test_grid_is_the_product_of_the_axes() -> None:
     r = with_sweep(pretrain={"parallel": {"tp": 1}}, axes={"lr": [1e-3, 3e-3], "global_batch_size": [8, 16],
                                                            "model": [{"num_layers": 2}]})
-    pts = sweeps.expand(r, "s")
+    pts = sweep_points(r, "s")
     assert [p.values for p, _ in pts] == [{"lr": lr, "global_batch_size": b, "model": {"num_layers": 2}}
                                           for lr in (1e-3, 3e-3) for b in (8, 16)]
     assert [(x.training.pretrain.optimizer.lr, x.training.pretrain.global_batch_size,
@@ -61,7 +61,7 @@ def test_grid_is_the_product_of_the_axes() -> None:
 def test_epochs_axis_sets_the_share_of_the_source() -> None:
     r = with_sweep(axes={"epochs": {"source": "synthetic", "unique_tokens": 480, "values": [2, 4]}})
     total = 30 * 8 * 64
-    for p, x in sweeps.expand(r, "s"):
+    for p, x in sweep_points(r, "s"):
         shares = {s.name: s.share for s in x.mixture.sources}
         assert shares["synthetic"] == pytest.approx(p.values["epochs"] * 480 / total)
         assert sum(shares.values()) == pytest.approx(1)
@@ -94,17 +94,17 @@ def test_sweep_needs_an_axis() -> None:
 
 def commit_point(lake, point, recipe, losses, valid_loss, blend_recipe=None, start=None, tokens=None) -> None:
     """A blend and a checkpoint manifest as the operators commit them (blend of `blend_recipe`'s mixture)."""
-    from phiflow import mix_stage
     from phiflow.commit import commit_files
     from phiflow.manifest import sha256_json
     from phiflow.schema import BLEND_SOURCES
+    from training import mix
 
     part = {"recipe": point.recipe_name}
     attempt = lake.new_attempt("blend", part)
     lake.fs.pipe_file(lake.attempt_path("blend", part, attempt) + "/blend.json", b"{}")
     blend = commit_files(lake, dataset="blend", partition=part, attempt=attempt, stage="mix", schema=BLEND_SOURCES,
                          row_count=0, content=point.id, inputs=[],
-                         recipe_digest=sha256_json(mix_stage.mix_params(blend_recipe or recipe)), params={},
+                         recipe_digest=sha256_json(mix.mix_params(blend_recipe or recipe)), params={},
                          counters={})
     attempt = lake.new_attempt("checkpoints.pretrain", part)
     lake.fs.pipe_file(lake.attempt_path("checkpoints.pretrain", part, attempt) + "/metrics.json", b"{}")
@@ -114,16 +114,16 @@ def commit_point(lake, point, recipe, losses, valid_loss, blend_recipe=None, sta
     commit_files(lake, dataset="checkpoints.pretrain", partition=part, attempt=attempt, stage="pretrain",
                  schema=TRAIN_STEPS, row_count=len(losses), content=losses,
                  inputs=[blend.input_ref()] + ([start.input_ref()] if start is not None else []),
-                 recipe_digest=sweeps.training_digest(recipe), params={}, counters=counters)
+                 recipe_digest=sweep_report.training_digest(recipe), params={}, counters=counters)
 
 
 def test_report_joins_current_point_manifests(lake) -> None:
     recipe = mix_sweep()
-    (p0, r0), (p1, r1), (p2, r2) = sweeps.expand(recipe, "mix")
+    (p0, r0), (p1, r1), (p2, r2) = sweep_points(recipe, "mix")
     commit_point(lake, p0, r0, [6.2, 5.9], 5.8)
     commit_point(lake, p2, r2, [6.2, 5.1], 5.3)
     commit_point(lake, p1, r1, [6.2, 4.0], 4.0, blend_recipe=r0)  # blend of another mixture: not current
-    m = sweeps.commit_report(recipe, "mix", lake)
+    m = sweep_report.commit_report(recipe, "mix", lake)
     assert m.dataset == "ablations.mix" and m.row_count == 3
     assert m.counters["ok"] == 2 and m.counters["missing"] == ["p1"]
     assert m.counters["best"] == {"valid_loss": "p2", "valid_perplexity": "p2", "final_loss": "p2",
@@ -137,38 +137,39 @@ def test_report_joins_current_point_manifests(lake) -> None:
 
 
 def test_lr_fit_recovers_a_power_law() -> None:
-    sizes = [sweeps.model_params(layers, hidden, 512) for layers, hidden in ((2, 64), (4, 128), (8, 256))]
+    sizes = [sweep_report.model_params(layers, hidden, 512) for layers, hidden in ((2, 64), (4, 128), (8, 256))]
     best = [0.02 * (n / 1e5) ** -0.5 for n in sizes]
-    a, b = sweeps.fit_lr(list(zip(sizes, best, strict=True)))
+    a, b = sweep_report.fit_lr(list(zip(sizes, best, strict=True)))
     assert b == pytest.approx(-0.5)
-    assert sweeps.predict_lr((a, b), 4 * 10**6) == pytest.approx(0.02 * 40**-0.5)
-    assert sweeps.model_params(2, 64, 512) == 2 * (4 * 64 * 64 + 2 * 64 * 256) + 512 * 64
-    with pytest.raises(sweeps.SweepError, match="at least two model sizes"):
-        sweeps.fit_lr([(1000, 1e-3), (1000, 2e-3)])
+    assert sweep_report.predict_lr((a, b), 4 * 10**6) == pytest.approx(0.02 * 40**-0.5)
+    assert sweep_report.model_params(2, 64, 512) == 2 * (4 * 64 * 64 + 2 * 64 * 256) + 512 * 64
+    with pytest.raises(SweepError, match="at least two model sizes"):
+        sweep_report.fit_lr([(1000, 1e-3), (1000, 2e-3)])
 
 
 def test_report_interpolates_the_lr_across_model_sizes(lake) -> None:
     r = with_sweep(pretrain={"parallel": {"tp": 1}}, axes={"lr": [1e-3, 3e-3], "model": [
         {"num_layers": 2, "hidden_size": 64}, {"num_layers": 4, "hidden_size": 128}]})
-    points = sweeps.expand(r, "s")
+    points = sweep_points(r, "s")
     small_best, large_best = 3e-3, 1e-3  # the larger model wants the smaller lr
     for p, pr in points:
         lr, small = p.values["lr"], p.values["model"]["hidden_size"] == 64
         valid = 5.0 if lr == (small_best if small else large_best) else 5.5
         commit_point(lake, p, pr, [6.0, valid], valid)
-    m = sweeps.commit_report(r, "s", lake)
+    m = sweep_report.commit_report(r, "s", lake)
     fit = m.counters["lr_fit"]
-    sizes = [sweeps.model_params(2, 64, r.tokenizer.vocab_size), sweeps.model_params(4, 128, r.tokenizer.vocab_size)]
+    sizes = [sweep_report.model_params(2, 64, r.tokenizer.vocab_size),
+             sweep_report.model_params(4, 128, r.tokenizer.vocab_size)]
     pairs = list(zip(sizes, [small_best, large_best], strict=True))
     assert [(x["params"], x["lr"]) for x in fit["best_per_size"]] == pairs
-    a, b = sweeps.fit_lr(pairs)
+    a, b = sweep_report.fit_lr(pairs)
     assert b < 0 and fit["b"] == pytest.approx(b) and fit["a"] == pytest.approx(a)
     target = r.training.pretrain.model
-    n = sweeps.model_params(target.num_layers, target.hidden_size, r.tokenizer.vocab_size)
-    assert fit["target_params"] == n and fit["predicted_lr"] == pytest.approx(sweeps.predict_lr((a, b), n))
+    n = sweep_report.model_params(target.num_layers, target.hidden_size, r.tokenizer.vocab_size)
+    assert fit["target_params"] == n and fit["predicted_lr"] == pytest.approx(sweep_report.predict_lr((a, b), n))
     md = [p for p in lake.data_files(m) if p.endswith("report.md")]
     assert "the fit predicts lr" in lake.fs.cat_file(md[0]).decode()
-    assert sweeps.commit_report(mix_sweep(), "mix", lake).counters["lr_fit"] is None  # no lr x model axes
+    assert sweep_report.commit_report(mix_sweep(), "mix", lake).counters["lr_fit"] is None  # no lr x model axes
 
 
 def commit_checkpoint(lake, partition, valid_loss, by_source):
@@ -187,7 +188,7 @@ def commit_checkpoint(lake, partition, valid_loss, by_source):
 
 def test_points_from_a_checkpoint_name_it_and_the_report_puts_it_first(lake) -> None:
     recipe = load_recipe(DEMO)
-    points = sweeps.expand(recipe, "synthetic_epochs")
+    points = sweep_points(recipe, "synthetic_epochs")
     assert [p.values for p, _ in points] == [{"epochs": 4.0}, {"epochs": 12.0}]
     for _, pr in points:
         ref = pr.training.pretrain.init_from
@@ -199,7 +200,7 @@ def test_points_from_a_checkpoint_name_it_and_the_report_puts_it_first(lake) -> 
     (p0, r0), (p1, r1) = points
     commit_point(lake, p0, r0, [4.0, 3.8], 3.9, start=base, tokens=2560)
     commit_point(lake, p1, r1, [4.0, 3.6], 3.7, tokens=2560)  # trained without loading the base: not this point
-    m = sweeps.commit_report(recipe, "synthetic_epochs", lake)
+    m = sweep_report.commit_report(recipe, "synthetic_epochs", lake)
     rows = json.loads(lake.fs.cat_file(next(p for p in lake.data_files(m) if p.endswith("report.json"))))["points"]
     assert [(r["point"], r["status"]) for r in rows] == [("base", "base"), ("p0", "ok"), ("p1", "missing")]
     assert rows[0]["valid_perplexity_synthetic"] == pytest.approx(math.exp(3.1)) and rows[1]["tokens"] == 2560
@@ -222,18 +223,18 @@ def test_report_interpolates_lr_and_batch_from_the_points(lake) -> None:
 
     r = with_sweep(pretrain={"parallel": {"tp": 1}}, axes={"lr": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2],
                                                            "global_batch_size": [8, 16, 32]})
-    for p, pr in sweeps.expand(r, "s"):
+    for p, pr in sweep_points(r, "s"):
         x, y = math.log(p.values["lr"] / 4e-3), math.log(p.values["global_batch_size"] / 16)
         valid = 4.0 + 0.3 * x * x + 0.2 * y * y + 0.05 * x * y + 0.002 * math.sin(7 * x + 3 * y)
         commit_point(lake, p, pr, [6.0, valid], valid)
-    fit = sweeps.commit_report(r, "s", lake).counters["hparam_fit"]
+    fit = sweep_report.commit_report(r, "s", lake).counters["hparam_fit"]
     assert fit["lr"] == pytest.approx(4e-3, rel=0.05) and fit["global_batch_size"] == 16
     assert fit["lr_interval"][0] < fit["lr"] < fit["lr_interval"][1] and not fit["extrapolated"]
-    md = lake.fs.cat_file(next(p for p in lake.data_files(sweeps.commit_report(r, "s", lake))
+    md = lake.fs.cat_file(next(p for p in lake.data_files(sweep_report.commit_report(r, "s", lake))
                                if p.endswith("report.md"))).decode()
     snippet = md.split("```yaml\n")[1].split("```")[0]
     assert yaml.safe_load(snippet)["training"]["pretrain"]["global_batch_size"] == 16
-    assert sweeps.commit_report(mix_sweep(), "mix", lake).counters["hparam_fit"] is None  # no lr axis
+    assert sweep_report.commit_report(mix_sweep(), "mix", lake).counters["hparam_fit"] is None  # no lr axis
 
 
 @pytest.mark.parametrize(("phases", "field"), [

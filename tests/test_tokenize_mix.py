@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phiflow import mix_stage
+from phiflow.blend import blend_partition, load_blend, shard_entries, shard_prefixes
 from phiflow.mixture import MixtureError
 from phiflow.recipe import RecipeError, load_recipe, parse_recipe
 from phiflow.storage import Lake
 from spark_jobs import commoncrawl_extract, langid, tokenization
 from spark_jobs.stage_io import StageContext
+from training import mix
 
 pytestmark = pytest.mark.spark
 SNAP = {"snapshot": "CC-MAIN-2024-10"}
@@ -45,7 +46,7 @@ def test_shards_read_back_with_megatron(tokenized, test_recipe) -> None:
                        for c in ("doc_id", "text")), strict=True))
     tok = resolve_tokenizer(test_recipe, lake).load()
     seen, total = [], 0
-    for prefix, tokens in mix_stage.shard_prefixes(lake, m):
+    for prefix, tokens in shard_prefixes(lake, m):
         ds, side = IndexedDataset(prefix), read_sidecar(prefix).to_pylist()
         assert len(ds) == len(side) and sum(r["num_tokens"] for r in side) == tokens
         ids = [r["doc_id"] for r in side]
@@ -58,10 +59,10 @@ def test_shards_read_back_with_megatron(tokenized, test_recipe) -> None:
         total += tokens
     assert sorted(seen) == sorted(texts) and m.row_count == len(texts) == m.counters["documents"]
     assert m.counters["tokens"] == total and m.counters["shards"] == 2 and m.inputs == [src.input_ref()]
-    long = mix_stage.shard_prefixes(lake, m, "long")
+    long = shard_prefixes(lake, m, "long")
     assert sum(t for _, t in long) == m.counters["long_tokens"]
     assert m.counters["long_documents"] == sum(
-        r["num_tokens"] > 8192 for p, _ in mix_stage.shard_prefixes(lake, m) for r in read_sidecar(p).to_pylist())
+        r["num_tokens"] > 8192 for p, _ in shard_prefixes(lake, m) for r in read_sidecar(p).to_pylist())
     assert m.params["tokenizer"]["vocab_size"] == 512 and ds.index.dtype == np.uint16
 
 
@@ -73,7 +74,7 @@ def test_trace_from_a_training_sequence_reaches_the_warc_record(tokenized) -> No
     from phiflow.trace import TraceError, trace, trace_sample
 
     lake, m = tokenized
-    (p0, _, first), (p1, _, _) = mix_stage.shard_entries(lake, m, "part")[:2]  # the blend's order
+    (p0, _, first), (p1, _, _) = shard_entries(lake, m, "part")[:2]  # the blend's order
     assert pq.read_table(lake.fs.open(p0 + ".docs.parquet", "rb")).num_rows == first
     want = pq.read_table(lake.fs.open(p1 + ".docs.parquet", "rb")).column("doc_id")[2].as_py()  # in the second
     lines = trace_sample(lake, f"tokens.web.langid:{first + 2}")
@@ -109,8 +110,8 @@ def test_mix_commits_blend_and_refuses_infeasible(spark, tokenized, test_recipe)
     recipe = mixed_recipe(test_recipe, sources=[
         {"name": "web", "datasets": ["web.langid"], "share": 0.7, "max_epochs": 2},
         {"name": "raw", "datasets": ["web.extracted"], "share": 0.3, "max_epochs": 2}])
-    m = mix_stage.run(recipe, lake)
-    blend = mix_stage.load_blend(lake, m)
+    m = mix.run(recipe, lake)
+    blend = load_blend(lake, m)
     weights: dict[str, float] = {}
     for w, prefix in blend["pretrain"]["blend"]:
         dataset = prefix.split("/tokens.")[1].split("/")[0]
@@ -120,12 +121,12 @@ def test_mix_commits_blend_and_refuses_infeasible(spark, tokenized, test_recipe)
     assert sum(s["share"] for n, s in mid.items() if n.startswith("long:")) == pytest.approx(0.3)
     assert sum(w for w, p in blend["midtrain"]["blend"] if "/long-" in p) == pytest.approx(0.3)
     assert {f.path.rsplit("/", 1)[1] for f in m.files} == {"blend.json", "blend.csv", "blend.md", "blend.png"}
-    assert m.row_count == 2 + 4 and mix_stage.run(recipe, lake).attempt == m.attempt  # unchanged: nothing to do
+    assert m.row_count == 2 + 4 and mix.run(recipe, lake).attempt == m.attempt  # unchanged: nothing to do
     tight = mixed_recipe(test_recipe, sources=[  # 15,360 training tokens of ~1M unique: 0.01 epochs
         {"name": "web", "datasets": ["web.langid"], "share": 1.0, "max_epochs": 0.001}])
     with pytest.raises(MixtureError, match=r"pretrain mixture: source 'web': .* exceeds max_epochs=0.001"):
-        mix_stage.run(tight, lake)
-    attempts = lake.fs.ls(lake.attempt_path("blend", mix_stage.blend_partition(tight), ""), detail=False)
+        mix.run(tight, lake)
+    attempts = lake.fs.ls(lake.attempt_path("blend", blend_partition(tight), ""), detail=False)
     assert [a.rstrip("/").rsplit("/", 1)[1] for a in attempts] == [m.attempt]  # the failed run left nothing
 
 
@@ -133,7 +134,7 @@ def test_stale_tokens_are_refused(tokenized, test_recipe) -> None:
     lake, _ = tokenized
     recipe = mixed_recipe(test_recipe, sources=[{"name": "x", "datasets": ["web.dedup"], "share": 1.0}])
     with pytest.raises(MixtureError, match=r"web\.dedup has no committed partition"):
-        mix_stage.run(recipe, lake)
+        mix.run(recipe, lake)
 
 
 @pytest.mark.parametrize(("path", "value", "field"), [
@@ -180,16 +181,16 @@ def test_fixed_subsample_is_repeated_for_its_epochs(tokenized, test_recipe, tmp_
     recipe = mixed_recipe(test_recipe, sources=[
         {"name": "web", "datasets": ["web.langid"], "share": 1.0, "subsample_tokens": target}])
     with pytest.raises(MixtureError, match="subsample_tokens needs a subsampler"):
-        mix_stage.run(recipe, lake)
-    b = mix_stage.run(recipe, lake, subsample=subsample)
-    (src,) = mix_stage.load_blend(lake, b)["pretrain"]["mixture"]["sources"]
+        mix.run(recipe, lake)
+    b = mix.run(recipe, lake, subsample=subsample)
+    (src,) = load_blend(lake, b)["pretrain"]["mixture"]["sources"]
     ((prefix, tokens),) = src["shards"]
     assert src["unique_tokens"] == tokens >= target
     assert src["epochs"] == pytest.approx(src["tokens"] / tokens)
     side = read_sidecar(prefix).to_pylist()
     assert sum(r["num_tokens"] for r in side) == tokens and len(IndexedDataset(prefix)) == len(side)
     assert tokens - max(r["num_tokens"] for r in side) < target  # whole documents, stopped once past the target
-    originals = {r["doc_id"]: (p, r["sequence"]) for p, _ in mix_stage.shard_prefixes(lake, m)
+    originals = {r["doc_id"]: (p, r["sequence"]) for p, _ in shard_prefixes(lake, m)
                  for r in read_sidecar(p).to_pylist()}
     ds = IndexedDataset(prefix)
     readers = {p: IndexedDataset(p) for p, _ in originals.values()}  # alive while their mmap'd arrays are read
@@ -198,7 +199,7 @@ def test_fixed_subsample_is_repeated_for_its_epochs(tokenized, test_recipe, tmp_
         assert ds[i].tolist() == readers[p][seq].tolist()
     assert prefix.startswith(lake.partition_path("blend", {"recipe": recipe.name}))  # committed with the blend
     tok = m.params["tokenizer"]
-    again = subsample(mix_stage.shard_prefixes(lake, m), target, str(tmp_path / "again"), tok["vocab_size"], tok["eod"])
+    again = subsample(shard_prefixes(lake, m), target, str(tmp_path / "again"), tok["vocab_size"], tok["eod"])
     assert again[1] == tokens and Path(again[0] + ".bin").read_bytes() == Path(prefix + ".bin").read_bytes()
 
 
@@ -211,11 +212,11 @@ def test_small_shards_of_a_source_are_merged_so_every_split_holds_a_document(tok
     lake, _ = tokenized
     m = lake.require("tokens.web.langid", SNAP)
     tok = m.params["tokenizer"]
-    assert mix_stage.split_min_documents("90,10,0") == 5 and mix_stage.split_min_documents("80,20,0") == 3
-    assert mix_stage.split_min_documents("98,2,0") == 25
-    entries = mix_stage.shard_entries(lake, m)
+    assert mix.split_min_documents("90,10,0") == 5 and mix.split_min_documents("80,20,0") == 3
+    assert mix.split_min_documents("98,2,0") == 25
+    entries = shard_entries(lake, m)
     assert sum(d for _, _, d in entries) == m.counters["documents"]
-    merge = mix_stage.Merger(subsample, str(tmp_path), 5, tok["vocab_size"], tok["eod"])
+    merge = mix.Merger(subsample, str(tmp_path), 5, tok["vocab_size"], tok["eod"])
     assert merge("part:web", entries) == tuple((p, t) for p, t, _ in entries)  # every shard is big enough
     tiny = (*entries, (entries[0][0], entries[0][1], 2))  # one more shard of 2 documents
     ((prefix, tokens),) = merge("part:web", tiny)
@@ -233,12 +234,12 @@ def test_phases_mix_their_own_shares_and_the_run_holds_max_epochs(spark, tokeniz
                {"name": "raw", "datasets": ["web.extracted"], "share": 0.5}]
     phases = [{"name": "one", "fraction": 0.5, "mixture": {"web": 0.9, "raw": 0.1}},
               {"name": "two", "fraction": 0.5, "mixture": {"web": 0.2, "raw": 0.8}}]
-    m = mix_stage.run(mixed_recipe(test_recipe, phases, sources=sources), lake)
-    blend = mix_stage.load_blend(lake, m)
+    m = mix.run(mixed_recipe(test_recipe, phases, sources=sources), lake)
+    blend = load_blend(lake, m)
     half = 15 * 8 * 64
     for run, raw_share in (("pretrain.one", 0.1), ("pretrain.two", 0.8)):
-        mix = {s["name"]: s for s in blend[run]["mixture"]["sources"]}
-        assert blend[run]["mixture"]["total_tokens"] == half and mix["raw"]["tokens"] == round(raw_share * half)
+        shares = {s["name"]: s for s in blend[run]["mixture"]["sources"]}
+        assert blend[run]["mixture"]["total_tokens"] == half and shares["raw"]["tokens"] == round(raw_share * half)
         assert sum(w for w, p in blend[run]["blend"] if "tokens.web.extracted" in p) == pytest.approx(raw_share)
     whole = {s["name"]: s for s in blend["pretrain"]["mixture"]["sources"]}
     assert whole["raw"]["tokens"] == round(0.1 * half) + round(0.8 * half)
@@ -249,4 +250,4 @@ def test_phases_mix_their_own_shares_and_the_run_holds_max_epochs(spark, tokeniz
     cap = 0.9 * whole["raw"]["tokens"] / unique  # each phase under it, the two together over it
     tight = [{**sources[0]}, {**sources[1], "max_epochs": cap}]
     with pytest.raises(MixtureError, match=r"pretrain \(all phases\): source 'raw': .* exceeds max_epochs"):
-        mix_stage.run(mixed_recipe(test_recipe, phases, sources=tight), lake)
+        mix.run(mixed_recipe(test_recipe, phases, sources=tight), lake)

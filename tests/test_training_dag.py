@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 import pytest
 from conftest import ROOT
 
-from phiflow import dashboard, mix_stage
+from phiflow import dashboard
+from phiflow.blend import load_blend
 from phiflow.storage import Lake
 
 pytestmark = pytest.mark.airflow
@@ -72,7 +73,7 @@ def test_training_dag_commits_checkpoints_with_metrics(trained) -> None:
     assert p["loss_end_mean"] < f["loss_start_mean"] - 0.5, f["losses"] + p["losses"]  # loss falls over the run
     assert abs(f["first_loss"] - math.log(512)) < 0.5  # starts near uniform over the vocabulary
     assert p["first_loss"] < f["first_loss"] - 0.5  # phase 2 goes on from where phase 1 got, not from scratch
-    blend_json = mix_stage.load_blend(lake, blend)
+    blend_json = load_blend(lake, blend)
     assert [run for run in blend_json if run.startswith("pretrain")] == ["pretrain.phase1", "pretrain.phase2",
                                                                          "pretrain"]
     assert blend_json["pretrain"]["mixture"]["total_tokens"] == 2 * blend_json["pretrain.phase1"]["mixture"][
@@ -165,8 +166,8 @@ def test_a_sweep_from_the_phase1_checkpoint_continues_it(trained, tmp_path, monk
     import yaml
     from airflow.dag_processing.dagbag import DagBag
 
-    from phiflow import sweeps
-    from phiflow.recipe import load_recipe
+    from phiflow.recipe import load_recipe, sweep_points
+    from training import sweep_report
 
     data = yaml.safe_load(Path(os.environ["PHIFLOW_RECIPE"]).read_text())
     data["sweeps"] = [{"name": "cont", "from": "checkpoints.pretrain/phase=phase1",
@@ -181,12 +182,12 @@ def test_a_sweep_from_the_phase1_checkpoint_continues_it(trained, tmp_path, monk
     assert run.state == "success", {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
     lake, recipe = Lake(), load_recipe(path)
     base = lake.require("checkpoints.pretrain", PHASE1)
-    for point, pr in sweeps.expand(recipe, "cont"):
+    for point, pr in sweep_points(recipe, "cont"):
         m = lake.require("checkpoints.pretrain", {"recipe": point.recipe_name})
         assert m.inputs[1] == base.input_ref() and m.counters["started_from"]["partition"] == PHASE1
         assert m.counters["resumed_from"].startswith(base.params["checkpoint_dir"])
         assert m.counters["tokens"] == 3 * 8 * 64 and m.counters["first_loss"] < base.counters["first_loss"] - 0.5
-        assert sweeps.current_checkpoint(lake, pr) == m
+        assert sweep_report.current_checkpoint(lake, pr) == m
     report = lake.require("ablations.cont", PART)
     assert report.counters["ok"] == 2 and base.input_ref() in report.inputs, report.counters
     (path,) = [p for p in lake.data_files(report) if p.endswith("report.json")]

@@ -1,12 +1,16 @@
 """Where an API key comes from (environment variable or Airflow connection), and how it stays out
-of logs: it lives in a `Secret` whose repr is a mask, and error texts pass through `redact`."""
+of logs: it lives in a `Secret` whose repr is a mask, and error texts pass through `redact`.
+
+No Airflow here: a connection is read from the environment in Airflow's own format, where the
+Airflow task that launched the stage put it (operators/llm_hook.py)."""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from phiflow.llm.types import LLMConfig, LLMError
 
@@ -61,28 +65,51 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _airflow_connection(conn_id: str):  # -> airflow Connection
-    """Airflow is looked up only here, only when a recipe names a connection (phiflow/ never
-    imports it at module level: Spark executors and the CLI run without it)."""
-    try:
-        from airflow.sdk import BaseHook
-    except ImportError:
+@dataclass(frozen=True)
+class Connection:
+    """The fields of an Airflow connection an LLM endpoint needs."""
+
+    host: str | None
+    port: int | None
+    password: str | None
+
+
+def connection_env_var(conn_id: str) -> str:
+    """Airflow's own environment variable for a connection (`AIRFLOW_CONN_<ID>`)."""
+    return f"AIRFLOW_CONN_{conn_id.upper()}"
+
+
+def connection_from_env(conn_id: str) -> Connection:
+    """A connection in Airflow's environment-variable format (JSON or URI), read without Airflow.
+
+    The core never imports Airflow, so a Spark executor or the CLI reads the connection from its
+    environment: an Airflow task exports it there first (operators/llm_hook.py resolves it through
+    Airflow's secrets backends), and outside Airflow the user sets the variable as Airflow documents."""
+    var = connection_env_var(conn_id)
+    raw = os.environ.get(var)
+    if not raw:
+        raise LLMError(f"llm.api_key_conn_id={conn_id!r}: no connection in the environment ({var}); Airflow "
+                       "tasks export it from the connection store, elsewhere set it in Airflow's format")
+    if raw.lstrip().startswith("{"):
         try:
-            from airflow.hooks.base import BaseHook  # Airflow 2
-        except ImportError:
-            raise LLMError(f"llm.api_key_conn_id={conn_id!r} needs Airflow, which is not installed here") from None
-    try:
-        return BaseHook.get_connection(conn_id)
-    except Exception as err:  # the hook's own errors do not carry secrets, only the id
-        raise LLMError(f"Airflow connection {conn_id!r} not found ({type(err).__name__})") from None
+            data = json.loads(raw)
+        except ValueError:
+            raise LLMError(f"{var}: not valid JSON") from None  # the text may hold the key: not echoed
+        port = data.get("port")
+        return Connection(host=data.get("host") or None, port=int(port) if port else None,
+                          password=data.get("password") or None)
+    parts = urlsplit(raw)
+    return Connection(host=parts.hostname or None, port=parts.port,
+                      password=unquote(parts.password) if parts.password else None)
 
 
 def resolve_endpoint(config: LLMConfig) -> Endpoint:
-    """Base URL and key of an OpenAI-compatible server from the config, env and Airflow."""
+    """Base URL and key of an OpenAI-compatible server from the config, an environment variable or a
+    connection."""
     key: str | None = None
     base_url = config.base_url
     if config.api_key_conn_id:
-        conn = _airflow_connection(config.api_key_conn_id)
+        conn = connection_from_env(config.api_key_conn_id)
         key = conn.password or None
         if base_url is None and conn.host:
             host = conn.host if "://" in conn.host else f"http://{conn.host}"

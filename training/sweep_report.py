@@ -1,182 +1,29 @@
-"""Ablation sweeps: a recipe's `sweeps:` entry -> validated points; point manifests -> a report.
-
-A point is the recipe with its `training.pretrain` (the base run) and `mixture` changed along the
-sweep's axes, under its own recipe name `<recipe>_<sweep>_p<i>`: its blend, checkpoint folder and
-manifests are then the ones the training operators already write for a recipe, and the committed
-tokens are shared (tokens partitions do not depend on the recipe name). Every point is parsed as a
-full recipe, so a bad point fails at recipe load with the field named. Pure: no Airflow, no torch.
+"""The ablation report stage: a sweep's points (phiflow.recipe.sweep_points) and their committed
+checkpoint and evaluation manifests -> `ablations.<sweep>/recipe=<name>`: a table (CSV, markdown), loss
+curves, the best point per metric and, for learning-rate sweeps, the fits that propose the long run's
+setting. In-process (AblationReportOperator runs it); no Airflow, no torch.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode
 
+from phiflow.blend import DATASET as BLEND
+from phiflow.blend import blend_partition
 from phiflow.manifest import sha256_json
+from phiflow.recipe import SweepError, SweepPoint, axis_text, sweep_points, sweep_spec
+from training.evaluate import DATASET as EVALS
+from training.mix import mix_params
 
 if TYPE_CHECKING:
     from phiflow.manifest import Manifest
     from phiflow.recipe import Recipe, SweepSpec
 
-AXES = ("mixture", "epochs", "lr", "global_batch_size", "model")
-EVALS = "evals.pretrain"  # benchmark scores of a checkpoint (operators/evaluation.py commits them)
 METRICS = ("valid_loss", "valid_perplexity", "final_loss", "loss_end_mean")  # lower is better, all of them
-
-
-class SweepError(ValueError):
-    """A sweep point that cannot run; the message starts with the recipe field (`sweeps.<name>...`)."""
-
-
-@dataclass(frozen=True)
-class Point:
-    """One run of a sweep: its id, the axis values that define it, and its recipe name."""
-
-    sweep: str
-    id: str
-    values: dict[str, Any]
-    recipe_name: str
-
-    @property
-    def label(self) -> str:
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in self.values.items())
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, dict):
-        return "/".join(f"{k}:{_fmt(x)}" for k, x in v.items())
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def sweep_spec(recipe: Recipe, name: str) -> SweepSpec:
-    for s in recipe.sweeps:
-        if s.name == name:
-            return s
-    raise SweepError(f"sweeps: no sweep named {name!r}; known: {[s.name for s in recipe.sweeps]}")
-
-
-def grid(sweep: SweepSpec) -> list[dict[str, Any]]:
-    """The cartesian product of the sweep's axes, in the order the recipe lists them."""
-    axes = [(a, getattr(sweep.axes, a)) for a in AXES if getattr(sweep.axes, a) is not None]
-    values = [ax.values if a == "epochs" else ax for a, ax in axes]  # type: ignore[union-attr]
-    return [dict(zip([a for a, _ in axes], combo, strict=True)) for combo in itertools.product(*values)]
-
-
-def _shares(recipe_data: dict[str, Any], field: str, shares: dict[str, float]) -> list[dict[str, Any]]:
-    """The mixture's sources with the point's shares (sources the point leaves out get 0)."""
-    sources = recipe_data["mixture"]["sources"]
-    known = [s["name"] for s in sources]
-    for name, share in shares.items():
-        if name not in known:
-            raise SweepError(f"{field}.{name}: no such mixture source; known: {known}")
-        if not 0 <= share <= 1:
-            raise SweepError(f"{field}.{name}: share {share} is not in [0, 1]")
-    total = sum(shares.values())
-    if abs(total - 1) > 1e-6:
-        raise SweepError(f"{field}: shares sum to {total:.6g}, not 1")
-    return [{**s, "share": float(shares.get(s["name"], 0.0))} for s in sources]
-
-
-def _epochs_shares(recipe_data: dict[str, Any], field: str, ax: Any, epochs: float,
-                   total_tokens: int) -> list[dict[str, Any]]:
-    """Shares that repeat a fixed subsample of `ax.unique_tokens` of `ax.source` `epochs` times (the mix
-    stage cuts that subsample); the other sources keep their ratios."""
-    sources = recipe_data["mixture"]["sources"]
-    (src,) = [s for s in sources if s["name"] == ax.source] or [None]
-    if src is None:
-        raise SweepError(f"{field}.source: no such mixture source {ax.source!r}")
-    if src.get("max_epochs") is not None and epochs > src["max_epochs"]:
-        raise SweepError(f"{field}.values: {epochs:g} epochs of {ax.source!r} exceeds its max_epochs="
-                         f"{src['max_epochs']:g}")
-    share = epochs * ax.unique_tokens / total_tokens
-    fillers = [s for s in sources if s is not src and (ax.rest is None or s["name"] in ax.rest)]
-    if ax.rest is not None and len(fillers) != len(ax.rest):
-        known = [s["name"] for s in sources]
-        raise SweepError(f"{field}.rest: {ax.rest} must name other mixture sources; known: {known}")
-    rest = sum(s["share"] for s in fillers)
-    if share > 1 or (share < 1 and rest <= 0):
-        raise SweepError(f"{field}.values: {epochs:g} epochs x {ax.unique_tokens} unique tokens = share "
-                         f"{share:.4g} of the {total_tokens} training tokens, which the other sources cannot fill")
-    return [{**s, "share": share, "subsample_tokens": ax.unique_tokens} if s is src
-            else {**s, "share": (1 - share) * s["share"] / rest if s in fillers else 0.0} for s in sources]
-
-
-def point_recipe(recipe: Recipe, sweep_name: str, point_id: str) -> Recipe:
-    """The recipe of one point (validated as a whole recipe; SweepError names the sweep field)."""
-    for p, r in expand(recipe, sweep_name):
-        if p.id == point_id:
-            return r
-    raise SweepError(f"sweeps.{sweep_name}: no point {point_id!r}")
-
-
-def expand(recipe: Recipe, sweep_name: str) -> list[tuple[Point, Recipe]]:
-    """Every point of a sweep with its recipe; the first invalid point raises SweepError."""
-    from phiflow.recipe import RecipeError, deep_merge, parse_recipe
-
-    sweep = sweep_spec(recipe, sweep_name)
-    base = recipe.model_dump(mode="json")
-    base["sweeps"] = []  # a point does not sweep again
-    if base.get("training") is None or base.get("mixture") is None:
-        raise SweepError(f"sweeps.{sweep.name}: the recipe needs mixture and training sections to sweep")
-    base["training"]["pretrain"] = deep_merge({**base["training"]["pretrain"], "phases": []}, sweep.pretrain)
-    base["mixture"]["total_tokens"] = None  # a point's budget is its own run: steps x batch x seq_length
-    if sweep.from_ is not None:  # every point continues from the base checkpoint: its shape is the base's
-        if sweep.axes.model is not None or "model" in sweep.pretrain:
-            raise SweepError(f"sweeps.{sweep.name}.from: points continue from {sweep.from_}, so the model "
-                             "shape cannot change (drop the model axis or pretrain.model)")
-        from phiflow.recipe import CheckpointRef
-
-        ref = CheckpointRef.parse(sweep.from_, recipe.name)
-        declared = [p.name for p in recipe.training.pretrain.phases]  # type: ignore[union-attr]
-        if ref.partition["recipe"] == recipe.name and ref.dataset == "checkpoints.pretrain" and (
-                ref.partition.get("phase") not in declared if declared else "phase" in ref.partition):
-            raise SweepError(f"sweeps.{sweep.name}.from: {sweep.from_} is no checkpoint this recipe commits "
-                             f"(its pretraining phases: {declared or 'none'})")
-        base["training"]["pretrain"]["init_from"] = ref.model_dump()
-    out = []
-    for i, values in enumerate(grid(sweep)):
-        pid = f"p{i}"
-        field = f"sweeps.{sweep.name}.points[{pid}]"
-        data = deep_merge(base, {"name": f"{recipe.name}_{sweep.name}_{pid}"})
-        pre = data["training"]["pretrain"]
-        if "lr" in values:
-            pre["optimizer"] = {**pre["optimizer"], "lr": values["lr"],
-                                "min_lr": min(pre["optimizer"]["min_lr"], values["lr"])}
-        if "global_batch_size" in values:
-            pre["global_batch_size"] = values["global_batch_size"]
-        if "model" in values:
-            pre["model"] = {**pre["model"], **values["model"]}
-        if "mixture" in values:
-            data["mixture"]["sources"] = _shares(data, f"{field}.mixture", values["mixture"])
-        if "epochs" in values:
-            t = pre["steps"] * pre["global_batch_size"] * pre["model"]["seq_length"]
-            total = data["mixture"].get("total_tokens") or t
-            data["mixture"]["sources"] = _epochs_shares(data, f"{field}.epochs", sweep.axes.epochs,
-                                                        values["epochs"], total)
-        try:
-            point_r = parse_recipe(data, recipe.path)
-        except RecipeError as e:
-            reasons = "; ".join(line.replace("<recipe>: ", "").replace("Value error, ", "")
-                                for line in str(e).splitlines()[1:])
-            raise SweepError(f"{field} ({Point(sweep.name, pid, values, '').label}): {reasons}") from None
-        out.append((Point(sweep.name, pid, values, point_r.name), point_r))
-    return out
-
-
-# -- references the operators load -----------------------------------------------------------------
-def point_ref(recipe_path: str, sweep_name: str, point_id: str) -> str:
-    """`<recipe.yaml>#sweep=<name>&point=<id>`: what load_recipe turns into the point's recipe."""
-    return f"{recipe_path}#{urlencode({'sweep': sweep_name, 'point': point_id})}"
-
-
-def parse_ref(ref: str) -> tuple[str, dict[str, str]]:
-    path, _, fragment = ref.partition("#")
-    return path, dict(parse_qsl(fragment))
 
 
 def training_digest(recipe: Recipe) -> str:
@@ -190,10 +37,8 @@ def current_checkpoint(lake: Any, recipe: Recipe) -> Manifest | None:
     """The point's committed `checkpoints.pretrain` partition if it was trained from the point's current
     blend (mixed with the point's mixture), training section and, for a point `from` a checkpoint, that
     checkpoint's current version; None: failed, stale or not run yet."""
-    from phiflow.mix_stage import DATASET, blend_partition, mix_params
-
     part = blend_partition(recipe)
-    blend, m = lake.manifest(DATASET, part), lake.manifest("checkpoints.pretrain", part)
+    blend, m = lake.manifest(BLEND, part), lake.manifest("checkpoints.pretrain", part)
     if blend is None or m is None or blend.recipe_digest != sha256_json(mix_params(recipe)):
         return None
     base = base_checkpoint(lake, recipe)
@@ -214,11 +59,11 @@ def current_evaluation(lake: Any, recipe: Recipe, checkpoint: Manifest) -> Manif
     return m if m is not None and m.inputs and m.inputs[0] == checkpoint.input_ref() else None
 
 
-def point_row(point: Point, manifest: Manifest | None, evaluation: Manifest | None = None) -> dict[str, Any]:
+def point_row(point: SweepPoint, manifest: Manifest | None, evaluation: Manifest | None = None) -> dict[str, Any]:
     """One row of the report: the point's axis values and the metrics its checkpoint manifest holds
     (per-source held-out perplexity, benchmark accuracies when the point was evaluated)."""
     row: dict[str, Any] = {"point": point.id, "label": point.label, "recipe": point.recipe_name,
-                           **{f"axis_{k}": _fmt(v) for k, v in point.values.items()}}
+                           **{f"axis_{k}": axis_text(v) for k, v in point.values.items()}}
     if manifest is None:
         return {**row, "status": "missing", **dict.fromkeys(METRICS), "steps": None, "manifest": None}
     return {**row, "status": "ok", **_metrics(manifest, evaluation)}
@@ -328,7 +173,8 @@ def predict_lr(fit: tuple[float, float], params: int) -> float:
     return math.exp(a + b * math.log(params))
 
 
-def lr_interpolation(recipe: Recipe, points: Sequence[tuple[Point, Recipe, dict[str, Any]]]) -> dict[str, Any] | None:
+def lr_interpolation(recipe: Recipe, points: Sequence[tuple[SweepPoint, Recipe, dict[str, Any]]]
+                     ) -> dict[str, Any] | None:
     """For a sweep over `lr` and `model`, as the report set its learning rate: the best lr of each model
     size (lowest valid_loss, else final_loss), the power-law fit across sizes, and the lr it predicts
     for the recipe's own pretraining model. None when fewer than two sizes have a finished point."""
@@ -355,7 +201,7 @@ def lr_interpolation(recipe: Recipe, points: Sequence[tuple[Point, Recipe, dict[
     }
 
 
-def hparam_interpolation(points: Sequence[tuple[Point, Recipe, dict[str, Any]]]) -> dict[str, Any] | None:
+def hparam_interpolation(points: Sequence[tuple[SweepPoint, Recipe, dict[str, Any]]]) -> dict[str, Any] | None:
     """For a sweep over `lr` (and `global_batch_size`) at one model size: the loss surface fitted from the
     short runs and the setting it proposes for the long run (phiflow.hparam_fit). None when the sweep
     varies no lr, also varies the model (lr_interpolation's case), or too few points finished."""
@@ -392,7 +238,7 @@ def commit_report(recipe: Recipe, sweep_name: str, lake: Any, airflow: dict[str,
     started = time.time()
     dataset, part = f"ablations.{sweep_name}", {"recipe": recipe.name}
     rows, curves, inputs, joined = [], {}, [], []
-    for point, pr in expand(recipe, sweep_name):
+    for point, pr in sweep_points(recipe, sweep_name):
         m = current_checkpoint(lake, pr)
         ev = current_evaluation(lake, pr, m) if m is not None else None
         rows.append(point_row(point, m, ev))

@@ -1,4 +1,4 @@
-"""Benchmark evaluation of a committed checkpoint: `evals.pretrain/recipe=<name>`.
+"""The evaluate stage: benchmark scores of a committed checkpoint, `evals.pretrain/recipe=<name>`.
 
 The recipe's multiple-choice benchmarks (decontaminate.benchmarks with `mc` fields) are tokenized
 with the run's tokenizer and scored by log-likelihood on the checkpoint's latest step in a separate
@@ -19,9 +19,8 @@ from phiflow.manifest import InputRef, Manifest, sha256_json
 from phiflow.recipe import Recipe
 from phiflow.schema import MC_RESULTS
 from phiflow.storage import Lake
-from phiflow.sweeps import EVALS
 
-DATASET = EVALS
+DATASET = "evals.pretrain"
 
 
 def mc_evaluation(recipe: Recipe, lake: Lake, checkpoint: Manifest, airflow: dict[str, Any] | None = None

@@ -1,6 +1,7 @@
-"""mix: `tokens.*` manifests + the recipe's `mixture:` -> one committed `blend` partition.
+"""The mix stage: `tokens.*` manifests + the recipe's `mixture:` -> one committed `blend` partition.
 
-Core stage (no Spark): the arithmetic is phiflow.mixture. It reads only committed, current tokens
+In-process stage (no Spark, no torch; MixOperator runs it in the Airflow worker): the arithmetic is
+phiflow.mixture, the blend's layout and readers phiflow.blend. It reads only committed, current tokens
 partitions (each pinned to the digest of the input partition it was built from), computes the
 pretraining mixture (shares of training tokens -> epochs per source, refused beyond `max_epochs`)
 and the midtraining mixture (long-context share from the `long-*` shards, the rest replayed), and
@@ -20,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from phiflow import training_plan
+from phiflow.blend import DATASET, blend_partition, shard_entries, tokens_dataset
 from phiflow.commit import commit_files, up_to_date
 from phiflow.manifest import InputRef, Manifest, sha256_json
 from phiflow.mixture import (
@@ -35,30 +37,6 @@ from phiflow.schema import BLEND_SOURCES
 from phiflow.storage import Lake
 
 STAGE = "mix"
-DATASET = "blend"
-
-
-def blend_partition(recipe: Recipe) -> dict[str, str]:
-    return {"recipe": recipe.name}
-
-
-def tokens_dataset(dataset: str) -> str:
-    return f"tokens.{dataset}"
-
-
-def shard_entries(lake: Lake, m: Manifest, kind: str = "part") -> tuple[tuple[str, int, int], ...]:
-    """(absolute prefix, tokens, documents) of a committed tokens partition's shards of one kind (part | long)."""
-    if not m.files:  # a partition of no documents (an empty synthetic output) has no shards
-        return ()
-    base = lake.partition_path(m.dataset, m.partition)
-    attempt_dir = posixpath.dirname(m.files[0].path)
-    return tuple((posixpath.join(base, attempt_dir, s["prefix"]), int(s["tokens"]), int(s["documents"]))
-                 for s in m.counters["shard_list"] if s["kind"] == kind and s["tokens"] > 0)
-
-
-def shard_prefixes(lake: Lake, m: Manifest, kind: str = "part") -> tuple[tuple[str, int], ...]:
-    """(absolute prefix, tokens) of a committed tokens partition's shards of one kind (part | long)."""
-    return tuple((p, t) for p, t, _ in shard_entries(lake, m, kind))
 
 
 def split_min_documents(split: str) -> int:
@@ -364,16 +342,3 @@ def run(recipe: Recipe, lake: Lake, airflow: dict[str, Any] | None = None,
     )
     print(report)
     return m
-
-
-def source_names(blend: dict[str, Any], run: str) -> list[str]:
-    """The mixture source of each entry of a run's blend: what training reports held-out loss by."""
-    of = {p: s["name"] for s in blend[run]["mixture"]["sources"] for p, _ in s["shards"]}
-    return [of[p] for _, p in blend[run]["blend"]]
-
-
-def load_blend(lake: Lake, m: Manifest) -> dict[str, Any]:
-    """The blend JSON of a committed blend partition."""
-    (path,) = [p for p in lake.data_files(m) if p.endswith("/blend.json")]
-    with lake.fs.open(path, "rb") as f:
-        return json.loads(f.read())
