@@ -18,7 +18,7 @@ from typing import Literal
 from phiflow.recipe import Recipe
 
 Engine = Literal["spark", "megatron", "in_process"]
-Scope = Literal["source", "dataset", "global"]
+Scope = Literal["source", "dataset", "global", "sweep"]  # what its io() second argument names
 
 @dataclass(frozen=True)
 class StageIO:
@@ -47,7 +47,9 @@ IOFn = Callable[[Recipe, str], StageIO]
 @dataclass(frozen=True)
 class Stage:
     name: str  # the task id and the name in manifests
-    module: str  # what runs it: `spark_jobs.<file>`, `training.mix`, `training.pretrain`...
+    # its one home: `spark_jobs.<file>` for a Spark stage (spark-submit runs the file), `training.<file>`
+    # for the others (an operator calls it; the training loop itself is training.pretrain under torchrun)
+    module: str
     recipe_key: str | None  # `stages.<key>` of the recipe, or None (its parameters live elsewhere)
     engine: Engine
     kinds: frozenset[str]  # source kinds it applies to; empty for stages that are not per source
@@ -188,6 +190,12 @@ STAGES: tuple[Stage, ...] = (
           lambda r, _s: _one("blend", "checkpoints.pretrain"), scope="global"),
     Stage("midtrain", "training.pretrain", None, "megatron", frozenset(),
           lambda r, _s: StageIO(("blend", "checkpoints.pretrain"), ("checkpoints.midtrain",)), scope="global"),
+    # -- ablations (dags/phiflow_ablations.py; a sweep point trains with the stages above) -----------
+    Stage("evaluate", "training.evaluate", None, "megatron", frozenset(),
+          lambda r, _s: _one("checkpoints.pretrain", "evals.pretrain"), scope="global"),
+    Stage("ablation_report", "training.sweep_report", None, "in_process", frozenset(),
+          lambda r, sweep: StageIO(("checkpoints.pretrain", "evals.pretrain"), (f"ablations.{sweep}",)),
+          scope="sweep"),
 )
 
 _BY_NAME = {s.name: s for s in STAGES}

@@ -222,3 +222,16 @@ def test_code_is_graded_with_its_own_prompt_and_classifier() -> None:
     assert "learns to program" in code[0]["content"] and code[1]["content"].startswith("Source file:")
     assert "web documents" in text[0]["content"] and text[1]["content"].startswith("Document:")
     assert "Grade: <0-5>" in code[0]["content"] and "Grade: <0-5>" in text[0]["content"]  # one parser for both
+
+
+def test_only_the_stages_that_call_the_llm_are_handed_its_connection(monkeypatch) -> None:
+    """phi4 names an Airflow connection for its LLM: the synthesis and annotation jobs get it (through
+    LLMConnectionHook, as AIRFLOW_CONN_<ID> in spark-submit's environment), no other stage does."""
+    monkeypatch.setenv("PHIFLOW_RECIPE", str(PHI4))
+    from operators.spark_stage import SparkStageOperator
+
+    calls = {s.name for s in stages.STAGES if s.calls_llm}
+    assert calls == {"quality_annotate", "synthesize"}
+    for stage in ("synthesize", "quality_annotate", "quality", "dedup"):
+        op = SparkStageOperator(task_id=stage, stage=stage, source="web", recipe_path=str(PHI4))
+        assert op.llm_conn_id == ("phiflow_llm" if stage in calls else None), stage
