@@ -3,7 +3,7 @@
 1. Training tokens/s of ``training.launch`` (torchrun, megatron DDP + optimizer + schedules, logging)
    vs a bare megatron-core loop in this process (GPTModel forward/backward + torch AdamW), same tiny
    model and data. Ratio > 1 means the wrapper is faster.
-2. Tokenize+write throughput of ``training.indexed_writer`` (batch encode, one write per batch) vs
+2. Tokenize+write throughput of ``phiflow.records.indexed_writer`` (batch encode, one write per batch) vs
    ``IndexedDatasetBuilder`` fed by a plain per-document loop.
 
     .venv/bin/python bench/bench_training.py [--steps 30] [--layers 4] [--hidden 128]
@@ -42,8 +42,8 @@ def bench_tokenize(work: Path, texts: list[str]) -> float:
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    from training.indexed_writer import token_dtype, tokenize_to_indexed
-    from training.tokenizer import train_bpe
+    from phiflow.records.indexed_writer import token_dtype, tokenize_to_indexed
+    from phiflow.records.tokenizer import train_bpe
 
     tok = train_bpe(texts[:2000], 4096, work / "tok" / "tokenizer.json")
     ids = [f"d{i}" for i in range(len(texts))]
@@ -141,8 +141,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         bench_tokenize(work, corpus(a.repeat))
+        from phiflow.records.tokenizer import HFTokenizer
         from training import cpu_compat
-        from training.tokenizer import HFTokenizer
 
         tok = HFTokenizer(work / "tok" / "tokenizer.json")
         cfg = make_config(str(work / "fast"), tok.eod, tok.vocab_size, a.steps, a.layers, a.hidden)

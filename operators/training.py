@@ -46,7 +46,7 @@ def airflow_run(context: Any) -> dict[str, Any]:
 def pending_tokenize(dataset: str):  # -> (recipe_path, context) -> partitions, for SparkStageOperator
     """Committed partitions of `dataset` whose tokens partition is missing or stale (other input digest,
     tokenizer or parameters): a consumer that sees the same partition digest again does nothing."""
-    from training.tokenizer_store import resolve_tokenizer, tokenize_params
+    from phiflow.tokenizer_store import resolve_tokenizer, tokenize_params
 
     def pending(recipe_path: str, context: Any) -> list[dict[str, str]]:
         recipe, lake = load_recipe(recipe_path), Lake()
@@ -77,7 +77,7 @@ class TokenizerOperator(BaseOperator):
         self._info: dict[str, Any] = {}
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from training.tokenizer_store import resolve_tokenizer
+        from phiflow.tokenizer_store import resolve_tokenizer
 
         self._info = resolve_tokenizer(load_recipe(self.recipe_path), Lake()).describe()
         self.log.info("tokenizer %s", self._info)
@@ -86,7 +86,7 @@ class TokenizerOperator(BaseOperator):
     def get_openlineage_facets_on_complete(self, task_instance: Any):  # -> OperatorLineage
         """Output: the tokenizer file (versioned by its sha256); inputs: the committed text partitions
         the offline BPE was trained on (its meta file), or nothing for a tokenizer the recipe names."""
-        from training.tokenizer_store import trained_on
+        from phiflow.tokenizer_store import trained_on
 
         return tokenizer_lineage(Lake(), self._info, trained_on(load_recipe(self.recipe_path), Lake()))
 
@@ -104,10 +104,9 @@ class MixOperator(_ManifestLineage, BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from phiflow.mixture import MixtureError
         from training import mix
-        from training.indexed_writer import subsample
 
         try:
-            m = mix.run(load_recipe(self.recipe_path), Lake(), airflow_run(context), subsample=subsample)
+            m = mix.run(load_recipe(self.recipe_path), Lake(), airflow_run(context), subsample=mix.subsample)
         except MixtureError as e:
             raise AirflowException(f"infeasible mixture: {e}") from None
         self._committed = [m]

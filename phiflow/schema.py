@@ -269,7 +269,7 @@ SYNTHETIC = pa.schema([
 ])
 
 # -- tokenize, mix, training (issue 6) -------------------------------------------------------
-# tokens.<dataset>: one row per document in the `<shard>.docs.parquet` sidecars (training.indexed_writer):
+# tokens.<dataset>: one row per document in the `<shard>.docs.parquet` sidecars (phiflow.records.indexed_writer):
 # sequence i of shard `part-NNNNN` is the document doc_id; num_tokens counts its EOD. Long documents
 # are written once more into `long-NNNNN` shards, the midtraining long-context data.
 TOKEN_DOCS = pa.schema([

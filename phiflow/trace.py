@@ -28,7 +28,7 @@ ORIGIN_FIELDS = ("url", "warc_record_id", "warc_offset", "warc_member_offset", "
                  "revision_id", "title", "repo", "path", "blob_sha", "license", "author", "origin_url")
 REJECTED_FIELDS = ("stage", "reason", "page", "excerpt")  # phiflow.schema.REJECTED's own columns
 EXCERPT_SHOWN = 120
-SIDECAR = ".docs.parquet"  # training/indexed_writer.py: a token shard's sequence -> doc_id
+SIDECAR = ".docs.parquet"  # phiflow/records/indexed_writer.py: a token shard's sequence -> doc_id
 
 
 class TraceError(ValueError):

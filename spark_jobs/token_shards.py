@@ -19,8 +19,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from training.indexed_writer import SIDECAR_SUFFIX, IndexedWriter
-from training.tokenizer import Tokenizer
+from phiflow.records.indexed_writer import SIDECAR_SUFFIX, IndexedWriter
+from phiflow.records.tokenizer import Tokenizer
 
 SHARD_STATS = pa.schema([
     pa.field("shard", pa.int32()),

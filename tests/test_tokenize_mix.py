@@ -37,8 +37,8 @@ def tokenized(spark, test_recipe, tmp_path_factory):
 def test_shards_read_back_with_megatron(tokenized, test_recipe) -> None:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from training.indexed_writer import read_sidecar
-    from training.tokenizer_store import resolve_tokenizer
+    from phiflow.records.indexed_writer import read_sidecar
+    from phiflow.tokenizer_store import resolve_tokenizer
 
     lake, m = tokenized
     src = lake.require("web.langid", SNAP)
@@ -172,7 +172,8 @@ def test_fixed_subsample_is_repeated_for_its_epochs(tokenized, test_recipe, tmp_
     documents, so its epochs are training tokens / subsample tokens, not / everything it has."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from training.indexed_writer import read_sidecar, subsample
+    from phiflow.records.indexed_writer import read_sidecar
+    from training.mix import subsample
 
     lake, _ = tokenized
     m = lake.require("tokens.web.langid", SNAP)  # the current partition (an earlier test rewrote it)
@@ -207,7 +208,8 @@ def test_small_shards_of_a_source_are_merged_so_every_split_holds_a_document(tok
     """Synthetic datasets have one small partition per seeding source; a shard of 2 documents has no
     validation document under split 90,10,0, so the mix stage merges a group's shards when one is too
     small, keeping every document, token for token."""
-    from training.indexed_writer import read_sidecar, subsample
+    from phiflow.records.indexed_writer import read_sidecar
+    from training.mix import subsample
 
     lake, _ = tokenized
     m = lake.require("tokens.web.langid", SNAP)

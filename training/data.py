@@ -22,7 +22,7 @@ log = logging.getLogger("phiflow.training")
 class TokenizerInfo:
     """What megatron's datasets need from a tokenizer: ids and a cache identity, no text handling.
 
-    The data is already tokenized (``training.indexed_writer``), so training never loads the real
+    The data is already tokenized (``phiflow.records.indexed_writer``), so training never loads the real
     tokenizer; ``unique_identifiers`` keys megatron's index cache.
     """
 

@@ -26,8 +26,8 @@ DATASET = "evals.pretrain"
 def mc_evaluation(recipe: Recipe, lake: Lake, checkpoint: Manifest, airflow: dict[str, Any] | None = None
                   ) -> Manifest | None:
     """Score the checkpoint on the recipe's multiple-choice benchmarks and commit; None without any."""
+    from phiflow.tokenizer_store import resolve_tokenizer
     from training.mc_eval import run_subprocess
-    from training.tokenizer_store import resolve_tokenizer
 
     items, digests = benchmarks.mc_items(recipe)
     if not items:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import posixpath
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +35,7 @@ from phiflow.mixture import (
     midtraining_mixture,
 )
 from phiflow.recipe import MixtureSource, Recipe
+from phiflow.records.indexed_writer import IndexedWriter, read_sidecar
 from phiflow.schema import BLEND_SOURCES
 from phiflow.storage import Lake
 
@@ -110,8 +113,35 @@ def current_tokens(recipe: Recipe, lake: Lake) -> TokenSources:
 
 
 # (shards, target tokens, output prefix, vocab size, eod) -> (prefix, tokens) of a fixed subsample
-# (training.indexed_writer.subsample: the core writes no token files itself).
+# (`subsample` below; the tests hand in their own to count calls).
 Subsampler = Callable[[Sequence[tuple[str, int]], int, str, int, int], tuple[str, int]]
+
+
+def subsample(
+    shards: Sequence[tuple[str, int]], target_tokens: int, out_prefix: str | os.PathLike[str], vocab_size: int,
+    eod: int, seed: int = 0,
+) -> tuple[str, int]:
+    """A fixed subsample of whole documents of indexed datasets, drawn in a seeded order until it holds
+    `target_tokens` tokens (end-of-document tokens included), written as one indexed dataset sorted by
+    doc id (same shards, target and seed: same bytes). Returns (prefix, tokens)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    order = [(p, r["sequence"], r["doc_id"], r["num_tokens"])
+             for p, _ in shards for r in read_sidecar(p).to_pylist()]
+    random.Random(seed).shuffle(order)
+    taken, total = [], 0
+    for entry in order:
+        if total >= target_tokens:
+            break
+        taken.append(entry)
+        total += entry[3]
+    w = IndexedWriter(out_prefix, vocab_size, eod)
+    readers: dict[str, Any] = {}
+    for prefix, seq, doc_id, _ in sorted(taken, key=lambda e: e[2]):
+        ds = readers.setdefault(prefix, IndexedDataset(prefix))
+        w.add_documents([ds[seq][:-1].tolist()], [doc_id])  # the writer appends the end-of-document again
+    stats = w.close()
+    return stats.prefix, stats.tokens
 
 
 def source_specs(recipe: Recipe, lake: Lake, tokens: TokenSources, kind: str,

@@ -52,14 +52,14 @@ def corpus() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tokenizer(corpus: list[str], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from training.tokenizer import train_bpe
+    from phiflow.records.tokenizer import train_bpe
 
     return train_bpe(corpus, VOCAB, tmp_path_factory.mktemp("tok") / "tokenizer.json")
 
 
 @pytest.fixture(scope="session")
 def data_prefix(corpus: list[str], tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
-    from training.indexed_writer import tokenize_to_indexed
+    from phiflow.records.indexed_writer import tokenize_to_indexed
 
     prefix = str(tmp_path_factory.mktemp("data") / "licences")
     tokenize_to_indexed(prefix, corpus, [f"doc-{i}" for i in range(len(corpus))], tokenizer)

@@ -136,7 +136,7 @@ def test_held_out_loss_per_source(
     model learns the prose; the random source stays near log(vocab): each is scored on its own split."""
     import numpy as np
 
-    from training.indexed_writer import write_tokens
+    from phiflow.records.indexed_writer import write_tokens
 
     rng = np.random.default_rng(0)
     draws = rng.integers(0, tokenizer.vocab_size - 1, size=(200, 200))

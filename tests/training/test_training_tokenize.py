@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from phiflow.records.indexed_writer import read_sidecar, tokenize_to_indexed, write_tokens
 from training import cpu_compat
-from training.indexed_writer import read_sidecar, tokenize_to_indexed, write_tokens
 
 
 def test_bpe_round_trip(tokenizer: Any, corpus: list[str]) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training.tokenizer import Tokenizer, load_tokenizer, train_bpe
+from phiflow.records.tokenizer import Tokenizer, load_tokenizer, train_bpe
 
 if TYPE_CHECKING:
     from phiflow.recipe import Recipe

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from training.tokenizer import Tokenizer
+from phiflow.records.tokenizer import Tokenizer
 
 SIDECAR_SUFFIX = ".docs.parquet"
 
@@ -124,35 +124,6 @@ def tokenize_to_indexed(
     for i in range(0, len(texts), batch_size):
         w.add_documents(tokenizer.encode_batch(texts[i : i + batch_size]), ids[i : i + batch_size])
     return w.close()
-
-
-def subsample(
-    shards: Sequence[tuple[str, int]], target_tokens: int, out_prefix: str | os.PathLike[str], vocab_size: int,
-    eod: int, seed: int = 0,
-) -> tuple[str, int]:
-    """A fixed subsample of whole documents of indexed datasets, drawn in a seeded order until it holds
-    `target_tokens` tokens (end-of-document tokens included), written as one indexed dataset sorted by
-    doc id (same shards, target and seed: same bytes). Returns (prefix, tokens)."""
-    import random
-
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    order = [(p, r["sequence"], r["doc_id"], r["num_tokens"])
-             for p, _ in shards for r in read_sidecar(p).to_pylist()]
-    random.Random(seed).shuffle(order)
-    taken, total = [], 0
-    for entry in order:
-        if total >= target_tokens:
-            break
-        taken.append(entry)
-        total += entry[3]
-    w = IndexedWriter(out_prefix, vocab_size, eod)
-    readers: dict[str, Any] = {}
-    for prefix, seq, doc_id, _ in sorted(taken, key=lambda e: e[2]):
-        ds = readers.setdefault(prefix, IndexedDataset(prefix))
-        w.add_documents([ds[seq][:-1].tolist()], [doc_id])  # the writer appends the end-of-document again
-    stats = w.close()
-    return stats.prefix, stats.tokens
 
 
 def read_sidecar(prefix: str | os.PathLike[str]) -> Any:
