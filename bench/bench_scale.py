@@ -153,29 +153,38 @@ def bench_recipe(base: Path, snapshots: list[tuple[str, date]], **dedup: int):
 # -- measuring ----------------------------------------------------------------------------------
 class Peaks(threading.Thread):
     """Peak RSS of the driver (this process and the JVM) and, apart, of the Python workers (the
-    `pyspark.daemon` and the workers it forks)."""
+    `pyspark.daemon` and the workers it forks); also per stage (`mark`), the driver split into its
+    Python process and its JVM, which says where growth comes from."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.driver = self.workers = 0
+        self.by_stage: dict[str, dict[str, int]] = {}
+        self.stage = "start"
         self.running = True
+
+    def mark(self, stage: str) -> None:
+        self.stage = stage
 
     def run(self) -> None:
         import psutil
 
         me = psutil.Process()
         while self.running:
-            driver = workers = 0
-            for p in [me, *me.children(recursive=True)]:
+            python, jvm, workers = me.memory_info().rss, 0, 0
+            for p in me.children(recursive=True):
                 try:  # a worker may end between the listing and the reading: count the others
                     rss = p.memory_info().rss
                     if any("pyspark.daemon" in a or "pyspark.worker" in a for a in p.cmdline()):
                         workers += rss
                     else:
-                        driver += rss
+                        jvm += rss
                 except psutil.Error:
                     continue
-            self.driver, self.workers = max(self.driver, driver), max(self.workers, workers)
+            self.driver, self.workers = max(self.driver, python + jvm), max(self.workers, workers)
+            st = self.by_stage.setdefault(self.stage, {"python": 0, "jvm": 0, "workers": 0})
+            st["python"], st["jvm"], st["workers"] = max(st["python"], python), max(st["jvm"], jvm), \
+                max(st["workers"], workers)
             time.sleep(0.1)
 
 
@@ -226,6 +235,7 @@ def run_scale(scale: int, out: Path) -> None:
         times, docs, live = {}, 0, 0
         for name, stage in (("extract", commoncrawl_extract), ("langid", langid), ("quality", quality),
                             ("dedup", dedup)):
+            peaks.mark(name)
             t0 = time.perf_counter()
             m = stage.run(spark, ctx)
             times[name] = time.perf_counter() - t0
@@ -234,6 +244,7 @@ def run_scale(scale: int, out: Path) -> None:
         peaks.running = False
         figures = {"scale": scale, "files": files, "docs": docs, "seconds": sum(times.values()), "stages": times,
                    "driver_rss": peaks.driver, "worker_rss": peaks.workers, "live_heap": live,
+                   "by_stage": peaks.by_stage,
                    "spill": spill_bytes(spark.sparkContext.applicationId)}
         spark.stop()
     out.write_text(json.dumps(figures))
@@ -286,6 +297,7 @@ def main() -> None:
     ap.add_argument("--history", type=int, help="(internal) dedup of this many snapshots in sequence")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--scales", default="1,4,16")
+    ap.add_argument("--no-history", action="store_true", help="only the scales (no R3)")
     a = ap.parse_args()
     if a.scale:
         return run_scale(a.scale, a.out)
@@ -299,12 +311,19 @@ def main() -> None:
               f"{r['driver_rss'] / 2**20:>7.0f} MiB {r['live_heap'] / 2**20:>6.0f} MiB "
               f"{r['worker_rss'] / 2**20:>7.0f} MiB {r['spill'] / 2**20:>5.1f} MiB"
               f"   " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items()))
-    print("\ndedup of 8 equal snapshots in date order (each against all earlier ones):")
-    history = child("--history", "8")
-    hist = history["dedup_seconds"]
+    print("\npeak RSS by stage, MiB (driver Python / driver JVM / Python workers):")
+    for r in rows:
+        print(f"{r['scale']:>4}x   " + ", ".join(f"{k} {v['python'] / 2**20:.0f}/{v['jvm'] / 2**20:.0f}/"
+                                            f"{v['workers'] / 2**20:.0f}" for k, v in r["by_stage"].items()))
     first, last = rows[0], rows[-1]
     r1 = (last["docs"] / last["seconds"]) / (first["docs"] / first["seconds"])
     r2 = (last["driver_rss"] + last["worker_rss"]) / (first["driver_rss"] + first["worker_rss"])
+    if a.no_history:
+        print(f"scale: docs/s {last['scale']}x/{first['scale']}x = {r1:.2f}; peak RSS = {r2:.2f}")
+        return None
+    print("\ndedup of 8 equal snapshots in date order (each against all earlier ones):")
+    history = child("--history", "8")
+    hist = history["dedup_seconds"]
     r3 = hist[7] / hist[1]
     print(f"  dedup seconds, history index: {', '.join(f'{s:.1f}' for s in hist)}")
     print(f"  dedup seconds, full join:     {', '.join(f'{s:.1f}' for s in history['full_join_seconds'])}"
