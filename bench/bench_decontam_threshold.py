@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from paraphrase_set import Case, build
 
-from spark_jobs.ngrams import BenchmarkIndex, Item
+from phiflow.records.ngrams import BenchmarkIndex, Item
 
 THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 

@@ -34,13 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from phiflow.recipe import CommonCrawlExtractParams, load_recipe  # noqa: E402
+from phiflow.records.minhash import SIGNATURE_FAMILY, MinHasher, jaccard  # noqa: E402
+from phiflow.records.ngrams import words  # noqa: E402
+from phiflow.records.warc_records import iter_rows  # noqa: E402
 from phiflow.schema import LANGID_FIELDS, WEB_EXTRACTED, with_drop_reason, with_fields  # noqa: E402
 from phiflow.storage import Lake  # noqa: E402
 from spark_jobs import dedup  # noqa: E402
-from spark_jobs.minhash import SIGNATURE_FAMILY, MinHasher, jaccard  # noqa: E402
-from spark_jobs.ngrams import words  # noqa: E402
-from spark_jobs.stage_io import StageContext, commit_partition, spark_schema  # noqa: E402
-from spark_jobs.warc_records import iter_rows  # noqa: E402
+from spark_jobs.engine.stage_io import StageContext, commit_partition, spark_schema  # noqa: E402
 
 SAMPLE = ROOT / "data" / "sample"
 LANGID = with_fields(WEB_EXTRACTED, LANGID_FIELDS)

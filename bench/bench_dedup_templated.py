@@ -29,7 +29,7 @@ from phiflow.recipe import Recipe, load_recipe  # noqa: E402
 from phiflow.schema import with_drop_reason  # noqa: E402
 from phiflow.storage import Lake  # noqa: E402
 from spark_jobs import dedup  # noqa: E402
-from spark_jobs.stage_io import StageContext, commit_partition, spark_schema  # noqa: E402
+from spark_jobs.engine.stage_io import StageContext, commit_partition, spark_schema  # noqa: E402
 
 SNAP = {"snapshot": "CC-MAIN-2024-10"}
 

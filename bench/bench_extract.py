@@ -14,10 +14,10 @@ from common import SAMPLE, report, scratch_dir, spark_one_core, timed
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from phiflow.recipe import parse_recipe
+from phiflow.records.html_text import decode_html, html_to_text
 from phiflow.storage import Lake
 from spark_jobs import commoncrawl_extract
-from spark_jobs.html_text import decode_html, html_to_text
-from spark_jobs.stage_io import StageContext
+from spark_jobs.engine.stage_io import StageContext
 
 REPEAT = 10  # each bench file: the 8 sample files 10 times (~4,260 records; a CommonCrawl WARC holds ~35k)
 FILES = 2

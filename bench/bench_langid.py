@@ -15,11 +15,11 @@ from common import SAMPLE, report, scratch_dir, spark_one_core, timed
 
 from phiflow.manifest import Manifest
 from phiflow.recipe import parse_recipe
+from phiflow.records.langid_model import default_model_path, load_model, prepare
 from phiflow.schema import describe, fingerprint
 from phiflow.storage import Lake
 from spark_jobs import commoncrawl_extract, langid
-from spark_jobs.langid_model import default_model_path, load_model, prepare
-from spark_jobs.stage_io import StageContext
+from spark_jobs.engine.stage_io import StageContext
 
 ROUNDS = 3
 # the sample's ~420 pages, 100 times (~42k, about one CommonCrawl WARC file): Spark's job overhead amortized

@@ -23,12 +23,12 @@ from common import SAMPLE, report, scratch_dir, spark_one_core, timed
 
 from phiflow.manifest import Manifest
 from phiflow.recipe import parse_recipe
+from phiflow.records.quality_classifier import label_probs, load_bytes
+from phiflow.records.quality_rules import drop_reason
 from phiflow.schema import QUALITY_ANNOTATIONS, describe, fingerprint, with_drop_reason
 from phiflow.storage import Lake
 from spark_jobs import quality, quality_train, wikipedia_extract
-from spark_jobs.quality_classifier import label_probs, load_bytes
-from spark_jobs.quality_rules import drop_reason
-from spark_jobs.stage_io import StageContext, commit_partition, spark_schema
+from spark_jobs.engine.stage_io import StageContext, commit_partition, spark_schema
 
 ROUNDS = 2
 REPEAT = 30  # ~170 articles x 30: enough documents that Spark's job overhead is amortized

@@ -220,7 +220,7 @@ def run_scale(scale: int, out: Path) -> None:
     """One run in this process: build the scale's snapshot, then the four stages; JSON figures to `out`."""
     from phiflow.storage import Lake
     from spark_jobs import commoncrawl_extract, dedup, langid, quality
-    from spark_jobs.stage_io import StageContext
+    from spark_jobs.engine.stage_io import StageContext
 
     with tempfile.TemporaryDirectory(prefix="phiflow-scale-") as tmp:
         base = Path(tmp) / "cc"
@@ -256,7 +256,7 @@ def run_history(snapshots: int, out: Path) -> None:
     history index (the recipe's setting; that run's partitions are the ones later snapshots read)."""
     from phiflow.storage import Lake
     from spark_jobs import commoncrawl_extract, dedup, langid, quality
-    from spark_jobs.stage_io import StageContext
+    from spark_jobs.engine.stage_io import StageContext
 
     with tempfile.TemporaryDirectory(prefix="phiflow-history-") as tmp:
         base = Path(tmp) / "cc"

@@ -26,12 +26,13 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     a = ap.parse_args()
 
-    from phiflow.llm import ChatRequest, LLMConfig, make_client
+    from phiflow.llm import ChatRequest, LLMConfig
     from phiflow.recipe import load_recipe, parse_recipe
+    from phiflow.records.synth_workflows import fill, sampling_seed
     from phiflow.storage import Lake
     from spark_jobs import commoncrawl_extract, decontaminate, dedup, langid, quality, seed_select, synthesize
-    from spark_jobs.stage_io import StageContext, spark_session
-    from spark_jobs.synth_workflows import fill, sampling_seed
+    from spark_jobs.engine.llm_clients import make_client
+    from spark_jobs.engine.stage_io import StageContext, spark_session
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-synth-"))
     base = load_recipe(ROOT / "recipes" / "demo.yaml")

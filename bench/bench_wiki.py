@@ -18,10 +18,7 @@ from pathlib import Path
 from common import SAMPLE, report, scratch_dir, spark_local, timed
 
 from phiflow.recipe import parse_recipe
-from phiflow.storage import Lake
-from spark_jobs import wikipedia_extract
-from spark_jobs.stage_io import StageContext
-from spark_jobs.wikitext import (
+from phiflow.records.wikitext import (
     BrokenPage,
     StreamError,
     clean_page,
@@ -31,6 +28,9 @@ from spark_jobs.wikitext import (
     read_header,
     stream_ranges,
 )
+from phiflow.storage import Lake
+from spark_jobs import wikipedia_extract
+from spark_jobs.engine.stage_io import StageContext
 
 ROUNDS = 2
 REPEAT = 20

@@ -33,8 +33,8 @@ def sample_pages(min_words: int = 200) -> list[list[str]]:
     long pages only, deduplicated."""
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
-    from spark_jobs.html_text import extract
-    from spark_jobs.ngrams import words as ngram_words
+    from phiflow.records.html_text import extract
+    from phiflow.records.ngrams import words as ngram_words
 
     pages, seen = [], set()
     for f in sorted((ROOT / "data" / "sample" / "crawl-data").rglob("*.warc.gz")):
@@ -51,7 +51,7 @@ def sample_pages(min_words: int = 200) -> list[list[str]]:
 def build(seed: int = 7, n_items: int = 120) -> tuple[list[str], list[Case]]:
     from collections import Counter
 
-    from spark_jobs.ngrams import ngram_hashes, text_ngrams, word_hashes
+    from phiflow.records.ngrams import ngram_hashes, text_ngrams, word_hashes
 
     rng = random.Random(seed)
     pages = sample_pages()

@@ -85,7 +85,7 @@ def commit_attempt(
 ) -> Manifest:
     """The one manifest builder: every file of the attempt folder, committed with its facts.
 
-    Spark stages (spark_jobs.stage_io.commit_partition) and file-writing stages both end here."""
+    Spark stages (spark_jobs.engine.stage_io.commit_partition) and file-writing stages both end here."""
     files = lake.attempt_files(dataset, partition, attempt)
     if not files:
         raise FileNotFoundError(f"{dataset}: attempt {attempt} wrote no files")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from phiflow.manifest import Manifest
 from phiflow.recipe import Source
+from phiflow.storage import Lake
 
 
 def source_partitions(
@@ -28,3 +30,29 @@ def source_partitions(
         newest = max(d for _, d in dated)
         return [{key: i} for i, d in dated if d == newest]
     return [{key: i} for i, d in dated if start.date() <= d < end.date()]
+
+
+def snapshot_order(src: Source, partition: dict[str, str]) -> int | None:
+    """Position of a partition's snapshot (dump, collection) in the source's date order (None: not one
+    of its own). The recipe sorts every source's partitions by date."""
+    ids = [i for i, _ in src.dated()]
+    part = partition.get(src.partition_key)
+    return ids.index(part) if part in ids else None
+
+
+def partitions_before(
+    lake: Lake, dataset: str, src: Source, partition: dict[str, str], inclusive: bool
+) -> list[Manifest]:
+    """Committed partitions of `dataset` dated before (or at) `partition`'s snapshot.
+
+    Partitions that are not snapshots of `src` (another source's, e.g. a wiki dump) all count.
+    Choosing by date, not by what happens to be committed, keeps a backfill of an old snapshot
+    from seeing newer ones.
+    """
+    here = snapshot_order(src, partition)
+    out = []
+    for m in lake.partitions(dataset):
+        pos = snapshot_order(src, m.partition)
+        if pos is None or here is None or pos < here or (inclusive and pos == here):
+            out.append(m)
+    return out

@@ -265,6 +265,11 @@ class DedupParams(Strict):
     # in buckets up to this size, a member that fails the check against the bucket's root is checked
     # against every other member (all-pairs components); larger buckets (boilerplate) stay stars
     recheck_max_bucket: Annotated[int, Field(ge=0)] = 100
+    # a partition of at most this many documents (with the earlier snapshots' candidates) builds its
+    # candidate graph in the driver's memory (one collect of doc_id, band keys and signature, ~0.7 KB a
+    # document at 128 permutations: 140 MB at 200,000) instead of in Spark jobs, whose fixed cost a small
+    # partition cannot amortise; the same graph either way (tested). 0: always Spark
+    local_graph_max_docs: Annotated[int, Field(ge=0)] = 200_000
     # boilerplate-aware shingling (web pages): a line found on at least `boilerplate_min_docs` pages of
     # a site in the partition and on `boilerplate_min_share` of them is the site's template, left out of
     # the shingles (0: off); a page that would keep fewer than `boilerplate_min_words` words keeps its
@@ -278,7 +283,7 @@ class DedupParams(Strict):
     survivor: list[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]* (asc|desc)$")]] = Field(
         default_factory=lambda: ["quality_score desc", "fetch_time asc", "doc_id asc"])
     cross_snapshot: bool = True  # dedup against the `<source>.minhash` partitions of earlier snapshots
-    # key-hash buckets of the cross-snapshot history index (spark_jobs/dedup_index.py); one Python task
+    # key-hash buckets of the cross-snapshot history index (spark_jobs/engine/dedup_index.py); one Python task
     # holds one bucket's entries (~60 bytes per earlier survivor band key / buckets). 0: no index, every
     # earlier partition is read and joined whole (the reference the index is tested against)
     history_buckets: Annotated[int, Field(ge=0, le=65536)] = 8

@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from phiflow.recipe import CommonCrawlExtractParams
-from spark_jobs.ngrams import words
-from spark_jobs.warc_records import iter_rows
+from phiflow.records.ngrams import words
+from phiflow.records.warc_records import iter_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = "CC-MAIN-2024-10"  # leaks are taken from the first demo snapshot

@@ -4,7 +4,7 @@ spark-submit entry point. The input units (git working trees or bare repositorie
 The Stack-style Parquet/JSONL of files) are read by `code_files`; each file gets its language, its
 licence (SPDX header, else the nearest licence file of its repository, else the input's licence
 column) and the code rules of `code_rules`, every rule a named drop reason in the manifest. Units
-that cannot be read count against the failure budget (spark_jobs.collection_extract).
+that cannot be read count against the failure budget (spark_jobs.engine.collection_extract).
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Any
 
 from phiflow.manifest import Manifest
 from phiflow.recipe import CodeExtractParams
-from phiflow.schema import CODE_EXTRACTED
-from spark_jobs.code_files import (
+from phiflow.records.code_files import (
     ARCHIVE_SUFFIXES,
     CORRUPT_ARCHIVE,
     CORRUPT_FILE,
@@ -25,9 +24,10 @@ from spark_jobs.code_files import (
     list_inputs,
     read_input,
 )
-from spark_jobs.code_rules import CodeRules, code_row, license_tree, nearest_license
-from spark_jobs.collection_extract import collection_root, extract_collection, remote_units
-from spark_jobs.stage_io import StageContext, counts, stage_main
+from phiflow.records.code_rules import CodeRules, code_row, license_tree, nearest_license
+from phiflow.schema import CODE_EXTRACTED
+from spark_jobs.engine.collection_extract import collection_root, extract_collection, remote_units
+from spark_jobs.engine.stage_io import StageContext, counts, stage_main
 
 STAGE = "code_extract"
 LOST = frozenset({CORRUPT_ARCHIVE, CORRUPT_FILE})

@@ -16,9 +16,9 @@ import pyarrow as pa
 from phiflow.ids import doc_id
 from phiflow.manifest import Manifest
 from phiflow.recipe import CodeReposParams
+from phiflow.records.code_files import dependency_order
 from phiflow.schema import CODE_REPOS, with_drop_reason
-from spark_jobs.code_files import dependency_order
-from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, stage_main
+from spark_jobs.engine.stage_io import StageContext, commit_partition, spark_schema, stage_main
 
 STAGE = "code_repos"
 REASONS = ("repo_too_few_files",)

@@ -3,7 +3,7 @@
 spark-submit entry point. The snapshot's warc.paths listing is cut into shards of
 `stages.commoncrawl_extract.shard_files` files in listing order (phiflow.shards.assign); each shard
 is one Spark job (a task per WARC file) committed as `snapshot=…/shard=…` the moment it is written,
-and when every shard is in, the snapshot's roll-up is committed (spark_jobs.shard_runner).
+and when every shard is in, the snapshot's roll-up is committed (spark_jobs.engine.shard_runner).
 
 Memory stays flat: a task streams its WARC through fsspec (local, http(s), s3), yields only the kept
 documents, and writes a small report per file into the attempt folder (`_file-<hash>.json`: records
@@ -34,9 +34,10 @@ import pyarrow as pa
 from phiflow import shards
 from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import CommonCrawlExtractParams, CommonCrawlSource
+from phiflow.records.warc_records import FILE_OK, FILE_PREFIX, iter_rows
 from phiflow.schema import WEB_EXTRACTED, with_drop_reason
-from spark_jobs.shard_runner import ShardPlan, ShardRejected, run_shards
-from spark_jobs.stage_io import (
+from spark_jobs.engine.shard_runner import ShardPlan, ShardRejected, run_shards
+from spark_jobs.engine.stage_io import (
     StageContext,
     commit_written,
     rejected_excerpt,
@@ -45,7 +46,6 @@ from spark_jobs.stage_io import (
     step,
     write_attempt,
 )
-from spark_jobs.warc_records import FILE_OK, FILE_PREFIX, iter_rows
 
 STAGE = "commoncrawl_extract"
 ROWS = with_drop_reason(WEB_EXTRACTED)

@@ -2,7 +2,7 @@
 `<source>.contamination` (one row per flagged document and benchmark item) and
 `<source>.ngram_allowlist` (the allowlist this run used, so its digest pins it in the manifests).
 
-The Phi-4 report's hybrid rule (appendix B.1, spark_jobs.ngrams.BenchmarkIndex): any long n-gram
+The Phi-4 report's hybrid rule (appendix B.1, phiflow.records.ngrams.BenchmarkIndex): any long n-gram
 (13) shared with a benchmark item flags a document, unless the n-gram is on the allowlist; otherwise
 a short n-gram (7) overlap ratio at or above the threshold flags it.
 
@@ -27,12 +27,12 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from phiflow import benchmarks
+from phiflow.intervals import partitions_before
 from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import BenchmarkFile, DecontaminateParams
+from phiflow.records.ngrams import BenchmarkIndex, Item, present
 from phiflow.schema import CONTAMINATION, NGRAM_ALLOWLIST, with_drop_reason
-from spark_jobs.dedup import partitions_before
-from spark_jobs.ngrams import BenchmarkIndex, Item, present
-from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, stage_main
+from spark_jobs.engine.stage_io import StageContext, commit_partition, spark_schema, stage_main
 
 STAGE = "decontaminate"
 # A reference document holding at least this share of an item's 7-grams carries the item: its n-grams of

@@ -33,14 +33,14 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import ArrayType, IntegerType, LongType, StringType, StructField, StructType
 
+from phiflow.intervals import partitions_before, snapshot_order
 from phiflow.manifest import Manifest, partition_key
-from phiflow.recipe import DedupParams, Source
+from phiflow.recipe import DedupParams
+from phiflow.records import boilerplate, lsh_graph
+from phiflow.records.minhash import SIGNATURE_FAMILY, MinHasher
 from phiflow.schema import DUP_CLUSTERS, MINHASH
-from phiflow.storage import Lake
-from spark_jobs import boilerplate
-from spark_jobs.dedup_index import HistoryIndex, minhash_rows
-from spark_jobs.minhash import SIGNATURE_FAMILY, MinHasher
-from spark_jobs.stage_io import StageContext, commit_partition, stage_main, step, tally
+from spark_jobs.engine.dedup_index import HistoryIndex, minhash_rows
+from spark_jobs.engine.stage_io import StageContext, commit_partition, stage_main, step, tally
 
 STAGE = "dedup"
 FEATURES = [
@@ -65,7 +65,7 @@ def hasher(params: DedupParams) -> MinHasher:
 
 def signature_batches(mh: MinHasher, keep: list[str], boiler=None, min_words: int = 0):  # -> mapInArrow function
     """Hash, signature and band keys per document; `boiler`: a broadcast of the partition's sorted
-    boilerplate line keys, whose lines the shingles leave out (spark_jobs.boilerplate)."""
+    boilerplate line keys, whose lines the shingles leave out (phiflow.records.boilerplate)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         keys = boiler.value if boiler is not None else None
@@ -83,7 +83,7 @@ def signature_batches(mh: MinHasher, keep: list[str], boiler=None, min_words: in
 
 
 def line_key_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """mapInArrow: (site, key) for each page's distinct line keys (spark_jobs.boilerplate.line_keys),
+    """mapInArrow: (site, key) for each page's distinct line keys (phiflow.records.boilerplate.line_keys),
     and one (site, PAGE) row per page of a site, which counts the site's pages."""
     for batch in batches:
         sites, keys = [], []
@@ -111,33 +111,7 @@ def boilerplate_keys(docs: DataFrame, params: DedupParams) -> np.ndarray:
     return np.sort(np.array([r["key"] for r in shared.select("key").collect()], dtype=np.int64))
 
 
-# -- partitions and ordering -------------------------------------------------------------------
-def snapshot_order(src: Source, partition: dict[str, str]) -> int | None:
-    """Position of a partition's snapshot (dump, collection) in the source's date order (None: not one
-    of its own). The recipe sorts every source's partitions by date."""
-    ids = [i for i, _ in src.dated()]
-    part = partition.get(src.partition_key)
-    return ids.index(part) if part in ids else None
-
-
-def partitions_before(
-    lake: Lake, dataset: str, src: Source, partition: dict[str, str], inclusive: bool
-) -> list[Manifest]:
-    """Committed partitions of `dataset` dated before (or at) `partition`'s snapshot.
-
-    Partitions that are not snapshots of `src` (another source's, e.g. a wiki dump) all count.
-    Choosing by date, not by what happens to be committed, keeps a backfill of an old snapshot
-    from seeing newer ones.
-    """
-    here = snapshot_order(src, partition)
-    out = []
-    for m in lake.partitions(dataset):
-        pos = snapshot_order(src, m.partition)
-        if pos is None or here is None or pos < here or (inclusive and pos == here):
-            out.append(m)
-    return out
-
-
+# -- earlier snapshots -------------------------------------------------------------------------
 def earlier_minhash(ctx: StageContext, params: DedupParams) -> list[Manifest]:
     """The committed `minhash` partitions of earlier snapshots, checked to be hashed like this run."""
     src = ctx.recipe.source(ctx.source)
@@ -287,23 +261,16 @@ def broadcast_when_small(df: DataFrame, rows: int, row_bytes: int = _ID_ROW_BYTE
     return F.broadcast(df) if fits_broadcast(df.sparkSession, rows, row_bytes) else df
 
 
-def components_local(edges: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(node, root) of an edge list by union-find, root = smallest node of its component: what
-    connected_components gives, for a graph small enough to broadcast (rounds of Spark jobs cost more
-    than the whole graph then)."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in edges:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return [(n, find(n)) for n in sorted(parent)]
+def spark_components(verified: DataFrame, counters: dict, max_iterations: int) -> DataFrame:
+    """(node, root) of the verified links: in the driver when the graph fits a broadcast (rounds of Spark
+    jobs cost more than the whole graph then), else by star rounds; counts the rounds."""
+    if fits_broadcast(verified.sparkSession, 2 * counters["verified_pairs"]):
+        pairs = verified.toArrow()
+        counters["cc_rounds"] = 0
+        graph = lsh_graph.components(pairs.column("a").to_pylist(), pairs.column("b").to_pylist())
+        return verified.sparkSession.createDataFrame(graph, "node string, root string")
+    cc, counters["cc_rounds"] = connected_components(verified, max_iterations)
+    return cc
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -417,25 +384,28 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     counters["earlier_candidates"] = nodes.where("origin < 0").count() if prior_manifests else 0
     group = F.col("rep")
     if params.fuzzy:
-        with step(spark, STAGE, "candidates"):
-            reps = nodes.where(F.col("doc_id") == F.col("rep"))
-            sigs = broadcast_when_small(
-                reps.select("doc_id", "signature"),
-                source.row_count + counters["earlier_candidates"],
-                _ID_ROW_BYTES + 4 * params.num_perm,
-            )
-            links = _materialize(candidate_links(reps, sigs, params.threshold, params.recheck_max_bucket))
-            row = links.agg(F.count(F.lit(1)).alias("n"), F.count_if("ok").alias("ok")).first()
-            counters["candidate_pairs"], counters["verified_pairs"] = int(row["n"]), int(row["ok"])
+        reps = nodes.where(F.col("doc_id") == F.col("rep"))
+        graph_docs = source.row_count + counters["earlier_candidates"]
+        if graph_docs <= params.local_graph_max_docs:
+            with step(spark, STAGE, "candidates, components (driver)"):
+                graph = lsh_graph.from_arrow(reps.select("doc_id", "bands", "signature").toArrow(),
+                                             params.threshold, params.recheck_max_bucket)
+            counters |= {"candidate_graph": "driver", "candidate_pairs": graph.candidate_pairs,
+                         "verified_pairs": graph.verified_pairs}
+            if graph.verified_pairs:
+                counters["cc_rounds"] = 0
+                cc = spark.createDataFrame(graph.roots, "node string, root string")
+        else:
+            with step(spark, STAGE, "candidates"):
+                sigs = broadcast_when_small(reps.select("doc_id", "signature"), graph_docs,
+                                            _ID_ROW_BYTES + 4 * params.num_perm)
+                links = _materialize(candidate_links(reps, sigs, params.threshold, params.recheck_max_bucket))
+                row = links.agg(F.count(F.lit(1)).alias("n"), F.count_if("ok").alias("ok")).first()
+            counters |= {"candidate_graph": "spark", "candidate_pairs": int(row["n"]), "verified_pairs": int(row["ok"])}
+            if counters["verified_pairs"]:
+                with step(spark, STAGE, "components"):
+                    cc = spark_components(links.where("ok").select("a", "b"), counters, params.max_iterations)
         if counters["verified_pairs"]:
-            with step(spark, STAGE, "components"):
-                verified = links.where("ok").select("a", "b")
-                if fits_broadcast(spark, 2 * counters["verified_pairs"]):  # a graph the driver holds at once
-                    pairs = [(r["a"], r["b"]) for r in verified.collect()]
-                    cc = spark.createDataFrame(components_local(pairs), "node string, root string")
-                    counters["cc_rounds"] = 0
-                else:
-                    cc, counters["cc_rounds"] = connected_components(verified, params.max_iterations)
             roots = broadcast_when_small(cc.withColumnRenamed("node", "rep"), 2 * counters["verified_pairs"])
             nodes = nodes.join(roots, "rep", "left")
             group = F.coalesce(F.col("root"), F.col("rep"))

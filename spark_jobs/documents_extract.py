@@ -18,11 +18,11 @@ from pyspark.sql import functions as F
 from phiflow.ids import doc_id
 from phiflow.manifest import Manifest
 from phiflow.recipe import DocumentsExtractParams
+from phiflow.records.book_text import BookCleanConfig, clean_book
+from phiflow.records.document_files import DocumentRecord, InputProblem, list_inputs, read_input
 from phiflow.schema import DOCUMENTS_EXTRACTED
-from spark_jobs.book_text import BookCleanConfig, clean_book
-from spark_jobs.collection_extract import collection_root, extract_collection, remote_units
-from spark_jobs.document_files import DocumentRecord, InputProblem, list_inputs, read_input
-from spark_jobs.stage_io import StageContext, stage_main
+from spark_jobs.engine.collection_extract import collection_root, extract_collection, remote_units
+from spark_jobs.engine.stage_io import StageContext, stage_main
 
 STAGE = "documents_extract"
 LOST = frozenset({"corrupt_file", "unsupported_file"})

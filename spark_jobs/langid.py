@@ -3,7 +3,7 @@ source kinds the stage table gives it (web pages, documents).
 
 spark-submit entry point. Reads exactly the files the input manifest names, applies fastText
 lid.176 to the texts' heads with an Arrow UDF, and pins the input's manifest digest in its own.
-A sharded input (a CommonCrawl snapshot) is identified shard by shard (spark_jobs.shard_runner).
+A sharded input (a CommonCrawl snapshot) is identified shard by shard (spark_jobs.engine.shard_runner).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pyspark.sql import functions as F
 
 from phiflow.manifest import Manifest
 from phiflow.recipe import LangidParams
+from phiflow.records.langid_model import DROP_REASONS, LANGID_STRUCT, default_model_path, langid_columns
 from phiflow.schema import EXTRACTED, langid_schema
-from spark_jobs.langid_model import DROP_REASONS, LANGID_STRUCT, default_model_path, langid_columns
-from spark_jobs.shard_runner import input_shards
-from spark_jobs.stage_io import StageContext, commit_written, count_by, spark_schema, stage_main, write_attempt
+from spark_jobs.engine.shard_runner import input_shards
+from spark_jobs.engine.stage_io import StageContext, commit_written, count_by, spark_schema, stage_main, write_attempt
 
 STAGE = "langid"
 

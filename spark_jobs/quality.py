@@ -17,27 +17,21 @@ from pyspark.sql import functions as F
 from phiflow import stages
 from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import QualityParams
-from phiflow.schema import EXTRACTED, QUALITY_FIELDS, QUALITY_MODELS, langid_schema, with_drop_reason, with_fields
-from spark_jobs.quality_classifier import label_probs, load_bytes
-from spark_jobs.quality_rules import drop_reason
-from spark_jobs.shard_runner import input_shards
-from spark_jobs.stage_io import (
+from phiflow.records.quality_classifier import label_probs, load_bytes
+from phiflow.records.quality_rules import drop_reason
+from phiflow.schema import QUALITY_FIELDS, QUALITY_MODELS, with_drop_reason, with_fields
+from spark_jobs.engine.shard_runner import input_shards
+from spark_jobs.engine.stage_io import (
     StageContext,
     commit_partition,
     counts,
     persisted,
+    quality_input,
     spark_schema,
     stage_main,
 )
 
 STAGE = "quality"
-
-
-def input_of(ctx: StageContext) -> tuple[str, pa.Schema]:
-    """Quality's input dataset (the stage table's: langid where it applies, else extracted) and schema."""
-    dataset = stages.quality_input(ctx.recipe, ctx.source)
-    kind = ctx.kind
-    return dataset, langid_schema(kind) if kind in stages.NEEDS_LANGID else EXTRACTED[kind]
 
 
 def score_batches(params: QualityParams, out: pa.Schema, models: dict[str, bytes], text_rules: bool = True):
@@ -141,7 +135,7 @@ def topic_mix(df) -> dict[str, int]:
 
 
 def run(spark, ctx: StageContext) -> Manifest:
-    dataset, _ = input_of(ctx)
+    dataset, _ = quality_input(ctx)
     source = ctx.lake.require(dataset, ctx.partition)
     models, model_manifest = load_models(spark, ctx)
     pinned = [model_manifest.input_ref()] if model_manifest else []
@@ -159,7 +153,7 @@ def score(spark, ctx: StageContext, source: Manifest, models: dict[str, bytes], 
     is taken within it, so a sharded snapshot keeps the top fraction of each shard (a shard holds
     millions of documents at report scale: the same threshold, give or take sampling noise)."""
     params = ctx.recipe.stages.quality.for_source(ctx.source)
-    _, schema = input_of(ctx)
+    _, schema = quality_input(ctx)
     out = with_fields(schema, QUALITY_FIELDS)
     docs = spark.read.schema(spark_schema(schema)).parquet(*ctx.lake.data_files(source))
     print(

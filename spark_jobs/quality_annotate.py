@@ -4,7 +4,7 @@ spark-submit entry point. The training data of quality_train, as in the Phi-4 re
 the educational value (0-5) and names the topic of an excerpt of each sampled document. The sample is
 the `sample_size` documents with the lowest seeded hash of doc_id, so it is the same on any
 partitioning; every call goes through the LLM cache under the lake, so a rerun costs nothing and
-commits the same content. Prompt and answer parsing: `spark_jobs.annotation_prompts`.
+commits the same content. Prompt and answer parsing: `phiflow.records.annotation_prompts`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,17 @@ from phiflow import stages
 from phiflow.llm import ChatRequest, LLMConfig
 from phiflow.manifest import Manifest
 from phiflow.recipe import QualityAnnotateParams
+from phiflow.records.annotation_prompts import excerpt, messages, parse_answer, sample_rank
 from phiflow.schema import QUALITY_ANNOTATIONS, with_drop_reason
-from spark_jobs.annotation_prompts import excerpt, messages, parse_answer, sample_rank
-from spark_jobs.llm_stage import STATS, call_stats, llm_config, llm_counters, worker_client
-from spark_jobs.quality import input_of
-from spark_jobs.stage_io import StageContext, commit_partition, persisted, spark_schema, stage_main
+from spark_jobs.engine.llm_stage import STATS, call_stats, llm_config, llm_counters, worker_client
+from spark_jobs.engine.stage_io import (
+    StageContext,
+    commit_partition,
+    persisted,
+    quality_input,
+    spark_schema,
+    stage_main,
+)
 
 STAGE = "quality_annotate"
 CHUNK = 32  # documents per LLM call: one progress line each, and a failure loses at most this much
@@ -104,7 +110,7 @@ def annotate_batches(params: QualityAnnotateParams, config_json: str, kind: str 
 
 def run(spark, ctx: StageContext) -> Manifest:
     params = ctx.recipe.stages.quality_annotate
-    dataset, schema = input_of(ctx)
+    dataset, schema = quality_input(ctx)
     source = ctx.lake.require(dataset, ctx.partition)
     fields = ["doc_id", "source", "source_uri", "parent_ids", "language", "text"]
     docs = spark.read.schema(spark_schema(schema)).parquet(*ctx.lake.data_files(source)).select(*fields)

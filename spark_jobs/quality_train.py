@@ -19,9 +19,9 @@ from pyspark.sql import functions as F
 from phiflow import stages
 from phiflow.manifest import Manifest
 from phiflow.recipe import QualityTrainParams
+from phiflow.records.quality_classifier import binary_metrics, in_holdout, label_probs, model_bytes, train
 from phiflow.schema import QUALITY_ANNOTATIONS, QUALITY_MODELS, with_drop_reason
-from spark_jobs.quality_classifier import binary_metrics, in_holdout, label_probs, model_bytes, train
-from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, stage_main
+from spark_jobs.engine.stage_io import StageContext, commit_partition, spark_schema, stage_main
 
 STAGE = "quality_train"
 

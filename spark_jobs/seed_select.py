@@ -16,9 +16,9 @@ from pyspark.sql import functions as F
 from phiflow import stages
 from phiflow.manifest import Manifest
 from phiflow.recipe import SeedSelectParams
+from phiflow.records.seed_scoring import DROP_REASONS, code_seed_rows, seed_rows
 from phiflow.schema import SEEDS, with_drop_reason
-from spark_jobs.seed_scoring import DROP_REASONS, code_seed_rows, seed_rows
-from spark_jobs.stage_io import StageContext, commit_written, count_by, spark_schema, stage_main, write_attempt
+from spark_jobs.engine.stage_io import StageContext, commit_written, count_by, spark_schema, stage_main, write_attempt
 
 STAGE = "seed_select"
 

@@ -3,7 +3,7 @@ distinct `output` of the recipe's workflows (`synthetic.generated` by default, `
 for the web rewrites the mixture weighs on their own).
 
 For each workflow of the recipe, the best-scored seeds of its kinds (up to its target) are handed
-to executors, which run the workflow (spark_jobs.synth_workflows) against the recipe's LLM backend,
+to executors, which run the workflow (phiflow.records.synth_workflows) against the recipe's LLM backend,
 one client (and one loaded model) per Python worker, every call through the persistent cache under
 the lake. The generated rows are computed once and persisted; each output dataset is then committed
 from its workflows' rows, with its own counters: generated samples, kept samples per workflow,
@@ -23,10 +23,10 @@ from pyspark.sql import functions as F
 
 from phiflow.manifest import Manifest
 from phiflow.recipe import SynthesizeParams
+from phiflow.records.synth_workflows import seed_groups, synthesize_groups
 from phiflow.schema import SEEDS, SYNTHETIC, with_drop_reason
-from spark_jobs.llm_stage import STATS, call_stats, llm_config, llm_counters, worker_client
-from spark_jobs.stage_io import StageContext, commit_partition, persisted, spark_schema, stage_main
-from spark_jobs.synth_workflows import seed_groups, synthesize_groups
+from spark_jobs.engine.llm_stage import STATS, call_stats, llm_config, llm_counters, worker_client
+from spark_jobs.engine.stage_io import StageContext, commit_partition, persisted, spark_schema, stage_main
 
 STAGE = "synthesize"
 

@@ -4,7 +4,7 @@ under spark-submit): any committed text partition (`web.clean`, `synthetic.gener
 spark-submit entry point; `--source` names the input *dataset* (dotted). Documents go to shards by
 hash of doc_id and are sorted by doc_id inside a shard, so the shards are the same on any input
 layout. Executors write megatron `.bin/.idx` shards and doc-id sidecars straight into the attempt
-folder (spark_jobs.token_shards); the driver commits their listing with phiflow.commit. The
+folder (phiflow.records.token_shards); the driver commits their listing with phiflow.commit. The
 tokenizer comes from the recipe (phiflow.tokenizer_store) and its digest is part of the params, so
 a new tokenizer makes every tokens partition stale.
 """
@@ -20,11 +20,11 @@ from pyspark.sql import functions as F
 
 from phiflow.commit import commit_files
 from phiflow.manifest import Manifest, sha256_json
+from phiflow.records.token_shards import SHARD_STATS, write_shards
 from phiflow.schema import TOKEN_DOCS
 from phiflow.storage import Lake
 from phiflow.tokenizer_store import TokenizerArtifact, resolve_tokenizer, tokenize_params
-from spark_jobs.stage_io import StageContext, print_summary, spark_schema, stage_main
-from spark_jobs.token_shards import SHARD_STATS, write_shards
+from spark_jobs.engine.stage_io import StageContext, print_summary, spark_schema, stage_main
 
 STAGE = "tokenize"
 

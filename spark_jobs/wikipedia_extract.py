@@ -23,18 +23,7 @@ import pyarrow as pa
 from phiflow.ids import doc_id
 from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import WikiDump, WikipediaExtractParams, WikipediaSource
-from phiflow.schema import WIKI_EXTRACTED, with_drop_reason
-from spark_jobs.stage_io import (
-    StageContext,
-    commit_written,
-    dropping,
-    rejected_excerpt,
-    spark_schema,
-    stage_main,
-    task_drops,
-    write_attempt,
-)
-from spark_jobs.wikitext import (
+from phiflow.records.wikitext import (
     BrokenPage,
     CleanConfig,
     SiteInfo,
@@ -45,6 +34,17 @@ from spark_jobs.wikitext import (
     parse_index,
     read_header,
     stream_ranges,
+)
+from phiflow.schema import WIKI_EXTRACTED, with_drop_reason
+from spark_jobs.engine.stage_io import (
+    StageContext,
+    commit_written,
+    dropping,
+    rejected_excerpt,
+    spark_schema,
+    stage_main,
+    task_drops,
+    write_attempt,
 )
 
 STAGE = "wikipedia_extract"

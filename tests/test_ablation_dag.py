@@ -43,7 +43,7 @@ def swept(spark, tmp_path_factory):
     from airflow.utils import db
 
     from spark_jobs import commoncrawl_extract, langid, tokenization
-    from spark_jobs.stage_io import StageContext
+    from spark_jobs.engine.stage_io import StageContext
 
     path = tmp_path_factory.mktemp("ablation") / "recipe.yaml"
     write_sweep(path, BAD_LR)

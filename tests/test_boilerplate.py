@@ -11,9 +11,10 @@ import pytest
 from conftest import ROOT
 
 from phiflow.recipe import Recipe
+from phiflow.records import boilerplate
 from phiflow.storage import Lake
-from spark_jobs import boilerplate, dedup
-from spark_jobs.stage_io import StageContext
+from spark_jobs import dedup
+from spark_jobs.engine.stage_io import StageContext
 
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_dedup_templated import SNAP, clusters_of, commit_pages, with_dedup

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spark_jobs.book_text import COUNTERS, BookCleanConfig, clean_book, gutenberg_header
-from spark_jobs.document_files import (
+from phiflow.records.book_text import COUNTERS, BookCleanConfig, clean_book, gutenberg_header
+from phiflow.records.document_files import (
     DROP_REASONS,
     NOTES,
     DocumentRecord,

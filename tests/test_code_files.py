@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spark_jobs.code_files import (
+from phiflow.records.code_files import (
     InputProblem,
     SourceFile,
     dependency_order,
@@ -28,7 +28,7 @@ from spark_jobs.code_files import (
     list_inputs,
     read_input,
 )
-from spark_jobs.code_rules import (
+from phiflow.records.code_rules import (
     DROP_REASONS,
     CodeRules,
     code_row,

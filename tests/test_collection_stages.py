@@ -19,7 +19,7 @@ import yaml
 from phiflow.recipe import parse_recipe
 from phiflow.storage import Lake
 from spark_jobs import code_extract, code_repos, documents_extract, quality
-from spark_jobs.stage_io import StageContext
+from spark_jobs.engine.stage_io import StageContext
 
 pytestmark = pytest.mark.spark
 ROOT = Path(__file__).resolve().parents[1]

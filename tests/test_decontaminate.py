@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from phiflow.recipe import parse_recipe
+from phiflow.records.ngrams import BenchmarkIndex, Item, present, text_ngrams
 from phiflow.schema import LANGID_FIELDS, WEB_EXTRACTED, with_drop_reason, with_fields
 from phiflow.storage import Lake
 from spark_jobs import decontaminate
-from spark_jobs.ngrams import BenchmarkIndex, Item, present, text_ngrams
-from spark_jobs.stage_io import StageContext, commit_partition, spark_schema
+from spark_jobs.engine.stage_io import StageContext, commit_partition, spark_schema
 
 SNAP = {"snapshot": "CC-MAIN-2024-10"}
 RNG_VOCAB = [f"w{i}" for i in range(100_000)]

@@ -1,4 +1,4 @@
-"""The cross-snapshot history index (spark_jobs/dedup_index.py): its compaction and staleness rules, its
+"""The cross-snapshot history index (spark_jobs/engine/dedup_index.py): its compaction and staleness rules, its
 per-bucket and per-file lookups, and, through the dedup stage, results identical to reading and
 joining every earlier `minhash` partition."""
 
@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from phiflow.recipe import parse_recipe
+from phiflow.records.minhash import planted_pair
 from phiflow.storage import Lake
 from spark_jobs import dedup
-from spark_jobs.dedup_index import (
+from spark_jobs.engine.dedup_index import (
     INDEX_PARTITION,
     IndexState,
     Segment,
@@ -25,7 +26,6 @@ from spark_jobs.dedup_index import (
     read_rows,
     verdict,
 )
-from spark_jobs.minhash import planted_pair
 from tests.test_dedup_stage import commit_docs, ctx, doc
 
 SNAPS = ["CC-MAIN-2024-10", "CC-MAIN-2024-18", "CC-MAIN-2024-22", "CC-MAIN-2024-26"]

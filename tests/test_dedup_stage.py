@@ -13,11 +13,12 @@ import pyarrow as pa
 import pytest
 
 from phiflow.recipe import parse_recipe
+from phiflow.records import lsh_graph
+from phiflow.records.minhash import MinHasher, detection_probability, jaccard, planted_pair
 from phiflow.schema import LANGID_FIELDS, WEB_EXTRACTED, with_drop_reason, with_fields
 from phiflow.storage import Lake
 from spark_jobs import commoncrawl_extract, dedup, langid
-from spark_jobs.minhash import MinHasher, detection_probability, jaccard, planted_pair
-from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, step
+from spark_jobs.engine.stage_io import StageContext, commit_partition, spark_schema, step
 
 pytestmark = pytest.mark.spark
 QUALITY = with_fields(WEB_EXTRACTED, LANGID_FIELDS).append(pa.field("quality_score", pa.float32()))
@@ -144,6 +145,48 @@ def test_same_kept_set_on_other_partitionings(spark, planted, planted_run, tmp_p
     assert second.content_digest == first.content_digest
 
 
+def test_the_driver_graph_gives_the_spark_plans_outputs(spark, planted_run, tmp_path) -> None:
+    """A partition small enough for the driver's candidate graph (phiflow.records.lsh_graph) commits what
+    the Spark plan commits for it: the same survivors, clusters, signatures and counters."""
+    recipe, lake, driver = planted_run
+    spark_recipe = recipe_with(recipe, local_graph_max_docs=0)
+    other = Lake(str(tmp_path / "lake"))
+    commit_docs(spark, spark_recipe, other, lake.read_table(lake.require("web.quality", SNAP)).to_pylist())
+    planned = dedup.run(spark, ctx(spark_recipe, other))
+    assert (driver.counters["candidate_graph"], planned.counters["candidate_graph"]) == ("driver", "spark")
+    assert kept_and_clusters(other) == kept_and_clusters(lake)
+    for dataset in ("web.dedup", "web.dup_clusters", "web.minhash"):
+        assert other.require(dataset, SNAP).content_digest == lake.require(dataset, SNAP).content_digest, dataset
+    for counter in ("candidate_pairs", "verified_pairs", "clusters", "merged", "dropped"):
+        assert planned.counters[counter] == driver.counters[counter], counter
+    assert driver.counters["verified_pairs"] > 0
+
+
+@pytest.mark.parametrize(("threshold", "recheck"), [(0.7, 100), (0.5, 3), (0.0, 100)])
+def test_the_driver_graph_is_the_spark_graph_on_random_buckets(spark, threshold, recheck) -> None:
+    """Random band keys from a small alphabet (buckets of every size, one giant) and signatures drawn
+    from a few templates (links that pass and fail): the same candidate pairs, verified pairs and
+    component roots from lsh_graph as from candidate_links and the star rounds."""
+    rng = np.random.default_rng(int(threshold * 10) + recheck)
+    n, bands, perm = 400, 6, 20
+    keys = rng.integers(0, 60, (n, bands))
+    keys[rng.random(n) < 0.1, 0] = -1  # a giant bucket in band 0 (boilerplate)
+    templates = rng.integers(0, 5, (8, perm))
+    sigs = templates[rng.integers(0, 8, n)]
+    sigs = np.where(rng.random((n, perm)) < 0.15, rng.integers(0, 5, (n, perm)), sigs)
+    ids = [f"doc-{i:04d}-{rng.integers(0, 99)}" for i in rng.permutation(n)]
+    rows = [(ids[i], keys[i].tolist(), sigs[i].tolist()) for i in range(n)] + [("no-bands", None, None)]
+    reps = spark.createDataFrame(rows, "doc_id string, bands array<bigint>, signature array<int>")
+    links = dedup.candidate_links(reps.where("bands is not null"), reps.select("doc_id", "signature"), threshold,
+                                  recheck).collect()
+    verified = [(r["a"], r["b"]) for r in links if r["ok"]]
+    cc, _ = dedup.connected_components(spark.createDataFrame(verified, "a string, b string"), 64)
+    graph = lsh_graph.from_arrow(reps.toArrow(), threshold, recheck)
+    assert (graph.candidate_pairs, graph.verified_pairs) == (len(links), len(verified))
+    assert 0 < len(verified) < len(links) or threshold == 0
+    assert dict(graph.roots) == {r["node"]: r["root"] for r in cc.collect()}
+
+
 def test_connected_components_in_spark(spark) -> None:
     """A 40-node path (needs several rounds), a star, a cycle: every node gets its component's minimum."""
     path = [(f"p{i:02d}", f"p{i + 1:02d}") for i in range(39)]
@@ -177,7 +220,8 @@ def test_connected_components_match_union_find_on_random_graphs(spark) -> None:
         cc, _ = dedup.connected_components(spark.createDataFrame(edges, "a string, b string"), 64)
         expected = {x: find(x) for e in edges for x in e}
         assert {r["node"]: r["root"] for r in cc.collect()} == expected
-        assert dict(dedup.components_local(edges)) == expected  # the driver's path for small graphs
+        driver = lsh_graph.components([a for a, _ in edges], [b for _, b in edges])  # small graphs' path
+        assert dict(driver) == expected
 
 
 def test_a_member_failing_against_the_root_meets_the_other_members(spark) -> None:

@@ -33,7 +33,7 @@ from phiflow.manifest import Manifest
 from phiflow.recipe import load_recipe
 from phiflow.storage import Lake
 from spark_jobs import commoncrawl_extract, langid
-from spark_jobs.stage_io import StageContext
+from spark_jobs.engine.stage_io import StageContext
 
 pytestmark = pytest.mark.airflow
 SYNTH, TRAIN, INGEST = "phiflow_synthesis", "phiflow_training", "phiflow_ingest_web"

@@ -15,8 +15,8 @@ import brotli
 import pytest
 
 from phiflow.recipe import CommonCrawlExtractParams
-from spark_jobs.http_body import dechunk, decode_body, inflate, sniff_content_type
-from spark_jobs.warc_records import FILE_OK, FILE_PREFIX, iter_rows
+from phiflow.records.http_body import dechunk, decode_body, inflate, sniff_content_type
+from phiflow.records.warc_records import FILE_OK, FILE_PREFIX, iter_rows
 
 PARAMS = CommonCrawlExtractParams()
 TEXT = (

@@ -22,7 +22,7 @@ def test_pyspark_python_files_match_its_jars() -> None:
 def test_fasttext_predicts_under_numpy2() -> None:
     import numpy
 
-    from spark_jobs.langid_model import default_model_path, predict
+    from phiflow.records.langid_model import default_model_path, predict
 
     assert int(numpy.__version__.split(".")[0]) >= 2
     langs, scores = predict(["Der schnelle braune Fuchs springt über den faulen Hund."], default_model_path())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from phiflow.recipe import LangidParams
-from spark_jobs.langid_model import default_model_path, heads, langid_columns, prepare
+from phiflow.records.langid_model import default_model_path, heads, langid_columns, prepare
 
 
 def test_heads_match_prepare() -> None:

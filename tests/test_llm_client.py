@@ -10,9 +10,10 @@ import time
 import pytest
 from llm_server import LLMTestServer, echo_answer
 
-from phiflow.llm import ChatRequest, LLMConfig, LLMError, make_client
+from phiflow.llm import ChatRequest, LLMConfig, LLMError
 from phiflow.llm.cache import ChatCache
 from phiflow.llm.openai_http import retry_after
+from spark_jobs.engine.llm_clients import make_client
 
 KEY = "sk-test-5f1c0ffee-never-log-me"
 

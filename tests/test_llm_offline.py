@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from phiflow.llm import ChatRequest, LLMConfig, make_client, offline_hf
+from phiflow.llm import ChatRequest, LLMConfig
+from spark_jobs.engine import llm_offline
+from spark_jobs.engine.llm_clients import make_client
 
 pytestmark = pytest.mark.slow
 
@@ -13,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_smollm2_generates_batched_greedy_and_seeded_samples(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("PHIFLOW_MODEL_CACHE", str(tmp_path / "models"))
-    monkeypatch.setattr(offline_hf, "_MODELS", {})
+    monkeypatch.setattr(llm_offline, "_MODELS", {})
     cfg = LLMConfig(backend="offline", cache_dir=str(tmp_path / "cache"), batch_size=4, threads=2)
     client = make_client(cfg)
     greedy = [
@@ -48,9 +50,9 @@ def test_smollm2_generates_batched_greedy_and_seeded_samples(tmp_path, monkeypat
 
     # The dequantized model was cached whole; a new process (an emptied model table) loads it from
     # there and generates the same greedy text.
-    path = offline_hf.converted_path(offline_hf.default_model_path())
-    assert (path / offline_hf._COMPLETE).exists() and path.parent == tmp_path / "models"
-    monkeypatch.setattr(offline_hf, "_MODELS", {})
+    path = llm_offline.converted_path(llm_offline.default_model_path())
+    assert (path / llm_offline._COMPLETE).exists() and path.parent == tmp_path / "models"
+    monkeypatch.setattr(llm_offline, "_MODELS", {})
     reloaded = make_client(cfg.model_copy(update={"cache_dir": None})).chat(greedy)
     assert [r.texts for r in reloaded] == [r.texts for r in first[:2]]
 
@@ -63,7 +65,7 @@ def test_workers_starting_together_convert_the_model_once(tmp_path) -> None:
     import sys
 
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout); "
-            "from phiflow.llm import offline_hf as o; o.load_model(o.default_model_path(), 1)")
+            "from spark_jobs.engine import llm_offline as o; o.load_model(o.default_model_path(), 1)")
     env = {**os.environ, "PHIFLOW_MODEL_CACHE": str(tmp_path / "models"), "HF_HUB_OFFLINE": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
              for _ in range(2)]

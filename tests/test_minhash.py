@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spark_jobs.minhash import (
+from phiflow.records.minhash import (
     MinHasher,
     content_hash,
     detection_probability,

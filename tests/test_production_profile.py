@@ -30,7 +30,7 @@ from test_storage import rows
 from phiflow.manifest import Manifest
 from phiflow.storage import _LEASES, Lake
 from spark_jobs import commoncrawl_extract, langid
-from spark_jobs.stage_io import StageContext, content_digest
+from spark_jobs.engine.stage_io import StageContext, content_digest
 
 SNAP = {"snapshot": "CC-MAIN-2024-10"}
 FEB_RUN = datetime(2024, 3, 1, tzinfo=UTC)  # the run at March 1st owns February's interval

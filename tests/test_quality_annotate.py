@@ -11,9 +11,7 @@ import pytest
 from llm_server import LLMTestServer
 
 from phiflow.recipe import TOPICS, parse_recipe
-from phiflow.storage import Lake
-from spark_jobs import commoncrawl_extract, langid, quality, quality_annotate, quality_train
-from spark_jobs.annotation_prompts import (
+from phiflow.records.annotation_prompts import (
     GRADE_OUT_OF_RANGE,
     UNKNOWN_TOPIC,
     UNPARSEABLE,
@@ -22,7 +20,9 @@ from spark_jobs.annotation_prompts import (
     parse_answer,
     sample_rank,
 )
-from spark_jobs.stage_io import StageContext
+from phiflow.storage import Lake
+from spark_jobs import commoncrawl_extract, langid, quality, quality_annotate, quality_train
+from spark_jobs.engine.stage_io import StageContext
 
 SNAP = {"snapshot": "CC-MAIN-2024-10"}
 SAMPLE = 200

@@ -12,10 +12,9 @@ import pytest
 from wiki_fixtures import EXPECTED, WIKI
 
 from phiflow.recipe import HeuristicRules, QualityParams, QualityTrainParams, WikipediaExtractParams
-from spark_jobs.quality_classifier import binary_metrics, in_holdout, label_probs, roc_auc, train
-from spark_jobs.quality_rules import drop_reason
-from spark_jobs.wikipedia_extract import clean_config
-from spark_jobs.wikitext import (
+from phiflow.records.quality_classifier import binary_metrics, in_holdout, label_probs, roc_auc, train
+from phiflow.records.quality_rules import drop_reason
+from phiflow.records.wikitext import (
     BrokenPage,
     StreamError,
     clean_page,
@@ -26,6 +25,7 @@ from spark_jobs.wikitext import (
     read_header,
     stream_ranges,
 )
+from spark_jobs.wikipedia_extract import clean_config
 
 P = QualityParams()
 

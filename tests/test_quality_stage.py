@@ -13,7 +13,7 @@ from wiki_fixtures import WIKI, wiki_recipe
 from phiflow.schema import QUALITY_ANNOTATIONS, with_drop_reason
 from phiflow.storage import Lake
 from spark_jobs import quality, quality_train, wikipedia_extract
-from spark_jobs.stage_io import StageContext, commit_partition, spark_schema
+from spark_jobs.engine.stage_io import StageContext, commit_partition, spark_schema
 
 pytestmark = pytest.mark.spark
 DUMP = {"dump": "enwiki-20240601"}

@@ -13,8 +13,8 @@ from phiflow.recipe import Recipe, RejectedSpec
 from phiflow.storage import Lake
 from phiflow.trace import trace
 from spark_jobs import commoncrawl_extract, langid
-from spark_jobs.rejected import REASON_DIR
-from spark_jobs.stage_io import StageContext
+from spark_jobs.engine.rejected import REASON_DIR
+from spark_jobs.engine.stage_io import StageContext
 
 pytestmark = pytest.mark.spark
 SNAP = {"snapshot": "CC-MAIN-2024-10"}
@@ -149,7 +149,7 @@ def test_recipe_names_only_real_stages() -> None:
 def test_the_python_extraction_path_cuts_dropped_text_before_the_jvm() -> None:
     import pyarrow as pa
 
-    from spark_jobs.rejected import cut_dropped_text
+    from spark_jobs.engine.rejected import cut_dropped_text
 
     batch = pa.RecordBatch.from_pydict({"text": ["x" * 500, "é" * 500, None], "drop_reason": [None, "too_long", "y"]})
     out = cut_dropped_text(batch, 10).to_pydict()

@@ -13,8 +13,8 @@ from phiflow.manifest import Manifest
 from phiflow.recipe import load_recipe
 from phiflow.storage import Lake
 from spark_jobs import commoncrawl_extract, langid
-from spark_jobs.shard_runner import ShardsFailed
-from spark_jobs.stage_io import StageContext
+from spark_jobs.engine.shard_runner import ShardsFailed
+from spark_jobs.engine.stage_io import StageContext
 
 pytestmark = pytest.mark.spark
 SNAP = {"snapshot": "CC-MAIN-2024-10"}
@@ -215,7 +215,7 @@ def test_langid_counts_each_drop_reason_in_its_one_pass(spark, committed, test_r
 def test_observed_tally_equals_a_separate_pass_and_names_an_undeclared_reason(spark, test_recipe, lake) -> None:
     import pyarrow as pa
 
-    from spark_jobs.stage_io import tally, write_attempt
+    from spark_jobs.engine.stage_io import tally, write_attempt
 
     df = spark.createDataFrame(
         [(f"d{i}", i, [None, "short", "noisy", None][i % 4]) for i in range(200)],

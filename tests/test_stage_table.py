@@ -209,7 +209,7 @@ def test_funnel_columns_are_the_main_outputs_of_the_curation_stages() -> None:
 def test_code_is_graded_with_its_own_prompt_and_classifier() -> None:
     """phi4: text sources share edu-v1; code has code-edu-v1, trained on code annotations only, graded
     with the code prompt, and scored without the prose rules."""
-    from spark_jobs.annotation_prompts import messages
+    from phiflow.records.annotation_prompts import messages
 
     recipe, _ = check_file(str(PHI4))
     assert stages.classifier_families(recipe) == {"edu-v1": ["web", "wiki", "books"], "code-edu-v1": ["code"]}

@@ -10,7 +10,7 @@ from llm_server import LLMTestServer
 from phiflow.recipe import parse_recipe
 from phiflow.storage import Lake
 from spark_jobs import commoncrawl_extract, langid, seed_select, synthesize
-from spark_jobs.stage_io import StageContext
+from spark_jobs.engine.stage_io import StageContext
 
 pytestmark = pytest.mark.spark
 SNAP = {"snapshot": "CC-MAIN-2024-10"}

@@ -8,9 +8,9 @@ import random
 import pytest
 from llm_server import LLMTestServer
 
-from phiflow.llm import LLMConfig, make_client
+from phiflow.llm import LLMConfig
 from phiflow.recipe import RecipeError, SandboxParams, SynthesizeParams, SynthWorkflow, parse_recipe
-from spark_jobs.synth_workflows import (
+from phiflow.records.synth_workflows import (
     ast_fingerprint,
     final_answer,
     grounding,
@@ -19,6 +19,7 @@ from spark_jobs.synth_workflows import (
     split_sources,
     synthesize_seeds,
 )
+from spark_jobs.engine.llm_clients import make_client
 
 # Generous: under `make test` the sandboxed runs share 2 cores with Spark and JVMs (a run timed out at
 # wall_s 5 once); the limits themselves are tested in tests/test_sandbox.py.

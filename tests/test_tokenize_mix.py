@@ -15,7 +15,7 @@ from phiflow.mixture import MixtureError
 from phiflow.recipe import RecipeError, load_recipe, parse_recipe
 from phiflow.storage import Lake
 from spark_jobs import commoncrawl_extract, langid, tokenization
-from spark_jobs.stage_io import StageContext
+from spark_jobs.engine.stage_io import StageContext
 from training import mix
 
 pytestmark = pytest.mark.spark

@@ -13,8 +13,8 @@ from conftest import BROKEN, SAMPLE
 
 from phiflow.ids import doc_id
 from phiflow.recipe import CommonCrawlExtractParams
-from spark_jobs.html_text import binary_fraction, decode_html, extract
-from spark_jobs.warc_records import FILE_OK, FILE_PREFIX, iter_rows, record_key
+from phiflow.records.html_text import binary_fraction, decode_html, extract
+from phiflow.records.warc_records import FILE_OK, FILE_PREFIX, iter_rows, record_key
 
 PARAMS = CommonCrawlExtractParams()
 EXPECTED = json.loads((BROKEN / "EXPECTED.json").read_text())

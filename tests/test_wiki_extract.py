@@ -12,7 +12,7 @@ from wiki_fixtures import EXPECTED, WIKI, wiki_recipe
 from phiflow.intervals import source_partitions
 from phiflow.storage import Lake
 from spark_jobs import wikipedia_extract
-from spark_jobs.stage_io import StageContext
+from spark_jobs.engine.stage_io import StageContext
 
 pytestmark = pytest.mark.spark
 

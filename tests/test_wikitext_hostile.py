@@ -8,7 +8,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from spark_jobs.wikitext import CleanConfig, StreamError, clean_page, decompress_streams, iter_pages, read_header
+from phiflow.records.wikitext import CleanConfig, StreamError, clean_page, decompress_streams, iter_pages, read_header
 
 HEADER = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/" version="0.11" xml:lang="de">
   <siteinfo>

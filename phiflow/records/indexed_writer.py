@@ -10,6 +10,7 @@ Pure over lists or Arrow arrays of texts, so the Spark tokenize job calls it per
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,21 +43,43 @@ def _as_list(values: Any) -> list[Any]:
     return values.to_pylist() if hasattr(values, "to_pylist") else list(values)
 
 
+# megatron.core.datasets.indexed_dataset's .idx layout (version 1): header, version, dtype code, then
+# sequence count, document count, int32 lengths, int64 byte pointers, int64 document boundaries.
+_INDEX_HEADER = b"MMIDIDX\x00\x00"
+_DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.float64: 6, np.float32: 7,
+                np.uint16: 8}
+
+
+def write_index(path: str, dtype: type[np.integer], lengths: Sequence[int]) -> None:
+    """The ``.idx`` of one-sequence-per-document data, byte for byte what megatron's
+    ``IndexedDatasetBuilder.finalize`` writes (tested against it), without importing megatron: the Spark
+    tokenize job's executors need no torch."""
+    n = len(lengths)
+    sizes = np.asarray(lengths, dtype=np.int64)
+    pointers = np.zeros(n, dtype=np.int64)
+    np.cumsum(sizes[:-1] * np.dtype(dtype).itemsize, out=pointers[1:])
+    with open(path, "wb") as f:
+        f.write(_INDEX_HEADER + struct.pack("<Q", 1) + struct.pack("<B", _DTYPE_CODES[dtype]))
+        f.write(struct.pack("<Q", n) + struct.pack("<Q", n + 1))
+        f.write(sizes.astype(np.int32).tobytes(order="C"))
+        f.write(pointers.tobytes(order="C"))
+        f.write(np.arange(n + 1, dtype=np.int64).tobytes(order="C"))
+
+
 class IndexedWriter:
     """Append documents in batches; :meth:`close` writes ``.idx`` and the sidecar.
 
     Batches are written with one ``write`` per batch instead of one per document, which is where
-    the speed over a plain ``IndexedDatasetBuilder.add_document`` loop comes from.
+    the speed over a plain ``IndexedDatasetBuilder.add_document`` loop comes from; the files are the
+    ones that loop writes.
     """
 
     def __init__(self, prefix: str | os.PathLike[str], vocab_size: int, eod: int) -> None:
-        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
         self.prefix = str(prefix)
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
         self.dtype = token_dtype(vocab_size)
         self.eod = eod
-        self._builder = IndexedDatasetBuilder(self.prefix + ".bin", dtype=self.dtype)
+        self._data = open(self.prefix + ".bin", "wb")  # noqa: SIM115 (closed by close())
         self._doc_ids: list[str] = []
         self._lengths: list[int] = []
 
@@ -72,11 +95,7 @@ class IndexedWriter:
             flat[pos : pos + n - 1] = toks
             flat[pos + n - 1] = self.eod
             pos += n
-        b = self._builder
-        b.data_file.write(flat.tobytes(order="C"))
-        start = len(b.sequence_lengths)
-        b.sequence_lengths.extend(lengths)
-        b.document_indices.extend(range(start + 1, start + len(lengths) + 1))
+        self._data.write(flat.tobytes(order="C"))
         self._doc_ids.extend(str(d) for d in doc_ids)
         self._lengths.extend(lengths)
 
@@ -84,7 +103,8 @@ class IndexedWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self._builder.finalize(self.prefix + ".idx")
+        self._data.close()
+        write_index(self.prefix + ".idx", self.dtype, self._lengths)
         table = pa.table(
             {
                 "sequence": pa.array(range(len(self._doc_ids)), pa.int64()),

@@ -48,6 +48,24 @@ def test_write_tokens_accepts_arrow_and_large_vocab(tmp_path: Path) -> None:
     assert list(ds[0]) == [70_000, 5, 100_257] and list(ds[1]) == [1, 100_257]
 
 
+@pytest.mark.parametrize(("vocab", "docs"), [(512, 40), (100_352, 7), (512, 0)])
+def test_writer_files_are_megatrons_byte_for_byte(tmp_path: Path, vocab: int, docs: int) -> None:
+    """The numpy writer (no megatron import: Spark executors need no torch) writes the very .bin and .idx
+    that megatron's IndexedDatasetBuilder writes for the same documents, one document per sequence."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    rng = np.random.default_rng(vocab + docs)
+    lists = [rng.integers(1, vocab, size=int(rng.integers(0, 300))).tolist() for _ in range(docs)]
+    write_tokens(tmp_path / "ours", lists, [f"d{i}" for i in range(docs)], vocab_size=vocab, eod=0)
+    dtype = np.uint16 if vocab <= 65536 else np.int32
+    theirs = IndexedDatasetBuilder(str(tmp_path / "theirs.bin"), dtype=dtype)
+    for toks in lists:
+        theirs.add_document(torch.tensor([*toks, 0]), [len(toks) + 1])
+    theirs.finalize(str(tmp_path / "theirs.idx"))
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"ours{ext}").read_bytes() == (tmp_path / f"theirs{ext}").read_bytes(), ext
+
+
 def test_cpu_compat_redirects_only_without_gpu() -> None:
     if torch.cuda.is_available():
         assert cpu_compat.enable() is False

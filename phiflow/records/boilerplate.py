@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from spark_jobs.ngrams import words
+from phiflow.records.ngrams import words
 
 PAGE = 0  # the key that counts a site's pages (a line key of 0 is as likely as any other 64-bit value)
 MIN_LINE_WORDS = 3  # shorter lines ("Home", "Next") are not worth a key: they hardly move a Jaccard

@@ -2,7 +2,7 @@
 
 A stage builds one DataFrame holding its kept rows and its dropped rows (with `drop_reason`);
 `write_attempt` writes the kept rows into a fresh attempt folder (with the sample of dropped rows the
-recipe keeps, spark_jobs.rejected) while counting the reasons and hashing the kept rows (in the same
+recipe keeps, spark_jobs.engine.rejected) while counting the reasons and hashing the kept rows (in the same
 pass when the stage names its reasons, else in a tally pass before), and `commit_written` commits the
 manifest (phiflow.storage), `<dataset>.rejected` first; `commit_partition` is the two in a row.
 Stages stay a few lines of engine code around their pure per-record functions.
@@ -34,11 +34,11 @@ from phiflow import stages
 from phiflow.commit import commit_attempt
 from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import Recipe, load_recipe
-from phiflow.schema import REJECTED
+from phiflow.schema import EXTRACTED, REJECTED, langid_schema
 from phiflow.shards import SHARD_COUNTER
 from phiflow.stages import StageIO
 from phiflow.storage import Lake
-from spark_jobs import rejected
+from spark_jobs.engine import rejected
 
 log = logging.getLogger("phiflow.stage")
 
@@ -53,7 +53,7 @@ class StageContext:
     lake: Lake
     airflow: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
-    shards: str = "missing"  # sharded stages: which shards to run (spark_jobs.shard_runner.wanted)
+    shards: str = "missing"  # sharded stages: which shards to run (spark_jobs.engine.shard_runner.wanted)
     shard: tuple[int, int] | None = None  # this run is shard i of n (recorded in the shard's counters)
 
     def io(self, stage: str) -> StageIO:
@@ -103,7 +103,7 @@ def spark_session(recipe: Recipe, app: str) -> SparkSession:
     # Standard INT64 microsecond timestamps instead of Spark's legacy INT96: pyarrow, DuckDB and
     # Trino read the lake's files without conversion.
     builder = builder.config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-    # A write partitioned by drop reason (spark_jobs.rejected) opens a writer per reason instead of
+    # A write partitioned by drop reason (spark_jobs.engine.rejected) opens a writer per reason instead of
     # sorting each task's rows first.
     builder = builder.config("spark.sql.maxConcurrentOutputFileWriters", "64")
     for k, v in recipe.spark.conf.items():
@@ -269,7 +269,7 @@ def write_attempt(
     keep_rejected: bool = False,
 ) -> Written:
     """Write the kept rows of `rows` (those without a `drop_reason`) into a fresh attempt folder, and
-    in the same write the share of the dropped rows `recipe.rejected` keeps (spark_jobs.rejected).
+    in the same write the share of the dropped rows `recipe.rejected` keeps (spark_jobs.engine.rejected).
 
     The figures come from `counted` if the stage took them first (a failure budget needs them before
     the write); else, when the stage names every drop reason it can give (`known_reasons`), they are
@@ -481,3 +481,10 @@ def stage_main(
         run(spark, ctx)
     finally:
         spark.stop()
+
+
+def quality_input(ctx: StageContext) -> tuple[str, pa.Schema]:
+    """Quality's input dataset (the stage table's: langid where it applies, else extracted) and schema."""
+    dataset = stages.quality_input(ctx.recipe, ctx.source)
+    kind = ctx.kind
+    return dataset, langid_schema(kind) if kind in stages.NEEDS_LANGID else EXTRACTED[kind]

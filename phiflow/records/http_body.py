@@ -1,7 +1,7 @@
 """HTTP response bodies as the server meant them: transfer and content codings undone (RFC 9112 §7,
 RFC 9110 §8.4), and a missing Content-Type sniffed the way browsers do (WHATWG MIME Sniffing §7.1).
 
-Pure functions over bytes and header pairs; `spark_jobs.warc_records` calls them once per record.
+Pure functions over bytes and header pairs; `phiflow.records.warc_records` calls them once per record.
 
 - Codings are undone in reverse order of application: the transfer codings (chunked last applied,
   so first undone), then the content codings. gzip (one or more members), deflate (zlib-wrapped or

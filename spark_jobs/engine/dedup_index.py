@@ -50,7 +50,7 @@ from phiflow.manifest import Manifest, sha256_json
 from phiflow.schema import MINHASH, describe, fingerprint
 from phiflow.storage import Lake, parse_partition
 from phiflow.version import code_version
-from spark_jobs.stage_io import spark_schema
+from spark_jobs.engine.stage_io import spark_schema
 
 INDEX_PARTITION = {"index": "current"}
 ENTRY = pa.schema(

@@ -6,7 +6,7 @@ file: a record that fails is a row with a reason, a file that breaks midway keep
 before the break and ends with a file-level row saying why (and counting the file's records by type).
 
 Between the integrity rules (digest, status: on the body as stored) and the content rules, the HTTP
-body is decoded (spark_jobs.http_body: chunked, gzip, deflate, br) and a missing Content-Type is
+body is decoded (phiflow.records.http_body: chunked, gzip, deflate, br) and a missing Content-Type is
 sniffed; each row carries what was undone in `_decoding`, which the stage counts and never commits.
 """
 
@@ -27,8 +27,8 @@ from fastwarc.warc import ArchiveIterator
 
 from phiflow.ids import doc_id
 from phiflow.recipe import CommonCrawlExtractParams
-from spark_jobs.html_text import binary_fraction, extract, too_complex
-from spark_jobs.http_body import UNKNOWN_TYPES, decode_body, sniff_content_type
+from phiflow.records.html_text import binary_fraction, extract, too_complex
+from phiflow.records.http_body import UNKNOWN_TYPES, decode_body, sniff_content_type
 
 # File-level outcome rows have no document; their reason starts with this prefix.
 FILE_PREFIX = "file:"

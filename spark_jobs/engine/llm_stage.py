@@ -16,8 +16,9 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from phiflow.llm import LLMClient, LLMConfig, make_client
-from spark_jobs.stage_io import StageContext
+from phiflow.llm import LLMClient, LLMConfig
+from spark_jobs.engine.llm_clients import make_client
+from spark_jobs.engine.stage_io import StageContext
 
 STATS = [pa.field("_llm_requests", pa.int64()), pa.field("_llm_cache_hits", pa.int64())]  # not committed
 

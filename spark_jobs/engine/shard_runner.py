@@ -26,7 +26,7 @@ from phiflow import shards, stages
 from phiflow.commit import up_to_date
 from phiflow.manifest import InputRef, Manifest, partition_key
 from phiflow.version import code_version
-from spark_jobs.stage_io import StageContext, print_summary
+from spark_jobs.engine.stage_io import StageContext, print_summary
 
 
 class ShardRejected(RuntimeError):

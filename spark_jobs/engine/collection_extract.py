@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import CollectionSource
 from phiflow.schema import with_drop_reason
-from spark_jobs.stage_io import StageContext, commit_partition, spark_schema, tally
+from spark_jobs.engine.stage_io import StageContext, commit_partition, spark_schema, tally
 
 UNIT = pa.field("_unit", pa.string())  # which input unit a row came from (counted, not written)
 UnitRows = Callable[[str], Iterator[dict[str, Any]]]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from phiflow.ids import doc_id
-from spark_jobs.code_files import (
+from phiflow.records.code_files import (
     BAD_ROW,
     CORRUPT_ARCHIVE,
     CORRUPT_FILE,

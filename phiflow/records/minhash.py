@@ -1,6 +1,6 @@
 """MinHash signatures, LSH band keys and content hashes: the per-document part of dedup.
 
-Shingles are word n-grams (spark_jobs.ngrams). Each of the `num_perm` hash functions is the classic
+Shingles are word n-grams (phiflow.records.ngrams). Each of the `num_perm` hash functions is the classic
 universal hash of the shingle's 32-bit hash x, h_p(x) = ((a_p * x + b_p) mod 2^64) mod (2^61 - 1), low
 32 bits, with (a_p, b_p) drawn as datasketch draws them (`RandomState(seed)`): given the same 32-bit
 shingle hashes, a signature is datasketch's `MinHash(seed=seed).hashvalues` bit for bit (tested), so at
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from spark_jobs.ngrams import ngram_hashes, normalize, splitmix64, word_hashes, words
+from phiflow.records.ngrams import ngram_hashes, normalize, splitmix64, word_hashes, words
 
 _BLOCK = 4096  # shingles per block of the (permutations x shingles) product: bounds memory per document
 _PRIME = np.uint64((1 << 61) - 1)

@@ -23,7 +23,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spark_jobs.book_text import gutenberg_header
+from phiflow.records.book_text import gutenberg_header
 
 INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".txt", ".txt.gz")
 DROP_REASONS: tuple[str, ...] = (
