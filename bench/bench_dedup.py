@@ -106,6 +106,20 @@ def realistic_corpus(n: int, seed: int = 0) -> tuple[list[str], list[tuple[int, 
     return docs, pairs
 
 
+def crawl_urls(n: int, seed: int = 0) -> list[str]:
+    """Page urls whose hosts have power-law page counts, as in a crawl partition: host sizes drawn from
+    a Zipf(2) law (about 60% of hosts have one page in the partition, a few have hundreds), pages
+    shuffled over them. The boilerplate pass hashes the lines of the pages of hosts big enough to
+    have a template."""
+    rng = np.random.default_rng(seed)
+    hosts: list[int] = []
+    host = 0
+    while len(hosts) < n:
+        hosts += [host] * int(min(rng.zipf(2.0), 2_000))
+        host += 1
+    return [f"https://site{h}.example/{i}" for i, h in enumerate(rng.permutation(hosts[:n]))]
+
+
 def datasketch_loop(texts: list[str], mh: MinHasher, threshold: float, seed: int = 1) -> tuple[float, dict[int, int]]:
     """The baseline: per document MinHash (same shingles), LSH query, verify, union-find, insert."""
     from datasketch import MinHash, MinHashLSH
@@ -176,6 +190,8 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=10)
     ap.add_argument("--realistic", type=int, default=0, metavar="N",
                     help="N documents shaped like a crawl partition (realistic_corpus) instead of --copies")
+    ap.add_argument("--one-site", action="store_true",
+                    help="every page on one host (the degenerate case: all pages go through the boilerplate pass)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timed runs of each side; the best counts")
     ap.add_argument("--seeds", type=int, default=1, help="hash seeds to average precision and recall over (both sides)")
     ap.add_argument("--seed-offset", type=int, default=0,
@@ -195,7 +211,8 @@ def main() -> None:
         n_base = len(texts) // a.copies
         pairs = [(i, c * n_base + i) for c in range(1, a.copies) for i in range(n_base)]
         shape = f"{n_base} sample pages x {a.copies}"
-    print(f"corpus: {len(texts)} documents ({shape}), "
+    urls = [f"https://ex.org/{i}" for i in range(len(texts))] if a.one_site else crawl_urls(len(texts))
+    print(f"corpus: {len(texts)} documents ({shape}) on {len(set(u.split('/')[2] for u in urls)):,} hosts, "
           f"{sum(len(t) for t in texts) / 1e6:.1f} MB of text; shingles {p.shingle_size}, {p.num_perm} perms, "
           f"{p.bands} bands x {p.rows} rows, threshold {p.threshold}")
     import datasketch
@@ -231,9 +248,9 @@ def main() -> None:
         lake = Lake(tmp)
         ctx = StageContext(recipe=recipe, source="web", partition={"snapshot": "CC-MAIN-2024-10"}, lake=lake)
         t0 = datetime(2024, 2, 20, tzinfo=UTC)
-        rows = [(f"d{i:07d}", "web", f"warc://{i}", [], f"https://ex.org/{i}", None, None, None,
+        rows = [(f"d{i:07d}", "web", f"warc://{i}", [], url, None, None, None,
                  t0 + timedelta(seconds=i), 200, "text/html", "utf-8", "", t, 0, len(t), "en", 1.0, None)
-                for i, t in enumerate(texts)]
+                for i, (t, url) in enumerate(zip(texts, urls, strict=True))]
         df = spark.createDataFrame(rows, spark_schema(with_drop_reason(LANGID))).repartition(8)
         commit_partition(spark, ctx, stage="langid", dataset=f"web.{p.input}", rows=df, schema=LANGID, inputs=[],
                          counters={}, reasons={})

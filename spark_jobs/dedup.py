@@ -64,17 +64,19 @@ def hasher(params: DedupParams) -> MinHasher:
 
 
 def signature_batches(mh: MinHasher, keep: list[str], boiler=None, min_words: int = 0):  # -> mapInArrow function
-    """Hash, signature and band keys per document; `boiler`: a broadcast of the partition's sorted
-    boilerplate line keys, whose lines the shingles leave out (phiflow.records.boilerplate)."""
+    """Hash, signature and band keys per document; `boiler`: a broadcast of the partition's boilerplate
+    (sorted line keys, and the sites they belong to), whose lines the shingles leave out
+    (phiflow.records.boilerplate). Pages of other sites are shingled as they are."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        keys = boiler.value if boiler is not None else None
+        keys, sites = boiler.value if boiler is not None else (None, frozenset())
         for batch in batches:
             texts = batch.column("text").to_pylist()
             shingled = None
-            if keys is not None and len(keys):
+            if sites:
                 urls = batch.column("url").to_pylist()
-                shingled = [boilerplate.strip(u, t, keys, min_words) for u, t in zip(urls, texts, strict=True)]
+                shingled = [boilerplate.strip(u, t, keys, min_words) if boilerplate.site_of(u) in sites else t
+                            for u, t in zip(urls, texts, strict=True)]
             content, sig, bands = mh.batch(texts, shingled)
             cols = [batch.column(c) for c in keep] + [content, sig, bands]
             yield pa.RecordBatch.from_arrays(cols, names=[*keep, "content_hash", "signature", "bands"])
@@ -82,36 +84,55 @@ def signature_batches(mh: MinHasher, keep: list[str], boiler=None, min_words: in
     return run
 
 
-def line_key_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """mapInArrow: (site, key) for each page's distinct line keys (phiflow.records.boilerplate.line_keys),
-    and one (site, PAGE) row per page of a site, which counts the site's pages."""
+def site_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow: each page's site (phiflow.records.boilerplate.site_of; "" for none), from its url."""
     for batch in batches:
-        sites, keys = [], []
-        for url, text in zip(batch.column("url").to_pylist(), batch.column("text").to_pylist(), strict=True):
-            site = boilerplate.site_of(url)
-            if site:
-                k = boilerplate.line_keys(url, text)
-                sites += [site] * (len(k) + 1)
-                keys += [boilerplate.PAGE, *k.tolist()]
-        yield pa.RecordBatch.from_arrays([pa.array(sites, pa.string()), pa.array(keys, pa.int64())],
-                                         names=["site", "key"])
+        yield pa.RecordBatch.from_arrays([pa.array([boilerplate.site_of(u) for u in batch.column("url").to_pylist()],
+                                                   pa.string())], names=["site"])
 
 
-def boilerplate_keys(docs: DataFrame, params: DedupParams) -> np.ndarray:
+def line_key_batches(sites):  # -> mapInArrow function
+    """(site, key) for each page's distinct line keys (phiflow.records.boilerplate.line_keys), and one
+    (site, PAGE) row per page, for the pages of `sites` (a broadcast set) only."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        wanted = sites.value
+        for batch in batches:
+            out_sites, keys = [], []
+            for url, text in zip(batch.column("url").to_pylist(), batch.column("text").to_pylist(), strict=True):
+                site = boilerplate.site_of(url)
+                if site in wanted:
+                    k = boilerplate.line_keys(url, text)
+                    out_sites += [site] * (len(k) + 1)
+                    keys += [boilerplate.PAGE, *k.tolist()]
+            yield pa.RecordBatch.from_arrays([pa.array(out_sites, pa.string()), pa.array(keys, pa.int64())],
+                                             names=["site", "key"])
+
+    return run
+
+
+def boilerplate_keys(docs: DataFrame, params: DedupParams) -> tuple[np.ndarray, frozenset[str]]:
     """The partition's boilerplate: the sorted keys of the site lines found in at least
     `boilerplate_min_docs` of its documents and on at least `boilerplate_min_share` of the site's
-    pages (a template is on most of a site's pages; the paragraphs a few near copies share are not).
-    Collected to the driver and broadcast: a site's template is a few dozen lines, whatever its size."""
-    counted = docs.select("url", "text").mapInArrow(line_key_batches, "site string, key long").groupBy(
-        "site", "key").count()
+    pages (a template is on most of a site's pages; the paragraphs a few near copies share are not),
+    and the sites they are on. Only sites with `boilerplate_min_docs` pages can have any, so only their
+    pages' lines are hashed (a crawl is mostly sites with one page in a snapshot); counted from the urls
+    first. Collected to the driver and broadcast: a site's template is a few dozen lines."""
+    spark = docs.sparkSession
+    big = [r["site"] for r in docs.select("url").mapInArrow(site_batches, "site string").where("site != ''")
+           .groupBy("site").count().where(F.col("count") >= params.boilerplate_min_docs).collect()]
+    if not big:
+        return np.empty(0, dtype=np.int64), frozenset()
+    counted = docs.select("url", "text").mapInArrow(
+        line_key_batches(spark.sparkContext.broadcast(frozenset(big))), "site string, key long"
+    ).groupBy("site", "key").count()
     pages = counted.where(F.col("key") == boilerplate.PAGE).select("site", F.col("count").alias("pages"))
     shared = counted.where(F.col("key") != boilerplate.PAGE).join(pages, "site").where(
         (F.col("count") >= params.boilerplate_min_docs)
-        & (F.col("count") >= F.col("pages") * params.boilerplate_min_share))
-    return np.sort(np.array([r["key"] for r in shared.select("key").collect()], dtype=np.int64))
+        & (F.col("count") >= F.col("pages") * params.boilerplate_min_share)).select("site", "key").collect()
+    return np.sort(np.array([r["key"] for r in shared], dtype=np.int64)), frozenset(r["site"] for r in shared)
 
 
-# -- earlier snapshots -------------------------------------------------------------------------
 def earlier_minhash(ctx: StageContext, params: DedupParams) -> list[Manifest]:
     """The committed `minhash` partitions of earlier snapshots, checked to be hashed like this run."""
     src = ctx.recipe.source(ctx.source)
@@ -347,8 +368,8 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     boiler, counters = None, {}
     if params.boilerplate_min_docs and "url" in docs.columns:
         with step(spark, STAGE, "boilerplate lines"):
-            keys = boilerplate_keys(docs, params)
-        boiler = spark.sparkContext.broadcast(keys)
+            keys, sites = boilerplate_keys(docs, params)
+        boiler = spark.sparkContext.broadcast((keys, sites))
         counters["boilerplate_lines"] = len(keys)
     signatures = signature_batches(hasher(params), ["doc_id", *rule_cols], boiler, params.boilerplate_min_words)
     current = (
