@@ -63,21 +63,44 @@ def hasher(params: DedupParams) -> MinHasher:
     return MinHasher(params.shingle_size, params.num_perm, params.bands, params.rows, params.seed)
 
 
-def signature_batches(mh: MinHasher, keep: list[str], boiler=None, min_words: int = 0):  # -> mapInArrow function
-    """Hash, signature and band keys per document; `boiler`: a broadcast of the partition's boilerplate
-    (sorted line keys, and the sites they belong to), whose lines the shingles leave out
-    (phiflow.records.boilerplate). Pages of other sites are shingled as they are."""
+def signature_batches(mh: MinHasher, keep: list[str], sites=None):  # -> mapInArrow function
+    """Hash, signature and band keys per document, of its whole text. `sites`: a broadcast set of the
+    sites that may have a template (phiflow.records.boilerplate); a page of one of them also gets its
+    `site` and its distinct `line_keys`, from the same tokenization as its shingles."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        keys, sites = boiler.value if boiler is not None else (None, frozenset())
+        wanted = sites.value if sites is not None else frozenset()
         for batch in batches:
             texts = batch.column("text").to_pylist()
-            shingled = None
-            if sites:
-                urls = batch.column("url").to_pylist()
-                shingled = [boilerplate.strip(u, t, keys, min_words) if boilerplate.site_of(u) in sites else t
-                            for u, t in zip(urls, texts, strict=True)]
-            content, sig, bands = mh.batch(texts, shingled)
+            extra, names, tokens = [], [], None
+            if sites is not None:
+                page_sites, keys, tokens = [], [], []
+                for url, text in zip(batch.column("url").to_pylist(), texts, strict=True):
+                    site = boilerplate.site_of(url)
+                    k, w = boilerplate.keys_and_words(url, text) if site in wanted else (None, None)
+                    page_sites.append(site if k is not None else None)
+                    keys.append(k)
+                    tokens.append(w)
+                extra = [pa.array(page_sites, pa.string()), pa.array(keys, pa.list_(pa.int64()))]
+                names = ["site", "line_keys"]
+            content, sig, bands = mh.batch(texts, tokens=tokens)
+            cols = [batch.column(c) for c in keep] + [content, sig, bands, *extra]
+            yield pa.RecordBatch.from_arrays(cols, names=[*keep, "content_hash", "signature", "bands", *names])
+
+    return run
+
+
+def stripped_batches(mh: MinHasher, keep: list[str], boiler, min_words: int):  # -> mapInArrow function
+    """signature_batches of pages whose text has boilerplate lines, shingled without them; `boiler`: a
+    broadcast of the partition's sorted boilerplate line keys."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        keys = boiler.value
+        for batch in batches:
+            texts = batch.column("text").to_pylist()
+            urls = batch.column("url").to_pylist()
+            content, sig, bands = mh.batch(texts, [boilerplate.strip(u, t, keys, min_words)
+                                                   for u, t in zip(urls, texts, strict=True)])
             cols = [batch.column(c) for c in keep] + [content, sig, bands]
             yield pa.RecordBatch.from_arrays(cols, names=[*keep, "content_hash", "signature", "bands"])
 
@@ -91,46 +114,41 @@ def site_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
                                                    pa.string())], names=["site"])
 
 
-def line_key_batches(sites):  # -> mapInArrow function
-    """(site, key) for each page's distinct line keys (phiflow.records.boilerplate.line_keys), and one
-    (site, PAGE) row per page, for the pages of `sites` (a broadcast set) only."""
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        wanted = sites.value
-        for batch in batches:
-            out_sites, keys = [], []
-            for url, text in zip(batch.column("url").to_pylist(), batch.column("text").to_pylist(), strict=True):
-                site = boilerplate.site_of(url)
-                if site in wanted:
-                    k = boilerplate.line_keys(url, text)
-                    out_sites += [site] * (len(k) + 1)
-                    keys += [boilerplate.PAGE, *k.tolist()]
-            yield pa.RecordBatch.from_arrays([pa.array(out_sites, pa.string()), pa.array(keys, pa.int64())],
-                                             names=["site", "key"])
-
-    return run
+def template_sites(docs: DataFrame, params: DedupParams) -> frozenset[str]:
+    """The sites with at least `boilerplate_min_docs` pages in the partition: only they can have a
+    template (a line on that many of a site's pages), so only their pages' lines are hashed (a crawl
+    partition is mostly sites with a page or two). Counted from the urls alone."""
+    rows = (docs.select("url").mapInArrow(site_batches, "site string").where("site != ''").groupBy("site").count()
+            .where(F.col("count") >= params.boilerplate_min_docs).collect())
+    return frozenset(r["site"] for r in rows)
 
 
-def boilerplate_keys(docs: DataFrame, params: DedupParams) -> tuple[np.ndarray, frozenset[str]]:
+def boilerplate_keys(hashed: DataFrame, params: DedupParams) -> np.ndarray:
     """The partition's boilerplate: the sorted keys of the site lines found in at least
     `boilerplate_min_docs` of its documents and on at least `boilerplate_min_share` of the site's
-    pages (a template is on most of a site's pages; the paragraphs a few near copies share are not),
-    and the sites they are on. Only sites with `boilerplate_min_docs` pages can have any, so only their
-    pages' lines are hashed (a crawl is mostly sites with one page in a snapshot); counted from the urls
-    first. Collected to the driver and broadcast: a site's template is a few dozen lines."""
+    pages (a template is on most of a site's pages; the paragraphs a few near copies share are not).
+    From the `site` and `line_keys` of signature_batches; collected to the driver and broadcast: a site's
+    template is a few dozen lines."""
+    paged = hashed.where(F.col("site").isNotNull())
+    pages = paged.groupBy("site").agg(F.count(F.lit(1)).alias("pages"))
+    lines = paged.select("site", F.explode("line_keys").alias("key")).groupBy("site", "key").count()
+    shared = lines.join(pages, "site").where((F.col("count") >= params.boilerplate_min_docs)
+                                             & (F.col("count") >= F.col("pages") * params.boilerplate_min_share))
+    return np.sort(np.array([r["key"] for r in shared.select("key").collect()], dtype=np.int64))
+
+
+def strip_boilerplate(docs: DataFrame, hashed: DataFrame, keys: np.ndarray, mh: MinHasher, keep: list[str],
+                      schema: StructType, min_words: int) -> tuple[DataFrame, int]:
+    """`hashed` with the pages that hold boilerplate lines hashed again without them; (rows, pages)."""
     spark = docs.sparkSession
-    big = [r["site"] for r in docs.select("url").mapInArrow(site_batches, "site string").where("site != ''")
-           .groupBy("site").count().where(F.col("count") >= params.boilerplate_min_docs).collect()]
-    if not big:
-        return np.empty(0, dtype=np.int64), frozenset()
-    counted = docs.select("url", "text").mapInArrow(
-        line_key_batches(spark.sparkContext.broadcast(frozenset(big))), "site string, key long"
-    ).groupBy("site", "key").count()
-    pages = counted.where(F.col("key") == boilerplate.PAGE).select("site", F.col("count").alias("pages"))
-    shared = counted.where(F.col("key") != boilerplate.PAGE).join(pages, "site").where(
-        (F.col("count") >= params.boilerplate_min_docs)
-        & (F.col("count") >= F.col("pages") * params.boilerplate_min_share)).select("site", "key").collect()
-    return np.sort(np.array([r["key"] for r in shared], dtype=np.int64)), frozenset(r["site"] for r in shared)
+    key_df = F.broadcast(spark.createDataFrame([(int(k),) for k in keys], "key long"))
+    touched = _materialize(hashed.select("doc_id", F.explode("line_keys").alias("key"))
+                           .join(key_df, "key", "left_semi").select("doc_id").distinct())
+    pages = touched.count()
+    redo = docs.join(touched, "doc_id", "left_semi").select(*keep, "text", "url").mapInArrow(
+        stripped_batches(mh, keep, spark.sparkContext.broadcast(keys), min_words), schema)
+    rest = hashed.join(touched, "doc_id", "left_anti").select(*schema.fieldNames())
+    return rest.unionByName(redo), pages
 
 
 def earlier_minhash(ctx: StageContext, params: DedupParams) -> list[Manifest]:
@@ -364,20 +382,29 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     )
 
     prior_manifests = earlier_minhash(ctx, params) if params.cross_snapshot else []
-    feat_schema = StructType([docs.schema[c] for c in ["doc_id", *rule_cols]] + FEATURES)
-    boiler, counters = None, {}
+    keep = ["doc_id", *rule_cols]
+    feat_schema = StructType([docs.schema[c] for c in keep] + FEATURES)
+    mh, counters, sites = hasher(params), {}, None
     if params.boilerplate_min_docs and "url" in docs.columns:
-        with step(spark, STAGE, "boilerplate lines"):
-            keys, sites = boilerplate_keys(docs, params)
-        boiler = spark.sparkContext.broadcast((keys, sites))
-        counters["boilerplate_lines"] = len(keys)
-    signatures = signature_batches(hasher(params), ["doc_id", *rule_cols], boiler, params.boilerplate_min_words)
-    current = (
-        docs.select("doc_id", "text", *rule_cols, *(["url"] if boiler is not None else []))
-        .mapInArrow(signatures, feat_schema)
-        .withColumn("origin", F.lit(0))
-        .withColumn("origin_partition", F.lit(partition_key(ctx.partition)))
-    )
+        with step(spark, STAGE, "boilerplate sites"):
+            big = template_sites(docs, params)
+        counters |= {"boilerplate_sites": len(big), "boilerplate_lines": 0, "boilerplate_pages": 0}
+        sites = spark.sparkContext.broadcast(big) if big else None
+    lined = StructType([*feat_schema.fields, StructField("site", StringType()),
+                        StructField("line_keys", ArrayType(LongType()))])
+    current = docs.select(*keep, "text", *(["url"] if sites is not None else [])).mapInArrow(
+        signature_batches(mh, keep, sites), lined if sites is not None else feat_schema)
+    if sites is not None:
+        with step(spark, STAGE, "hash, boilerplate"):
+            current = _materialize(current)  # read by the line counts and by everything after
+            keys = boilerplate_keys(current, params)
+            counters["boilerplate_lines"] = len(keys)
+            if len(keys):
+                current, counters["boilerplate_pages"] = strip_boilerplate(
+                    docs, current, keys, mh, keep, feat_schema, params.boilerplate_min_words)
+            else:
+                current = current.drop("site", "line_keys")
+    current = current.withColumn("origin", F.lit(0)).withColumn("origin_partition", F.lit(partition_key(ctx.partition)))
     nodes = current
     counters |= {"read": source.row_count, "earlier_partitions": [m.key for m in prior_manifests]}
     if prior_manifests:

@@ -36,21 +36,30 @@ def _key(site: str, line_words: list[str]) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
 
 
-def _lines(site: str, text: str | None) -> list[tuple[str, int | None]]:
-    """Each line with its key (None: too short to have one)."""
+def _lines(site: str, text: str | None) -> list[tuple[str, list[str], int | None]]:
+    """Each line with its words and its key (None: too short to have one)."""
     out = []
     for line in (text or "").split("\n"):
         w = words(line)
-        out.append((line, _key(site, w) if len(w) >= MIN_LINE_WORDS else None))
+        out.append((line, w, _key(site, w) if len(w) >= MIN_LINE_WORDS else None))
     return out
 
 
 def line_keys(url: str | None, text: str | None) -> np.ndarray:
     """int64: the distinct keys of a page's lines (none for a page without a site)."""
+    return keys_and_words(url, text)[0]
+
+
+def keys_and_words(url: str | None, text: str | None) -> tuple[np.ndarray, list[str]]:
+    """The page's distinct line keys and its words, from one tokenization: `words(text)` is the lines'
+    words in order (no word spans a newline), so the dedup stage hashes a page's shingles and its
+    lines in one pass over its text."""
     site = site_of(url)
     if not site:
-        return np.empty(0, dtype=np.int64)
-    return np.unique(np.fromiter((k for _, k in _lines(site, text) if k is not None), dtype=np.int64))
+        return np.empty(0, dtype=np.int64), words(text)
+    lines = _lines(site, text)
+    keys = np.unique(np.fromiter((k for _, _, k in lines if k is not None), dtype=np.int64))
+    return keys, [w for _, ws, _ in lines for w in ws]
 
 
 def strip(url: str | None, text: str | None, boilerplate: np.ndarray, min_words: int) -> str | None:
@@ -61,10 +70,10 @@ def strip(url: str | None, text: str | None, boilerplate: np.ndarray, min_words:
     if not site or not len(boilerplate) or not text:
         return text
     lines = _lines(site, text)
-    keys = np.array([k if k is not None else 0 for _, k in lines], dtype=np.int64)
+    keys = np.array([k if k is not None else 0 for _, _, k in lines], dtype=np.int64)
     pos = np.searchsorted(boilerplate, keys).clip(max=len(boilerplate) - 1)
-    shared = (boilerplate[pos] == keys) & np.array([k is not None for _, k in lines])
+    shared = (boilerplate[pos] == keys) & np.array([k is not None for _, _, k in lines])
     if not shared.any():
         return text
-    kept = "\n".join(line for (line, _), s in zip(lines, shared, strict=True) if not s)
+    kept = "\n".join(line for (line, _, _), s in zip(lines, shared, strict=True) if not s)
     return kept if len(words(kept)) >= min_words else text

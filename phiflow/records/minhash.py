@@ -108,11 +108,13 @@ class MinHasher:
         return acc.view(np.int64)
 
     def batch(
-        self, texts: list[str | None], shingled: list[str | None] | None = None
+        self, texts: list[str | None], shingled: list[str | None] | None = None,
+        tokens: list[list[str] | None] | None = None,
     ) -> tuple[pa.Array, pa.Array, pa.Array]:
         """(content_hash, signature list<int32>, band keys list<int64>) for a batch of documents; the
         signatures of `shingled` when given (the texts without their boilerplate lines), the content
-        hash always of `texts`.
+        hash always of `texts`. `tokens`: the texts' words where the caller has them already
+        (`words(text)`; None: tokenize here).
 
         A document without words gets no signature and no band keys: empty pages are all exact
         duplicates of each other, and must not collide with everything else in every band.
@@ -123,11 +125,11 @@ class MinHasher:
         sigs = np.empty((len(texts), self.num_perm), dtype=np.uint32)
         has_words = np.zeros(len(texts), dtype=bool)
         for i, text in enumerate(texts):
-            tokens = words(text)  # split once: the content hash and the shingles see the same words
-            hashes.append(_digest(" ".join(tokens)))
+            toks = tokens[i] if tokens is not None and tokens[i] is not None else words(text)
+            hashes.append(_digest(" ".join(toks)))  # the content hash and the shingles see the same words
             if shingled is not None and shingled[i] is not text:
-                tokens = words(shingled[i])
-            sh = self._shingle_hashes(tokens)  # not made distinct: a repeat cannot change a minimum
+                toks = words(shingled[i])
+            sh = self._shingle_hashes(toks)  # not made distinct: a repeat cannot change a minimum
             if len(sh):
                 sigs[i] = self._signature(sh, a, b, scratch)
                 has_words[i] = True
