@@ -495,7 +495,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
         inputs = [source.input_ref()] + [m.input_ref() for m in prior_manifests]
         common = {"inputs": inputs, "reasons": counted.reasons}
         decisions = broadcast_when_small(decided.select("doc_id", "drop_reason"), source.row_count)
-        with step(spark, STAGE, "commit"):
+        with step(spark, STAGE, "commit clusters"):
             clusters = commit_partition(
                 spark,
                 ctx,
@@ -507,6 +507,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                 known_reasons=(),
                 **common,
             )
+        with step(spark, STAGE, "commit documents"):
             kept = commit_partition(
                 spark,
                 ctx,
@@ -519,6 +520,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                 keep_rejected=True,
                 **common,
             )
+        with step(spark, STAGE, "commit signatures"):
             minhash = commit_partition(
                 spark,
                 ctx,
