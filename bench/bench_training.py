@@ -20,13 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.config import (
-    BatchConfig,
-    DataConfig,
-    ModelConfig,
-    OptimizerConfig,
-    RunConfig,
-)
+from phiflow.run_config import BatchConfig, DataConfig, RunConfig, RunModel, RunOptimizer
 
 
 def corpus(repeat: int) -> list[str]:
@@ -73,10 +67,10 @@ def bench_tokenize(work: Path, texts: list[str]) -> float:
 def make_config(prefix: str, eod: int, vocab: int, steps: int, layers: int, hidden: int) -> RunConfig:
     return RunConfig(
         name="bench",
-        model=ModelConfig(
+        model=RunModel(
             num_layers=layers, hidden_size=hidden, num_attention_heads=4, vocab_size=vocab, seq_length=128
         ),
-        optimizer=OptimizerConfig(lr=1e-3, min_lr=1e-4, warmup_steps=2, total_steps=steps),
+        optimizer=RunOptimizer(lr=1e-3, min_lr=1e-4, warmup_steps=2, total_steps=steps),
         batch=BatchConfig(micro_batch_size=4, global_batch_size=8),
         data=DataConfig(blend=[(1.0, prefix)], split="99,1,0", eod_token_id=eod, eval_iters=1),
     )

@@ -20,7 +20,7 @@ from operators.training import (
     TokenizerOperator,
     pending_tokenize,
 )
-from phiflow import settings, stages, training_plan
+from phiflow import settings, stages
 from phiflow.check import require_closed
 from phiflow.recipe import load_recipe
 
@@ -50,7 +50,7 @@ if recipe.mixture is not None and recipe.training is not None:
                 )
                 >> mix
             )
-        phases = [p.name for p in training_plan.phases(recipe)] or [None]
+        phases = [p.name for p in recipe.training.pretrain.phase_plan()] or [None]
         pretrain = [MegatronTrainOperator(task_id=f"pretrain_{p}" if p else "pretrain", run="pretrain", phase=p,
                                           recipe_path=RECIPE_PATH) for p in phases]
         midtrain = MegatronTrainOperator(task_id="midtrain", run="midtrain", recipe_path=RECIPE_PATH)

@@ -212,9 +212,7 @@ def graph_text(recipe: Recipe) -> str:
         for src in recipe.mixture.sources:
             lines.append(f"  {src.name:<14} {src.share:>6.1%}  <- {', '.join(src.datasets)}")
     if recipe.training is not None:
-        from phiflow.training_plan import phases
-
-        for ph in phases(recipe):
+        for ph in recipe.training.pretrain.phase_plan():
             shares = ", ".join(f"{k} {v:.0%}" for k, v in ph.shares.items() if v)
             lines.append(f"  phase {ph.name:<10} steps {ph.start + 1}-{ph.end}: {shares}")
         if recipe.training.stress is not None:

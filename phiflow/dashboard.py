@@ -155,7 +155,7 @@ def _add_rejected(out: dict[str, dict[str, Any]], m: Manifest) -> None:
 
 def _training_run(m: Manifest) -> dict[str, Any]:
     """The curve of one committed training run: its checkpoint manifest holds every step's loss
-    (operators/training.py:metrics_summary), the last step being `final_step`."""
+    (training/train_stage.py:metrics_summary), the last step being `final_step`."""
     c = m.counters
     losses = [float(x) for x in c["losses"]]
     first = int(c.get("final_step") or len(losses)) - len(losses) + 1

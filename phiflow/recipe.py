@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -695,24 +696,106 @@ class MixtureSpec(Strict):
         return [d for s in self.sources for d in s.datasets]
 
 
+# The sections below are also the run config's (phiflow.run_config, the JSON training.pretrain reads): a
+# run adds only what the recipe does not say (the tokenizer's vocabulary, the step count, the blend...).
+# Their checks serve both, each naming the field where its caller declares it; the values are checked
+# there and not by pydantic, so a run config can hold a bad value and report every problem at once.
+Problem = tuple[str, str]  # (field, reason)
+TOKENS_TOLERANCE = 0.01  # mixture.total_tokens may differ this much from steps x batch x seq_length
+
+
+def pad_vocab_size(vocab_size: int, multiple: int, tp: int = 1) -> int:
+    """Round the tokenizer vocabulary up so the embedding splits evenly over TP ranks.
+
+    Phi-4: tiktoken's 100,277 entries padded to a multiple of 128 give 100,352.
+    """
+    step = multiple * tp
+    return int(math.ceil(vocab_size / step) * step)
+
+
+def not_positive(values: dict[str, Any]) -> list[Problem]:
+    """The fields among `values` that are not positive integers (the checks that divide by them come after)."""
+    return [(name, f"must be a positive integer, got {v!r}") for name, v in values.items()
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0]
+
+
+def warmup_problem(warmup_steps: int, total_steps: int) -> str | None:
+    if 0 <= warmup_steps <= total_steps:
+        return None
+    return f"must be in [0, total_steps={total_steps}], got {warmup_steps}"
+
+
+def batch_problem(micro_batch_size: int, global_batch_size: int, dp: int) -> str | None:
+    if global_batch_size % (micro_batch_size * dp):
+        return (f"{global_batch_size} is not micro_batch_size {micro_batch_size} x data-parallel {dp}"
+                " x an integer accumulation")
+    return None
+
+
+def split_problem(split: str) -> str | None:
+    """Why `split` is not the train, validation and test weights of every shard ('98,2,0'), or None."""
+    try:
+        parts = [float(x) for x in split.split(",")]
+        if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+            raise ValueError
+    except ValueError:
+        return f"must be three non-negative weights 'train,valid,test', got {split!r}"
+    return None
+
+
+class ParallelSpec(Strict):
+    """Model parallelism; data parallelism is what is left of the world size."""
+
+    tp: int = 1
+    pp: int = 1
+
+
 class ModelShape(Strict):
+    """Decoder-only transformer shape (Phi-4: 40 layers, 5120 hidden, 40 heads, 17920 ffn)."""
+
+    POSITIVE: ClassVar[tuple[str, ...]] = ("num_layers", "hidden_size", "num_attention_heads",
+                                           "make_vocab_size_divisible_by", "seq_length", "rotary_base")
     num_layers: int = 2
     hidden_size: int = 64
     num_attention_heads: int = 4
     ffn_hidden_size: int | None = None  # default 4 x hidden_size
-    seq_length: int = 64
-    rotary_base: int = 10_000
-    padded_vocab_size: int | None = None  # checked against the tokenizer at launch (Phi-4: 100,352)
     make_vocab_size_divisible_by: int = 128
+    seq_length: int = 64
+    max_position_embeddings: int | None = None  # default seq_length
+    rotary_base: int = 10_000
+    init_method_std: float = 0.02
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    untie_embeddings: bool = True
 
+    @property
+    def ffn(self) -> int:
+        return self.ffn_hidden_size or 4 * self.hidden_size
 
-class ParallelSpec(Strict):
-    tp: int = 1
-    pp: int = 1
-    dp: Annotated[int, Field(ge=1)] = 1  # data-parallel replicas: world size = tp x pp x dp
+    def problems(self, parallel: ParallelSpec) -> list[Problem]:
+        """Why this shape cannot be built or split over `parallel` (its POSITIVE fields and the parallel
+        sizes are positive integers: checked before)."""
+        p: list[Problem] = []
+        if self.hidden_size % self.num_attention_heads:
+            p.append(("hidden_size", f"{self.hidden_size} not divisible by num_attention_heads "
+                                     f"{self.num_attention_heads}"))
+        if self.num_attention_heads % parallel.tp:
+            p.append(("num_attention_heads", f"{self.num_attention_heads} not divisible by parallel.tp={parallel.tp}"))
+        if self.ffn % parallel.tp:
+            p.append(("ffn_hidden_size", f"{self.ffn} not divisible by parallel.tp={parallel.tp}"))
+        if self.num_layers % parallel.pp:
+            p.append(("num_layers", f"{self.num_layers} not divisible by parallel.pp={parallel.pp}"))
+        if self.max_position_embeddings is not None and self.max_position_embeddings < self.seq_length:
+            p.append(("max_position_embeddings", f"{self.max_position_embeddings} < seq_length {self.seq_length}"))
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                p.append((name, f"must be in [0, 1), got {getattr(self, name)}"))
+        return p
 
 
 class OptimizerSpec(Strict):
+    """AdamW with linear warmup then linear decay (Phi-4: peak 3e-4, weight decay 0.1)."""
+
     lr: float = 3e-4
     min_lr: float = 3e-5
     warmup_steps: int = 0
@@ -720,6 +803,55 @@ class OptimizerSpec(Strict):
     clip_grad: float = 1.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    distributed_optimizer: bool = False  # GPU only: its checkpoints fail on CPU
+
+    def problems(self, total_steps: int) -> list[Problem]:
+        """Why this optimizer cannot run a schedule of `total_steps` optimizer steps."""
+        p: list[Problem] = []
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            p.append(("lr", f"must be a positive finite number, got {self.lr}"))
+        if not 0 <= self.min_lr <= self.lr:
+            p.append(("min_lr", f"must be in [0, lr={self.lr}], got {self.min_lr}"))
+        reason = warmup_problem(self.warmup_steps, total_steps)
+        if reason:
+            p.append(("warmup_steps", reason))
+        if self.weight_decay < 0:
+            p.append(("weight_decay", f"must be >= 0, got {self.weight_decay}"))
+        if self.clip_grad < 0:
+            p.append(("clip_grad", f"must be >= 0 (0 disables), got {self.clip_grad}"))
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                p.append((name, f"must be in [0, 1), got {getattr(self, name)}"))
+        return p
+
+
+class PretrainModel(ModelShape):
+    """The pretraining model: its shape, and the padded vocabulary the tokenizer must give it."""
+
+    padded_vocab_size: int | None = None  # checked against the tokenizer at launch (Phi-4: 100,352)
+
+
+class PretrainParallel(ParallelSpec):
+    """The run's model parallelism and its data-parallel replicas (the launch's world size)."""
+
+    dp: Annotated[int, Field(ge=1)] = 1  # data-parallel replicas: world size = tp x pp x dp
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One pretraining phase as steps of the whole run: it trains steps start+1 .. end."""
+
+    name: str
+    start: int
+    end: int
+    tokens: int
+    shares: dict[str, float]
+
+    @property
+    def run(self) -> str:
+        """Its key in the blend JSON and the mixture report (`pretrain.phase1`)."""
+        return f"pretrain.{self.name}"
 
 
 class PhaseSpec(Strict):
@@ -764,8 +896,8 @@ class CheckpointRef(Strict):
 
 
 class PretrainSpec(Strict):
-    model: ModelShape = ModelShape()
-    parallel: ParallelSpec = ParallelSpec()
+    model: PretrainModel = PretrainModel()
+    parallel: PretrainParallel = PretrainParallel()
     micro_batch_size: int = 2
     global_batch_size: int = 8
     steps: int = 20
@@ -789,6 +921,20 @@ class PretrainSpec(Strict):
         if self.phases and self.init_from is not None:
             raise ValueError("phases and init_from: a run that starts from a checkpoint has one phase")
         return self
+
+    def phase_plan(self) -> list[Phase]:
+        """The run's phases in order, as step ranges; a run without phases has none (one run).
+
+        A phase's steps are its token budget (or fraction of the run) in whole optimizer steps; the last
+        phase ends at `steps`, so the phases tile the run whatever the rounding."""
+        per_step = self.global_batch_size * self.model.seq_length
+        out, start = [], 0
+        for i, p in enumerate(self.phases):
+            steps = round(p.tokens / per_step) if p.tokens is not None else round(p.fraction * self.steps)
+            end = self.steps if i == len(self.phases) - 1 else start + steps
+            out.append(Phase(p.name, start, end, (end - start) * per_step, dict(p.mixture)))
+            start = end
+        return out
 
 
 class MidtrainSpec(Strict):
@@ -981,11 +1127,9 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _training_runs(self) -> Recipe:
-        """The training section must make valid megatron runs (training.config.RunConfig's checks)."""
+        """The training section must make valid megatron runs (the run config's checks, on its fields)."""
         if self.training is not None:
-            from phiflow.training_plan import recipe_problems
-
-            problems = recipe_problems(self)
+            problems = training_problems(self)
             if problems:
                 raise ValueError("; ".join(f"{f}: {r}" for f, r in problems))
         return self
@@ -1023,6 +1167,74 @@ class Recipe(Strict):
             return self.sources[name]
         except KeyError:
             raise RecipeError(f"sources.{name}: no such source; known: {sorted(self.sources)}") from None
+
+
+def training_problems(recipe: Recipe) -> list[Problem]:
+    """Every `(recipe field, reason)` that would make the pretraining or midtraining run invalid: the run
+    config's checks on the fields of `training.pretrain` and `training.midtrain` they come from, then
+    how the training section fits the tokenizer and the mixture."""
+    assert recipe.training is not None
+    t = recipe.training
+    pre, mid, m = t.pretrain, t.midtrain, t.pretrain.model
+    offline = recipe.tokenizer.kind == "offline_bpe"  # its vocabulary is the recipe's; else the file's
+    found = not_positive({**{f"model.{f}": getattr(m, f) for f in m.POSITIVE},
+                          **({"model.padded_vocab_size": m.padded_vocab_size} if m.padded_vocab_size and not offline
+                             else {}),
+                          "parallel.tp": pre.parallel.tp, "parallel.pp": pre.parallel.pp, "steps": pre.steps,
+                          "micro_batch_size": pre.micro_batch_size, "global_batch_size": pre.global_batch_size})
+    if not found:
+        found += [(f"model.{f}", r) for f, r in m.problems(pre.parallel)]
+        found += [(f"optimizer.{f}", r) for f, r in pre.optimizer.problems(pre.steps)]
+        batch = batch_problem(pre.micro_batch_size, pre.global_batch_size, pre.parallel.dp)
+        found += [("global_batch_size", batch)] if batch else []
+        split = split_problem(pre.split)
+        found += [("split", split)] if split else []
+    problems = [(f"training.pretrain.{f}", r) for f, r in found]
+    if not problems:  # midtraining: the pretraining run at 4x context and lr/10, with its own schedule
+        warmup = warmup_problem(mid.warmup_steps, mid.steps)
+        problems += not_positive({"training.midtrain.steps": mid.steps}) or (
+            [("training.midtrain.warmup_steps", warmup)] if warmup else [])
+    if m.padded_vocab_size and offline:
+        padded = pad_vocab_size(recipe.tokenizer.vocab_size, m.make_vocab_size_divisible_by, pre.parallel.tp)
+        if padded != m.padded_vocab_size:
+            problems.append(("training.pretrain.model.padded_vocab_size", f"{m.padded_vocab_size}, but "
+                             f"tokenizer.vocab_size {recipe.tokenizer.vocab_size} pads to {padded}"))
+    if recipe.mixture is not None and recipe.mixture.total_tokens:
+        trained = pre.steps * pre.global_batch_size * m.seq_length
+        budget = recipe.mixture.total_tokens
+        if abs(trained - budget) > TOKENS_TOLERANCE * budget:
+            problems.append(("mixture.total_tokens", f"{budget} tokens, but training.pretrain trains steps x "
+                             f"global_batch_size x seq_length = {trained}"))
+    problems += phase_problems(recipe)
+    if mid.long_doc_tokens < m.seq_length:
+        problems.append(("training.midtrain.long_doc_tokens",
+                         f"{mid.long_doc_tokens} is shorter than the pretraining seq_length {m.seq_length}"))
+    return problems
+
+
+def phase_problems(recipe: Recipe) -> list[Problem]:
+    """Phases must name the mixture's sources, tile the run (fractions sum to 1, tokens to the run's) and
+    each get at least one step."""
+    assert recipe.training is not None
+    t = recipe.training.pretrain
+    if not t.phases:
+        return []
+    problems = []
+    sources = [s.name for s in recipe.mixture.sources] if recipe.mixture is not None else []
+    for i, p in enumerate(t.phases):
+        unknown = sorted(set(p.mixture) - set(sources))
+        if unknown:
+            problems.append((f"training.pretrain.phases[{i}].mixture", f"{unknown} are not mixture sources {sources}"))
+    per_step = t.global_batch_size * t.model.seq_length
+    planned = sum(p.tokens if p.tokens is not None else p.fraction * t.steps * per_step for p in t.phases)
+    run_tokens = t.steps * per_step
+    if abs(planned - run_tokens) > TOKENS_TOLERANCE * run_tokens:
+        problems.append(("training.pretrain.phases", f"the phases plan {planned:,.0f} tokens, but the run trains "
+                         f"steps x global_batch_size x seq_length = {run_tokens:,}"))
+    for i, ph in enumerate(t.phase_plan()):
+        if ph.end <= ph.start:
+            problems.append((f"training.pretrain.phases[{i}]", f"phase {ph.name} gets no step of the run's {t.steps}"))
+    return problems
 
 
 # Source kinds: pydantic puts the discriminator tag into error paths (sources.web.commoncrawl.x);

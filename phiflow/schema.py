@@ -325,7 +325,7 @@ ABLATION_POINTS = pa.schema([
     pa.field("manifest", pa.string()),  # digest of the point's checkpoints.pretrain manifest
 ])
 
-# stress.pretrain: the warmup stress test, a row per learning-rate multiplier (operators/training.py)
+# stress.pretrain: the warmup stress test, a row per learning-rate multiplier (training/stress.py)
 STRESS_POINTS = pa.schema([
     pa.field("multiplier", pa.float64()),
     pa.field("lr", pa.float64()),

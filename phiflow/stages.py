@@ -186,9 +186,9 @@ STAGES: tuple[Stage, ...] = (
           lambda r, _s: StageIO(tuple(f"tokens.{d}" for d in training_datasets(r)), ("blend",)), scope="global"),
     Stage("stress", "training.stress", None, "megatron", frozenset(),
           lambda r, _s: _one("blend", "stress.pretrain"), scope="global"),
-    Stage("pretrain", "training.pretrain", None, "megatron", frozenset(),
+    Stage("pretrain", "training.train_stage", None, "megatron", frozenset(),
           lambda r, _s: _one("blend", "checkpoints.pretrain"), scope="global"),
-    Stage("midtrain", "training.pretrain", None, "megatron", frozenset(),
+    Stage("midtrain", "training.train_stage", None, "megatron", frozenset(),
           lambda r, _s: StageIO(("blend", "checkpoints.pretrain"), ("checkpoints.midtrain",)), scope="global"),
     # -- ablations (dags/phiflow_ablations.py; a sweep point trains with the stages above) -----------
     Stage("evaluate", "training.evaluate", None, "megatron", frozenset(),

@@ -21,6 +21,7 @@ from conftest import ROOT
 from phiflow.recipe import load_recipe, sweep_points
 from phiflow.storage import Lake
 from training import sweep_report
+from training.plan import training_digest
 
 pytestmark = [pytest.mark.airflow, pytest.mark.spark]
 SNAP = {"snapshot": "CC-MAIN-2024-10"}
@@ -122,7 +123,7 @@ def test_rerun_of_the_point_and_report_match_the_manifests(swept) -> None:
     assert [r["point"] for r in rows] == [p.id for p, _ in points] == ["p0", "p1", "p2"]
     for (p, pr), row, csv_row in zip(points, body["points"], rows, strict=True):
         m = lake.require("checkpoints.pretrain", {"recipe": p.recipe_name})
-        assert m.recipe_digest == sweep_report.training_digest(pr) and row["manifest"] == m.digest
+        assert m.recipe_digest == training_digest(pr, "pretrain") and row["manifest"] == m.digest
         assert m.params["run"]["optimizer"]["lr"] == p.values["lr"] and m.counters["steps"] == 5
         assert m.counters["tp"] == 1 and math.isfinite(m.counters["valid_loss"])
         for k in sweep_report.METRICS:

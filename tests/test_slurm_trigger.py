@@ -81,12 +81,11 @@ def test_trigger_renews_the_attempts_lease_while_it_waits(slurm: Path, monkeypat
 
 def test_sbatch_script_from_the_phi4_run(slurm: Path) -> None:
     from operators.training import submit_slurm
-    from phiflow import training_plan
     from phiflow.recipe import load_recipe
-    from training.config import RunConfig
+    from phiflow.run_config import RunConfig, pretrain_config
 
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "phi4.yaml")
-    cfg = training_plan.pretrain_config(recipe, [(1.0, "/shared/tokens/web")], 100_277, 100_276, "/shared/ckpt")
+    cfg = pretrain_config(recipe, [(1.0, "/shared/tokens/web")], 100_277, 100_276, "/shared/ckpt")
     work = slurm / "work"
     work.mkdir()
     assert submit_slurm(recipe, cfg, str(work)) == "4242"

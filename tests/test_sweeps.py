@@ -94,17 +94,18 @@ def test_sweep_needs_an_axis() -> None:
 
 def commit_point(lake, point, recipe, losses, valid_loss, blend_recipe=None, start=None, tokens=None) -> None:
     """A blend and a checkpoint manifest as the operators commit them (blend of `blend_recipe`'s mixture)."""
+    from phiflow.blend import mix_params
     from phiflow.commit import commit_files
     from phiflow.manifest import sha256_json
     from phiflow.schema import BLEND_SOURCES
-    from training import mix
+    from training.plan import training_digest
 
     part = {"recipe": point.recipe_name}
     attempt = lake.new_attempt("blend", part)
     lake.fs.pipe_file(lake.attempt_path("blend", part, attempt) + "/blend.json", b"{}")
     blend = commit_files(lake, dataset="blend", partition=part, attempt=attempt, stage="mix", schema=BLEND_SOURCES,
                          row_count=0, content=point.id, inputs=[],
-                         recipe_digest=sha256_json(mix.mix_params(blend_recipe or recipe)), params={},
+                         recipe_digest=sha256_json(mix_params(blend_recipe or recipe)), params={},
                          counters={})
     attempt = lake.new_attempt("checkpoints.pretrain", part)
     lake.fs.pipe_file(lake.attempt_path("checkpoints.pretrain", part, attempt) + "/metrics.json", b"{}")
@@ -114,7 +115,7 @@ def commit_point(lake, point, recipe, losses, valid_loss, blend_recipe=None, sta
     commit_files(lake, dataset="checkpoints.pretrain", partition=part, attempt=attempt, stage="pretrain",
                  schema=TRAIN_STEPS, row_count=len(losses), content=losses,
                  inputs=[blend.input_ref()] + ([start.input_ref()] if start is not None else []),
-                 recipe_digest=sweep_report.training_digest(recipe), params={}, counters=counters)
+                 recipe_digest=training_digest(recipe, "pretrain"), params={}, counters=counters)
 
 
 def test_report_joins_current_point_manifests(lake) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phiflow.blend import blend_partition, load_blend, shard_entries, shard_prefixes
+from phiflow.blend import blend_partition, load_blend, shard_entries, shard_prefixes, split_min_documents
 from phiflow.mixture import MixtureError
 from phiflow.recipe import RecipeError, load_recipe, parse_recipe
 from phiflow.storage import Lake
@@ -158,11 +158,11 @@ def test_recipe_training_errors_name_the_field(test_recipe, path, value, field) 
 def test_phi4_recipe_carries_the_report_figures() -> None:
     from pathlib import Path
 
-    from phiflow import training_plan
+    from phiflow import run_config
 
     r = load_recipe(Path(__file__).parents[1] / "recipes" / "phi4.yaml")
-    assert training_plan.world_size(r) == 1920 and training_plan.pretrain_tokens(r) == 10**13
-    assert abs(training_plan.midtrain_tokens(r) - 250e9) < 0.001 * 250e9
+    assert run_config.world_size(r) == 1920 and run_config.pretrain_tokens(r) == 10**13
+    assert abs(run_config.midtrain_tokens(r) - 250e9) < 0.001 * 250e9
     assert {s.name: s.share for s in r.mixture.sources} == {
         "web": 0.15, "web_rewrites": 0.15, "synthetic": 0.4, "code": 0.2, "acquired": 0.1}
 
@@ -214,8 +214,8 @@ def test_small_shards_of_a_source_are_merged_so_every_split_holds_a_document(tok
     lake, _ = tokenized
     m = lake.require("tokens.web.langid", SNAP)
     tok = m.params["tokenizer"]
-    assert mix.split_min_documents("90,10,0") == 5 and mix.split_min_documents("80,20,0") == 3
-    assert mix.split_min_documents("98,2,0") == 25
+    assert split_min_documents("90,10,0") == 5 and split_min_documents("80,20,0") == 3
+    assert split_min_documents("98,2,0") == 25
     entries = shard_entries(lake, m)
     assert sum(d for _, _, d in entries) == m.counters["documents"]
     merge = mix.Merger(subsample, str(tmp_path), 5, tok["vocab_size"], tok["eod"])

@@ -13,7 +13,7 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.blended_megatron_dataset_config import parse_and_normalize_split
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-from training.config import RunConfig
+from phiflow.run_config import RunConfig
 from training.cpu_compat import on_cpu
 
 log = logging.getLogger("phiflow.training")

@@ -16,15 +16,16 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from training.config import RunConfig
+from phiflow.run_config import RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class TrainingFailed(RuntimeError):
-    """torchrun exited non-zero; the message carries the run's own error (e.g. the NaN step)."""
+    """The run failed (torchrun exited non-zero, or its metrics say so: `returncode` None); the message
+    carries the run's own error (e.g. the NaN step)."""
 
-    def __init__(self, message: str, returncode: int, metrics: dict[str, Any] | None) -> None:
+    def __init__(self, message: str, returncode: int | None, metrics: dict[str, Any] | None) -> None:
         super().__init__(message)
         self.returncode = returncode
         self.metrics = metrics
@@ -98,7 +99,7 @@ def launch(
     if not cpu and nproc > gpu_count():
         raise ValueError(f"run needs {nproc} GPUs (tp*pp*dp), {gpu_count()} visible")
     if cfg.output.metrics_path is None:
-        cfg.output.metrics_path = str(work / "metrics.json")
+        cfg = cfg.replace(output={"metrics_path": str(work / "metrics.json")})
     cfg.validate(nproc)
     metrics_path = Path(cfg.output.metrics_path)
     metrics_path.unlink(missing_ok=True)

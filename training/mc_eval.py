@@ -11,7 +11,6 @@ run trained at TP=2 is scored the same way. Items arrive tokenized (the caller o
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -22,7 +21,7 @@ from typing import Any
 
 import torch
 
-from training.config import ParallelConfig, RunConfig
+from phiflow.run_config import RunConfig
 from training.launch import REPO_ROOT, free_port, launch_env
 
 
@@ -37,7 +36,7 @@ def load_model(cfg: RunConfig, ckpt_dir: str) -> Any:
     step = latest_step(ckpt_dir)
     if step is None:
         raise FileNotFoundError(f"{ckpt_dir}: no 'latest' marker, nothing to evaluate")
-    cfg = dataclasses.replace(cfg, parallel=ParallelConfig(tp=1, pp=1))
+    cfg = cfg.replace(parallel={"tp": 1, "pp": 1})
     if not dist.is_initialized():
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"})
         os.environ.setdefault("MASTER_PORT", str(free_port()))

@@ -22,8 +22,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from phiflow import training_plan
-from phiflow.blend import DATASET, blend_partition, shard_entries, tokens_dataset
+from phiflow import run_config
+from phiflow.blend import (
+    DATASET,
+    blend_partition,
+    mix_params,
+    shard_entries,
+    split_min_documents,
+    tokens_dataset,
+)
 from phiflow.commit import commit_files, up_to_date
 from phiflow.manifest import InputRef, Manifest, sha256_json
 from phiflow.mixture import (
@@ -40,17 +47,6 @@ from phiflow.schema import BLEND_SOURCES
 from phiflow.storage import Lake
 
 STAGE = "mix"
-
-
-def split_min_documents(split: str) -> int:
-    """The fewest documents a shard needs so that every split with a weight holds one (the bounds
-    megatron's builder computes: round(fraction x documents))."""
-    weights = [float(w) for w in split.split(",")]
-    bounds = [sum(weights[:i]) / sum(weights) for i in range(len(weights) + 1)]
-    for n in range(1, 100_000):
-        if all(round(bounds[i + 1] * n) > round(bounds[i] * n) for i, w in enumerate(weights) if w > 0):
-            return n
-    raise MixtureError(f"split {split} leaves a split empty for any shard size")
 
 
 @dataclass(frozen=True)
@@ -216,14 +212,14 @@ def compute_blends(recipe: Recipe, lake: Lake, tokens: TokenSources, subsample: 
     out = phase_blends(recipe, pre_specs) if recipe.training is not None else {}
     if not out:
         try:
-            out["pretrain"] = compute_mixture(pre_specs, training_plan.pretrain_tokens(recipe))
+            out["pretrain"] = compute_mixture(pre_specs, run_config.pretrain_tokens(recipe))
         except MixtureError as e:
             raise MixtureError(f"pretrain mixture: {e}") from None
     if recipe.training is None:
         return out
     long_specs = long_context_specs(recipe, lake, tokens, merge)
     try:
-        out["midtrain"] = midtraining_mixture(pre_specs, long_specs, training_plan.midtrain_tokens(recipe),
+        out["midtrain"] = midtraining_mixture(pre_specs, long_specs, run_config.midtrain_tokens(recipe),
                                               recipe.training.midtrain.long_context_share)
     except MixtureError as e:
         raise MixtureError(f"midtrain mixture: {e}") from None
@@ -234,8 +230,9 @@ def phase_blends(recipe: Recipe, specs: list[SourceSpec]) -> dict[str, Mixture]:
     """One mixture per pretraining phase (its shares over the same sources, its tokens), then `pretrain`:
     the whole run, the phases summed per source, where `max_epochs` is held (a source may be repeated
     that often over the run, not per phase). No phases: nothing."""
+    assert recipe.training is not None
     out = {}
-    for ph in training_plan.phases(recipe):
+    for ph in recipe.training.pretrain.phase_plan():
         try:
             out[ph.run] = compute_mixture([replace(s, share=ph.shares.get(s.name, 0.0)) for s in specs], ph.tokens)
         except MixtureError as e:
@@ -310,22 +307,6 @@ def plot(blends: dict[str, Mixture], path: str, lake: Lake) -> bool:
     plt.close(fig)
     lake.fs.pipe_file(path, buf.getvalue())
     return True
-
-
-def mix_params(recipe: Recipe) -> dict[str, Any]:
-    assert recipe.mixture is not None
-    params: dict[str, Any] = {"mixture": recipe.mixture.model_dump(mode="json"),
-                              "pretrain_tokens": training_plan.pretrain_tokens(recipe)}
-    if recipe.training is not None:
-        # shards smaller than the split needs are merged (Merger): the split decides the blend's shards
-        params["merge_min_documents"] = split_min_documents(recipe.training.pretrain.split)
-        if training_plan.phases(recipe):  # (absent without phases: the digests of one-phase blends stay)
-            params["phases"] = [vars(ph) for ph in training_plan.phases(recipe)]
-        params["midtrain"] = {"tokens": training_plan.midtrain_tokens(recipe),
-                              **recipe.training.midtrain.model_dump(mode="json", include={"long_context_share",
-                                                                                           "long_doc_tokens",
-                                                                                           "long_context"})}
-    return params
 
 
 def run(recipe: Recipe, lake: Lake, airflow: dict[str, Any] | None = None,

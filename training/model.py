@@ -6,43 +6,10 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-from megatron.core.transformer import TransformerConfig
 
-from training.config import RunConfig
+from phiflow.run_config import RunConfig
 from training.cpu_compat import on_cpu
-
-
-def transformer_config(cfg: RunConfig) -> TransformerConfig:
-    """bf16 on GPU; fp32 with CPU initialization on CPU.
-
-    CPU initialization builds each weight whole from the default generator and then splits it over TP
-    ranks, so a TP=2 model starts from the same weights as TP=1 (what the parity test relies on).
-    """
-    m, par = cfg.model, cfg.parallel
-    cpu = on_cpu()
-    dtype = torch.float32 if cpu else torch.bfloat16
-    return TransformerConfig(
-        num_layers=m.num_layers,
-        hidden_size=m.hidden_size,
-        num_attention_heads=m.num_attention_heads,
-        ffn_hidden_size=m.ffn,
-        tensor_model_parallel_size=par.tp,
-        pipeline_model_parallel_size=par.pp,
-        pipeline_dtype=dtype,
-        params_dtype=dtype,
-        bf16=not cpu,
-        use_cpu_initialization=cpu,
-        hidden_dropout=m.hidden_dropout,
-        attention_dropout=m.attention_dropout,
-        init_method_std=m.init_method_std,
-        # No fused kernels without Transformer Engine / Apex.
-        bias_activation_fusion=False,
-        masked_softmax_fusion=False,
-        bias_dropout_fusion=False,
-        apply_rope_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
-    )
+from training.megatron_config import transformer_config
 
 
 def build_model(cfg: RunConfig) -> GPTModel:

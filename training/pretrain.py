@@ -5,7 +5,7 @@
 (``--run run.json`` also works under plain ``python -m``; torchrun's own argument parser rejects
 ``--run`` as an ambiguous prefix of its ``--run-path``, so launchers pass ``--config``.)
 
-The run JSON (``training.config.RunConfig``) says everything: model shape, TP/PP (DP is what is left
+The run JSON (``phiflow.run_config.RunConfig``) says everything: model shape, TP/PP (DP is what is left
 of the world size), optimizer and schedule, blend, checkpoints, outputs. Midtraining is the same entry
 with a config from ``RunConfig.midtrain``: longer sequences, RoPE base 250K, LR/10, weights loaded from
 the pretraining checkpoint with a fresh optimizer and step counter (``checkpoint.finetune``).
@@ -32,8 +32,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from phiflow.run_config import RunConfig
 from training import cpu_compat
-from training.config import RunConfig
 
 log = logging.getLogger("training.pretrain")
 
@@ -97,60 +97,27 @@ def init_distributed(cfg: RunConfig) -> int:
         tensor_model_parallel_size=cfg.parallel.tp, pipeline_model_parallel_size=cfg.parallel.pp
     )
     cpu_compat.seed_everything(cfg.seed)
-    return cfg.parallel.dp(world)
+    return world // (cfg.parallel.tp * cfg.parallel.pp)
 
 
 def setup(cfg: RunConfig) -> Trainer:
     """Model wrapped in megatron DDP, optimizer, LR schedule, datasets; then load a checkpoint."""
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+    from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
+    from megatron.core.optimizer import get_megatron_optimizer
 
     from training.data import build_datasets, source_valid_datasets
+    from training.megatron_config import ddp_config, lr_scheduler, optimizer_config
     from training.model import build_model
 
     dp = init_distributed(cfg)
     o = cfg.optimizer
-    gpu = not cpu_compat.on_cpu()
-    distributed_opt = o.distributed_optimizer and gpu  # its checkpoints fail on CPU
     module = build_model(cfg)
-    ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=distributed_opt
-    )
-    model = DistributedDataParallel(config=module.config, ddp_config=ddp_config, module=module)
+    model = DistributedDataParallel(config=module.config, ddp_config=ddp_config(cfg), module=module)
     # The schedules call these: DP grad all-reduce (and tied-embedding sync) after the last micro batch.
     module.config.no_sync_func = model.no_sync
     module.config.finalize_model_grads_func = finalize_model_grads
-    optimizer = get_megatron_optimizer(
-        OptimizerConfig(
-            optimizer="adam",
-            lr=o.lr,
-            min_lr=o.min_lr,
-            weight_decay=o.weight_decay,
-            adam_beta1=o.adam_beta1,
-            adam_beta2=o.adam_beta2,
-            adam_eps=o.adam_eps,
-            clip_grad=o.clip_grad,
-            bf16=gpu,
-            params_dtype=module.config.params_dtype,
-            use_distributed_optimizer=distributed_opt,
-        ),
-        [model],
-    )
-    # Steps are optimizer steps (increment 1), so warmup/decay are counted in steps.
-    scheduler = OptimizerParamScheduler(
-        optimizer,
-        init_lr=0.0,
-        max_lr=o.lr,
-        min_lr=o.min_lr,
-        lr_warmup_steps=o.warmup_steps,
-        lr_decay_steps=o.total_steps,
-        lr_decay_style="linear",
-        start_wd=o.weight_decay,
-        end_wd=o.weight_decay,
-        wd_incr_steps=o.total_steps,
-        wd_incr_style="constant",
-    )
+    optimizer = get_megatron_optimizer(optimizer_config(cfg, module.config.params_dtype), [model])
+    scheduler = lr_scheduler(cfg, optimizer)
     b = cfg.batch
     eval_count = cfg.data.eval_iters * b.micro_batch_size * dp
     n_evals = 1 + (o.total_steps // cfg.output.eval_interval if cfg.output.eval_interval else 0)
@@ -563,7 +530,7 @@ def train(cfg: RunConfig) -> Trainer:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--config", "--run", dest="run", required=True, help="run config JSON (training.config.RunConfig)"
+        "--config", "--run", dest="run", required=True, help="run config JSON (phiflow.run_config.RunConfig)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s: %(message)s")

@@ -10,21 +10,36 @@ The Phi-4 report stress-tested its settings during warmup. The building blocks h
   ``max_attention_logit``) and the error of a run stopped by a non-finite loss.
 * :func:`run_stress` launches one such run (``training.launch``) and returns its metrics and verdict.
 
+The stage (StressTestOperator runs it before pretraining): :func:`run_stage` probes the first pretraining
+run's config at each of ``training.stress.lr_multipliers`` and commits ``stress.pretrain/recipe=<name>``
+(a row per multiplier); :func:`gate` then stops pretraining on a diverged point unless
+``continue_on_divergence``. A current report (same blend and settings) is not rerun, but it gates again.
+
 No torch at import time: :func:`verdict` is pure Python over plain dicts.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import os
+import posixpath
 import re
 import statistics
+import time
 from typing import Any
 
-from training.config import RunConfig
+from phiflow.blend import blend_partition
+from phiflow.commit import commit_files, up_to_date
+from phiflow.manifest import Manifest, sha256_json
+from phiflow.recipe import Recipe
+from phiflow.run_config import RunConfig
+from phiflow.schema import STRESS_POINTS
+from phiflow.storage import Lake
+from training.plan import run_plan
 
-__all__ = ["run_stress", "stress_config", "verdict", "verdict_of_metrics"]
+__all__ = ["Diverged", "gate", "run_stage", "run_stress", "stress_config", "verdict", "verdict_of_metrics"]
+
+DATASET = "stress.pretrain"
 
 _NONFINITE_ERROR = re.compile(r"non-finite loss .*? at step (\d+)")
 
@@ -44,18 +59,14 @@ def stress_config(
         raise ValueError(f"lr_multiplier must be a positive finite number, got {lr_multiplier}")
     if not 0 <= warmup_steps < steps:
         raise ValueError(f"need 0 <= warmup_steps < steps, got warmup_steps={warmup_steps} steps={steps}")
-    cfg = copy.deepcopy(base)
-    cfg.name = name or f"{base.name}-stress-x{lr_multiplier:g}"
-    o = cfg.optimizer
-    o.lr = base.optimizer.lr * lr_multiplier
-    o.min_lr = o.lr
-    o.warmup_steps, o.total_steps = warmup_steps, steps
-    cfg.checkpoint.save_dir, cfg.checkpoint.save_interval = None, 0
-    cfg.output.attention_logits = True
-    cfg.output.metrics_path = cfg.output.tensorboard_dir = None
-    cfg.output.eval_interval = 0
-    cfg.stop_at_step = None  # the probe runs its own steps, not a phase's
-    return cfg
+    lr = base.optimizer.lr * lr_multiplier
+    return base.replace(
+        name=name or f"{base.name}-stress-x{lr_multiplier:g}",
+        optimizer={"lr": lr, "min_lr": lr, "warmup_steps": warmup_steps, "total_steps": steps},
+        checkpoint={"save_dir": None, "save_interval": 0},
+        output={"attention_logits": True, "metrics_path": None, "tensorboard_dir": None, "eval_interval": 0},
+        stop_at_step=None,  # the probe runs its own steps, not a phase's
+    )
 
 
 def _finite(x: Any) -> bool:
@@ -189,3 +200,83 @@ def run_stress(
             raise
         metrics = e.metrics
     return metrics, verdict_of_metrics(metrics, **verdict_kwargs)
+
+
+# -- the stage ---------------------------------------------------------------------------------------------
+class Diverged(RuntimeError):
+    """A stress point diverged and the recipe stops pretraining on divergence."""
+
+
+def run_stage(recipe: Recipe, lake: Lake, airflow: dict[str, Any] | None = None,
+              timeout_s: float | None = None) -> Manifest:
+    """The stress report of the first pretraining run's config: committed now, or the current one (same
+    blend and settings; the gate's setting is not part of the measurement: changing it re-judges only)."""
+    assert recipe.training is not None and recipe.training.stress is not None
+    spec, phases = recipe.training.stress, recipe.training.pretrain.phase_plan()
+    plan = run_plan(recipe, lake, "pretrain", phases[0].name if phases else None)
+    part, inputs = blend_partition(recipe), plan.inputs
+    digest = sha256_json({"stress": spec.model_dump(mode="json", exclude={"continue_on_divergence"}),
+                          "run": plan.digest})
+    done = up_to_date(lake, DATASET, part, inputs, digest)
+    if done is not None:
+        print(f"[phiflow] stress: {done.dataset}/{done.key} is current (same blend and settings): its verdict "
+              "gates again", flush=True)
+        return done
+    attempt = lake.new_attempt(DATASET, part)
+    work, started, rows = lake.attempt_path(DATASET, part, attempt), time.time(), []
+    warmup = min(plan.cfg.optimizer.warmup_steps, spec.steps - 1)
+    for mult in spec.lr_multipliers:
+        metrics, judged = run_stress(plan.cfg, mult, posixpath.join(work, f"x{mult:g}"), steps=spec.steps,
+                                     warmup_steps=warmup, dp=plan.dp, timeout_s=timeout_s)
+        rows.append(stress_row(mult, plan.cfg.optimizer.lr * mult, metrics, judged))
+        verdict_text = f"DIVERGED: {judged['reason']}" if judged["diverged"] else "stable"
+        print(f"[phiflow] stress x{mult:g} (lr {rows[-1]['lr']:.3g}): {verdict_text}", flush=True)
+    return commit_files(
+        lake, dataset=DATASET, partition=part, attempt=attempt, stage="stress", schema=STRESS_POINTS,
+        row_count=len(rows), content=rows, inputs=inputs, recipe_digest=digest,
+        params={"stress": spec.model_dump(mode="json"), "warmup_steps": warmup, "peak_lr": plan.cfg.optimizer.lr},
+        counters={"points": rows, "diverged": [r["multiplier"] for r in rows if r["diverged"]]},
+        airflow=airflow, started=started,
+    )
+
+
+def gate(recipe: Recipe, report: Manifest) -> list[float]:
+    """The multipliers of the report that diverged; Diverged when that stops pretraining."""
+    assert recipe.training is not None and recipe.training.stress is not None
+    for r in report.counters["points"]:
+        verdict_text = f"DIVERGED ({r['reason']})" if r["diverged"] else "stable"
+        print(f"[phiflow] stress x{r['multiplier']:g} lr {r['lr']:.3g}: {verdict_text}; loss {_num(r['first_loss'])}"
+              f" -> {_num(r['final_loss'])}, max grad norm {_num(r['max_grad_norm'], '.3g')}, spikes at "
+              f"{r['grad_norm_spikes'] or 'none'}, attention logit x{_num(r['attention_logit_growth'], '.2f')}",
+              flush=True)
+    diverged = report.counters["diverged"]
+    if diverged and not recipe.training.stress.continue_on_divergence:
+        raise Diverged(
+            f"warmup stress test: lr x{', x'.join(f'{m:g}' for m in diverged)} diverged; pretraining does not "
+            "start (lower training.pretrain.optimizer.lr or the multipliers, or set "
+            "training.stress.continue_on_divergence to go on)")
+    return diverged
+
+
+def stress_row(multiplier: float, lr: float, metrics: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
+    """One multiplier of the stress report: the verdict and the curves it was read from."""
+    steps = metrics.get("steps") or []
+    row = {"multiplier": multiplier, "lr": lr, **verdict, "steps": len(steps),
+           "losses": [s["loss"] for s in steps], "grad_norms": [s["grad_norm"] for s in steps],
+           "attention_logits": [s.get("max_attention_logit") for s in steps], "error": metrics.get("error")}
+    return _json_safe(row)
+
+
+def _num(x: float | None, spec: str = ".3f") -> str:
+    return "?" if x is None else format(x, spec)
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN and infinities (a diverged run's figures) as None: manifests are strict JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x

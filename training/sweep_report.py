@@ -12,25 +12,18 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from phiflow import stages
 from phiflow.blend import DATASET as BLEND
-from phiflow.blend import blend_partition
+from phiflow.blend import blend_partition, mix_params
 from phiflow.manifest import sha256_json
 from phiflow.recipe import SweepError, SweepPoint, axis_text, sweep_points, sweep_spec
-from training.evaluate import DATASET as EVALS
-from training.mix import mix_params
+from training.plan import start_ref, training_digest
 
 if TYPE_CHECKING:
     from phiflow.manifest import Manifest
     from phiflow.recipe import Recipe, SweepSpec
 
 METRICS = ("valid_loss", "valid_perplexity", "final_loss", "loss_end_mean")  # lower is better, all of them
-
-
-def training_digest(recipe: Recipe) -> str:
-    """The recipe digest MegatronTrainOperator gives a pretraining run (to tell a current point manifest)."""
-    assert recipe.training is not None
-    return sha256_json({"run": "pretrain",
-                        "training": recipe.training.model_dump(mode="json", exclude={"cluster", "stress"})})
 
 
 def current_checkpoint(lake: Any, recipe: Recipe) -> Manifest | None:
@@ -43,19 +36,19 @@ def current_checkpoint(lake: Any, recipe: Recipe) -> Manifest | None:
         return None
     base = base_checkpoint(lake, recipe)
     inputs = [blend.input_ref()] + ([base.input_ref()] if base is not None else [])
-    return m if m.recipe_digest == training_digest(recipe) and m.inputs == inputs else None
+    return m if m.recipe_digest == training_digest(recipe, "pretrain") and m.inputs == inputs else None
 
 
 def base_checkpoint(lake: Any, recipe: Recipe) -> Manifest | None:
     """The committed checkpoint a point continues from (`init_from`), if the recipe names one and it exists."""
-    ref = recipe.training.pretrain.init_from if recipe.training is not None else None
-    return lake.manifest(ref.dataset, ref.partition) if ref is not None else None
+    ref = start_ref(recipe, "pretrain")
+    return lake.manifest(*ref) if ref is not None else None
 
 
 # -- the report ---------------------------------------------------------------------------------------
 def current_evaluation(lake: Any, recipe: Recipe, checkpoint: Manifest) -> Manifest | None:
     """The committed benchmark evaluation of exactly this checkpoint manifest, else None."""
-    m = lake.manifest(EVALS, {"recipe": recipe.name})
+    m = lake.manifest(stages.io(recipe, "evaluate", "*").output, {"recipe": recipe.name})
     return m if m is not None and m.inputs and m.inputs[0] == checkpoint.input_ref() else None
 
 

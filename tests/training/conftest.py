@@ -10,14 +10,8 @@ from typing import Any
 
 import pytest
 
-from training.config import (
-    BatchConfig,
-    DataConfig,
-    ModelConfig,
-    OptimizerConfig,
-    ParallelConfig,
-    RunConfig,
-)
+from phiflow.recipe import ParallelSpec
+from phiflow.run_config import BatchConfig, DataConfig, RunConfig, RunModel, RunOptimizer
 
 VOCAB = 512
 SEQ = 64
@@ -68,23 +62,20 @@ def data_prefix(corpus: list[str], tokenizer: Any, tmp_path_factory: pytest.Temp
 
 @pytest.fixture(scope="session")
 def make_run(data_prefix: str, tokenizer: Any) -> Callable[..., RunConfig]:
-    """A tiny 4-layer hidden-64 run on the licence corpus; keyword groups override sub-configs."""
+    """A tiny 4-layer hidden-64 run on the licence corpus; keyword groups override sub-configs
+    (`checkpoint={"save_dir": ...}`), other keywords top-level fields (RunConfig.replace)."""
 
-    def make(name: str, steps: int = 20, tp: int = 1, pp: int = 1, **over: dict[str, Any]) -> RunConfig:
+    def make(name: str, steps: int = 20, tp: int = 1, pp: int = 1, **over: Any) -> RunConfig:
         cfg = RunConfig(
             name=name,
-            model=ModelConfig(
+            model=RunModel(
                 num_layers=4, hidden_size=64, num_attention_heads=4, vocab_size=tokenizer.vocab_size, seq_length=SEQ
             ),
-            parallel=ParallelConfig(tp=tp, pp=pp),
-            optimizer=OptimizerConfig(lr=3e-3, min_lr=3e-4, warmup_steps=2, total_steps=steps),
+            parallel=ParallelSpec(tp=tp, pp=pp),
+            optimizer=RunOptimizer(lr=3e-3, min_lr=3e-4, warmup_steps=2, total_steps=steps),
             batch=BatchConfig(micro_batch_size=2, global_batch_size=8),
             data=DataConfig(blend=[(1.0, data_prefix)], split="95,5,0", eod_token_id=tokenizer.eod),
         )
-        for group, changes in over.items():
-            sub = getattr(cfg, group)
-            for k, v in changes.items():
-                setattr(sub, k, v)
-        return cfg
+        return cfg.replace(**over)
 
     return make

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from training.config import RunConfig
+from phiflow.run_config import RunConfig
 from training.stress import run_stress, stress_config, verdict, verdict_of_metrics
 
 STEPS, WARMUP = 12, 4

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from training.config import RunConfig
+from phiflow.run_config import RunConfig
 from training.launch import TrainingFailed, launch
 
 
@@ -86,15 +86,13 @@ def test_nan_stops_run_then_resume_is_bit_exact(
     make_run: Callable[..., RunConfig], baseline: tuple[dict[str, Any], Path], tmp_path: Path
 ) -> None:
     ckpt = str(tmp_path / "ckpt")
-    cfg = make_run("crash", checkpoint={"save_dir": ckpt, "save_interval": 10})
-    cfg.inject_nonfinite_at_step = 11
+    cfg = make_run("crash", checkpoint={"save_dir": ckpt, "save_interval": 10}, inject_nonfinite_at_step=11)
     with pytest.raises(TrainingFailed, match="non-finite loss inf at step 11") as err:
         run(cfg, tmp_path / "first")
     assert err.value.metrics is not None and err.value.metrics["status"] == "failed"
     assert (Path(ckpt) / "latest").read_text() == "10"  # the poisoned step was never saved
 
-    cfg.inject_nonfinite_at_step = None
-    resumed = run(cfg, tmp_path / "second")
+    resumed = run(cfg.replace(inject_nonfinite_at_step=None), tmp_path / "second")
     assert resumed["resumed_from"].endswith("iter_0000010")
     assert losses(resumed) == losses(baseline[0])  # steps 1-10 from the checkpoint, 11-20 bit-exact on CPU fp32
     assert [s["step"] for s in resumed["steps"]] == list(range(1, 21))
@@ -117,8 +115,8 @@ def test_midtrain_from_pretrain_checkpoint(
     make_run: Callable[..., RunConfig], baseline: tuple[dict[str, Any], Path], tmp_path: Path
 ) -> None:
     pre = make_run("pre")
-    mid = pre.midtrain(load_dir=str(baseline[1]), name="midtrain")
-    mid.optimizer.total_steps, mid.optimizer.warmup_steps = 4, 1
+    mid = pre.midtrain(load_dir=str(baseline[1]), name="midtrain").replace(
+        optimizer={"total_steps": 4, "warmup_steps": 1})
     metrics = run(mid, tmp_path)
     saved = json.loads((tmp_path / "run.json").read_text())
     assert saved["model"]["seq_length"] == 256 and saved["model"]["rotary_base"] == 250_000
@@ -199,18 +197,15 @@ def test_two_phases_are_one_schedule_and_resume_bit_exact(
     Adam state, schedule, step, RNG) and trains 11-20. A fault in phase 2 at step 17 resumes from
     phase 2's own checkpoint at 15. Together they equal the uninterrupted run bit for bit, learning
     rate included: no second warmup at the boundary."""
-    p1 = make_run("phase1", checkpoint={"save_dir": str(tmp_path / "p1")})
-    p1.stop_at_step = 10
+    p1 = make_run("phase1", checkpoint={"save_dir": str(tmp_path / "p1")}, stop_at_step=10)
     first = run(p1, tmp_path / "w1")
     assert [s["step"] for s in first["steps"]] == list(range(1, 11))
     assert (tmp_path / "p1" / "latest").read_text() == "10"
 
     p2 = make_run("phase2", checkpoint={"save_dir": str(tmp_path / "p2"), "save_interval": 5,
                                         "load_dir": str(tmp_path / "p1")})
-    p2.inject_nonfinite_at_step = 17
     with pytest.raises(TrainingFailed, match="step 17"):
-        run(p2, tmp_path / "w2")
-    p2.inject_nonfinite_at_step = None
+        run(p2.replace(inject_nonfinite_at_step=17), tmp_path / "w2")
     second = run(p2, tmp_path / "w3")
     assert second["resumed_from"].endswith("p2/iter_0000015")
     assert [s["step"] for s in second["steps"]] == list(range(11, 21))
@@ -231,8 +226,7 @@ def test_continuing_from_a_checkpoint_loads_weights_and_adam_moments(
     (the updates differ from a weights-only start), and its own schedule from step 1."""
     def start(name: str, moments: bool) -> dict[str, Any]:
         cfg = make_run(name, steps=3, checkpoint={"load_dir": str(baseline[1]), "finetune": True,
-                                                  "load_optimizer": moments})
-        cfg.optimizer.warmup_steps = 0
+                                                  "load_optimizer": moments}, optimizer={"warmup_steps": 0})
         return run(cfg, tmp_path / name)
 
     with_moments, weights_only = start("moments", True), start("weights", False)
