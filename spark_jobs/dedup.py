@@ -51,6 +51,7 @@ FEATURES = [
 DROP_REASONS = tuple(
     f"{kind}_duplicate{where}" for kind in ("exact", "fuzzy") for where in ("", "_of_earlier_snapshot")
 )
+_TOKENIZED_AT_ONCE = 256  # pages whose word lists a Python worker holds at once (an Arrow batch has 10,000)
 _ID_ROW_BYTES = 128  # a row of doc_ids and a short string in Spark's hashed relation, rounded up
 _BYTE_UNITS = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 # Parameters the stored signatures depend on (with minhash.SIGNATURE_FAMILY, recorded in the `minhash`
@@ -70,7 +71,8 @@ def signature_batches(mh: MinHasher, keep: list[str], sites=None):  # -> mapInAr
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         wanted = sites.value if sites is not None else frozenset()
-        for batch in batches:
+        slices = (b.slice(i, _TOKENIZED_AT_ONCE) for b in batches for i in range(0, b.num_rows, _TOKENIZED_AT_ONCE))
+        for batch in slices:
             texts = batch.column("text").to_pylist()
             extra, names, tokens = [], [], None
             if sites is not None:
