@@ -154,7 +154,12 @@ def bench_recipe(base: Path, snapshots: list[tuple[str, date]], **dedup: int):
 class Peaks(threading.Thread):
     """Peak RSS of the driver (this process and the JVM) and, apart, of the Python workers (the
     `pyspark.daemon` and the workers it forks); also per stage (`mark`), the driver split into its
-    Python process and its JVM, which says where growth comes from."""
+    Python process and its JVM, which says where growth comes from.
+
+    The JVM's other children are not counted: the `chmod` and `jspawnhelper` it starts (Hadoop's local
+    file system sets permissions through a shell) live for milliseconds, and while one is being spawned
+    (a clone of the JVM that has not yet exec'd) it reports the JVM's whole RSS: counted, the JVM
+    counted twice at random moments."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -174,10 +179,10 @@ class Peaks(threading.Thread):
             python, jvm, workers = me.memory_info().rss, 0, 0
             for p in me.children(recursive=True):
                 try:  # a worker may end between the listing and the reading: count the others
-                    rss = p.memory_info().rss
-                    if any("pyspark.daemon" in a or "pyspark.worker" in a for a in p.cmdline()):
+                    rss, cmd = p.memory_info().rss, p.cmdline()
+                    if any("pyspark.daemon" in a or "pyspark.worker" in a for a in cmd):
                         workers += rss
-                    else:
+                    elif p.ppid() == me.pid:  # the JVM; a clone being spawned is the JVM's child
                         jvm += rss
                 except psutil.Error:
                     continue
