@@ -40,7 +40,14 @@ from phiflow.records import boilerplate, lsh_graph
 from phiflow.records.minhash import SIGNATURE_FAMILY, MinHasher
 from phiflow.schema import DUP_CLUSTERS, MINHASH
 from spark_jobs.engine.dedup_index import HistoryIndex, minhash_rows
-from spark_jobs.engine.stage_io import StageContext, commit_partition, stage_main, step, tally
+from spark_jobs.engine.stage_io import (
+    StageContext,
+    commit_partition,
+    observe_tally,
+    observed_tally,
+    stage_main,
+    step,
+)
 
 STAGE = "dedup"
 FEATURES = [
@@ -464,9 +471,12 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     first = F.first(F.struct("doc_id", "content_hash", "origin_partition", "origin")).over(
         Window.partitionBy("group").orderBy(*order)
     )
+    merged_here = (F.col("origin") == 0) & (F.col("s.doc_id") != F.col("doc_id"))
     decided = (
         nodes.withColumn("cluster_id", F.min("doc_id").over(in_group))
         .withColumn("s", first)
+        # one row per cluster that merges documents of this partition: what counts the clusters
+        .withColumn("first_merged", F.min(F.when(merged_here, F.col("doc_id"))).over(in_group))
         .where(F.col("origin") == 0)
         .select(
             "doc_id",
@@ -478,6 +488,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
             F.col("s.origin_partition").alias("survivor_partition"),
             F.when(F.col("s.content_hash") == F.col("content_hash"), "exact").otherwise("fuzzy").alias("kind"),
             (F.col("s.origin") < 0).alias("earlier"),
+            (F.col("first_merged") == F.col("doc_id")).alias("cluster_head"),
         )
     )
     decided = decided.withColumn(
@@ -486,14 +497,15 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
             F.concat(F.col("kind"), F.lit("_duplicate"), F.when(F.col("earlier"), "_of_earlier_snapshot").otherwise(""))
         ),
     )
+    # the drop reasons, the minhash partition's digest and the clusters, counted while materialized
+    decided, seen = observe_tally(decided, MINHASH, DROP_REASONS, F.count_if("cluster_head").alias("clusters"))
     with step(spark, STAGE, "survivors"):
         decided = _materialize(decided)
     try:
-        with step(spark, STAGE, "counters"):
-            counted = tally(decided, MINHASH)  # drop reasons, and the minhash partition's digest
-            merged = decided.where(F.col("drop_reason").isNotNull())
-            counters["clusters"] = merged.select(F.count_distinct("cluster_id")).first()[0]
-            counters["merged"] = merged_by_kind(counted.reasons)
+        counted = observed_tally(seen.get, DROP_REASONS)
+        counters["clusters"] = int(seen.get["clusters"])
+        counters["merged"] = merged_by_kind(counted.reasons)
+        merged = decided.where(F.col("drop_reason").isNotNull())
         inputs = [source.input_ref()] + [m.input_ref() for m in prior_manifests]
         common = {"inputs": inputs, "reasons": counted.reasons}
         decisions = broadcast_when_small(decided.select("doc_id", "drop_reason"), source.row_count)

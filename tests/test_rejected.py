@@ -14,7 +14,7 @@ from phiflow.storage import Lake
 from phiflow.trace import trace
 from spark_jobs import commoncrawl_extract, langid
 from spark_jobs.engine.rejected import REASON_DIR
-from spark_jobs.engine.stage_io import StageContext
+from spark_jobs.engine.stage_io import StageContext, content_digest
 
 pytestmark = pytest.mark.spark
 SNAP = {"snapshot": "CC-MAIN-2024-10"}
@@ -134,6 +134,10 @@ def test_the_dashboard_shows_each_reason_with_examples_from_the_manifest(spark, 
     urls = dict(zip(*lake.read_table(side, columns=["doc_id", "url"]).to_pydict().values(), strict=True))
     assert len(examples) == 3 and all(urls[x["doc_id"]] == x["url"] for x in examples)
     assert side.counters["shards"]["total"] == 2 and len(side.counters["examples"]["language_not_kept"]) == 6
+    # the digest and examples were taken while the rows were written: they are the written rows'
+    assert content_digest(spark.read.parquet(*lake.data_files(side))) == (side.row_count, side.content_digest)
+    ex = [x["doc_id"] for x in side.counters["examples"]["language_not_kept"]]  # 3 per shard, smallest first
+    assert set(ex) <= set(urls) and all(ex[i] < ex[i + 1] for i in (0, 1, 3, 4))
     page = render(d)
     assert f"data-testid='rejected:web.langid.rejected:language_not_kept'>{n}<" in page
     assert page.count("data-testid='rejected-example:web.langid.rejected:language_not_kept'") == 3

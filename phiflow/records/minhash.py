@@ -20,12 +20,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pyarrow as pa
 
 from phiflow.records.ngrams import ngram_hashes, normalize, splitmix64, word_hashes, words
 
-_BLOCK = 4096  # shingles per block of the (permutations x shingles) product: bounds memory per document
 _PRIME = np.uint64((1 << 61) - 1)
 _SHIFT61 = np.uint64(61)
 _LOW32 = np.uint64(0xFFFFFFFF)
@@ -67,31 +67,11 @@ class MinHasher:
         return grams
 
     def signature_of(self, shingles: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """uint32[num_perm]: per permutation, the minimum over the shingles' 32-bit hashes."""
-        return self._signature(shingles, a, b, _Scratch(self.num_perm, len(shingles)))
-
-    def _signature(self, shingles: np.ndarray, a: np.ndarray, b: np.ndarray, scratch: _Scratch) -> np.ndarray:
-        """The (permutations x shingles) product a block at a time, each row one scalar times a contiguous
-        vector. `v mod (2^61 - 1)` is folded without a division: for v < 2^64, r = (v & p) + (v >> 61) is
-        congruent and below p + 8, and min(r, r - p) (unsigned, so r - p wraps above r when r < p) is the
-        remainder. Duplicate shingles may be passed: they do not change a minimum."""
-        low = np.full(self.num_perm, _LOW32, dtype=np.uint64)
-        x = shingles & _LOW32
-        a, b = a[:, None], b[:, None]
-        with np.errstate(over="ignore"):
-            for start in range(0, len(x), _BLOCK):
-                block = x[start : start + _BLOCK]
-                v, t = scratch.views(len(block))
-                np.multiply(a, block, out=v)
-                v += b
-                np.right_shift(v, _SHIFT61, out=t)
-                v &= _PRIME
-                v += t
-                np.subtract(v, _PRIME, out=t)
-                np.minimum(v, t, out=v)
-                v &= _LOW32
-                np.minimum(low, v.min(axis=1), out=low)
-        return low.astype(np.uint32)
+        """uint32[num_perm]: per permutation, the minimum over the shingles' 32-bit hashes. Duplicate
+        shingles may be passed: they do not change a minimum."""
+        out = np.empty(self.num_perm, dtype=np.uint32)
+        _min_hashes(shingles, a, b, out)
+        return out
 
     def signature(self, text: str | None) -> np.ndarray:
         a, b = self._params
@@ -120,7 +100,6 @@ class MinHasher:
         duplicates of each other, and must not collide with everything else in every band.
         """
         a, b = self._params
-        scratch = _Scratch(self.num_perm, _BLOCK)
         hashes = []
         sigs = np.empty((len(texts), self.num_perm), dtype=np.uint32)
         has_words = np.zeros(len(texts), dtype=bool)
@@ -131,7 +110,7 @@ class MinHasher:
                 toks = words(shingled[i])
             sh = self._shingle_hashes(toks)  # not made distinct: a repeat cannot change a minimum
             if len(sh):
-                sigs[i] = self._signature(sh, a, b, scratch)
+                _min_hashes(sh, a, b, sigs[i])
                 has_words[i] = True
         bands = self.band_keys(sigs)  # the whole batch at once
         lengths = np.where(has_words, 1, 0)
@@ -142,17 +121,22 @@ class MinHasher:
         )
 
 
-class _Scratch:
-    """Two (num_perm x block) uint64 buffers reused across the blocks and documents of a batch: fresh
-    multi-megabyte temporaries per block cost page faults that rival the arithmetic."""
-
-    def __init__(self, num_perm: int, shingles: int) -> None:
-        size = num_perm * max(1, min(shingles, _BLOCK))
-        self.num_perm, self._v, self._t = num_perm, np.empty(size, np.uint64), np.empty(size, np.uint64)
-
-    def views(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        size = self.num_perm * n
-        return self._v[:size].reshape(self.num_perm, n), self._t[:size].reshape(self.num_perm, n)
+@numba.njit(cache=True, nogil=True)
+def _min_hashes(shingles: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out[p] = min over the shingles x of h_p(x & 0xFFFFFFFF), compiled: one pass over the shingles per
+    permutation, in registers (numpy needs ten passes over a permutations x shingles block for it).
+    `v mod (2^61 - 1)` is folded without a division: for v < 2^64, r = (v & p) + (v >> 61) is
+    congruent and below p + 8, so one subtraction of p leaves the remainder. Every constant is a
+    uint64: numba would turn uint64 arithmetic with a plain int into floats."""
+    for p in range(a.shape[0]):
+        ap, bp, low = a[p], b[p], _LOW32
+        for x in shingles:
+            v = ap * (x & _LOW32) + bp  # wraps mod 2^64, as datasketch's numpy arithmetic does
+            r = (v & _PRIME) + (v >> _SHIFT61)
+            if r >= _PRIME:
+                r -= _PRIME
+            low = min(low, r & _LOW32)
+        out[p] = np.uint32(low)
 
 
 def _list_array(rows: np.ndarray, lengths: np.ndarray, typ: pa.DataType) -> pa.Array:

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import functools
 import posixpath
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.types import StructType
 
 from phiflow.schema import REJECTED
+from spark_jobs.engine.digest import row_digest, row_hash
 
 REASON = "drop_reason"
 REASON_DIR = f"{REASON}="
@@ -30,6 +34,16 @@ KEPT_DIR = f"{REASON_DIR}__HIVE_DEFAULT_PARTITION__"  # Spark's folder for the n
 SAMPLE_BUCKETS = 1_000_000
 EXAMPLES_PER_REASON = 3  # in the manifest's counters: what the dashboard shows without reading data
 EXAMPLE_CHARS = 160
+
+
+@dataclass(frozen=True)
+class Rewritten:
+    """What `rewrite` wrote: rows, their content digest, rows per reason (most first), examples per reason."""
+
+    rows: int
+    digest: str
+    sampled: dict[str, int]
+    examples: dict[str, list[dict[str, Any]]]
 
 
 IDENTITY = ("doc_id", "url", "origin_url", "title", "path")  # what names a dropped row, best first
@@ -107,26 +121,38 @@ def reason_dirs(fs, attempt_dir: str) -> dict[str, str]:
     return out
 
 
-def rewrite(spark: SparkSession, dirs: dict[str, str], out_uri: str, stage: str, excerpt_chars: int) -> None:
+def rewrite(
+    spark: SparkSession, dirs: dict[str, str], written: StructType, out_uri: str, stage: str, excerpt_chars: int
+) -> Rewritten:
     """The reason folders of a partitioned write as REJECTED rows in `out_uri` (one file; an empty
-    one when nothing was dropped, so the side partition still records that)."""
-    frames = [spark.read.parquet(uri).withColumn(REASON, F.lit(r)) for r, uri in sorted(dirs.items())]
-    if frames:
-        rows = functools.reduce(lambda a, b: a.unionByName(b), frames)
-        rows = rows.select(*projection(rows.columns, stage, excerpt_chars))
-    else:
-        rows = spark.createDataFrame([], from_arrow_schema(REJECTED))
+    one when nothing was dropped, so the side partition still records that), counted, hashed and
+    sampled for examples while written: one Spark job. `written`: the folders' schema (the stage's
+    rows less `drop_reason`), given so that reading them infers nothing."""
+    schema = from_arrow_schema(REJECTED)
+    frames = [spark.read.schema(written).parquet(uri).withColumn(REASON, F.lit(r)) for r, uri in sorted(dirs.items())]
+    if not frames:
+        spark.createDataFrame([], schema).coalesce(1).write.mode("append").parquet(out_uri)
+        return Rewritten(0, row_digest(None), {}, {})
+    rows = functools.reduce(lambda a, b: a.unionByName(b), frames)
+    projected = projection(rows.columns, stage, excerpt_chars)
+    rows = rows.select(*(c.cast(f.dataType).alias(f.name) for c, f in zip(projected, schema.fields, strict=True)))
+    seen = Observation("rejected")
+    reasons = sorted(dirs)
+    rows = rows.observe(seen, F.count(F.lit(1)).alias("n"), F.sum(row_hash(schema.names)).alias("h"),
+                        *(m for i, r in enumerate(reasons) for m in _reason_metrics(i, r)))
     rows.coalesce(1).write.mode("append").parquet(out_uri)
+    got = seen.get
+    sampled = {r: int(got[f"n{i}"]) for i, r in enumerate(reasons) if got[f"n{i}"]}
+    examples = {r: [{k: x[k] for k in ("doc_id", "url", "page", "excerpt")} for x in got[f"x{i}"]]
+                for i, r in enumerate(reasons) if got[f"x{i}"]}
+    return Rewritten(int(got["n"]), row_digest(got["h"]),
+                     dict(sorted(sampled.items(), key=lambda kv: (-kv[1], kv[0]))), examples)
 
 
-def examples(rows: DataFrame) -> dict[str, list[dict[str, str | None]]]:
-    """A few REJECTED rows of each reason (the smallest doc_ids: the same ones on a rerun), their
-    excerpt shortened, for the manifest."""
-    first = Window.partitionBy("reason").orderBy("doc_id")
-    picked = (rows.withColumn("_n", F.row_number().over(first)).where(F.col("_n") <= EXAMPLES_PER_REASON)
-              .select("reason", "doc_id", "url", "page", F.substring("excerpt", 1, EXAMPLE_CHARS).alias("excerpt"))
-              .orderBy("reason", "doc_id").collect())
-    out: dict[str, list[dict[str, str | None]]] = {}
-    for r in picked:
-        out.setdefault(r["reason"], []).append({k: r[k] for k in ("doc_id", "url", "page", "excerpt")})
-    return out
+def _reason_metrics(i: int, reason: str) -> list[Column]:
+    """Rows of one reason, and its EXAMPLES_PER_REASON smallest doc_ids (the same ones on a rerun) with
+    their excerpt shortened, for the manifest."""
+    mine = F.col("reason") == reason
+    example = F.struct("doc_id", "url", "page", F.substring("excerpt", 1, EXAMPLE_CHARS).alias("excerpt"))
+    return [F.count_if(mine).alias(f"n{i}"),
+            F.min_by(F.when(mine, example), F.when(mine, F.col("doc_id")), EXAMPLES_PER_REASON).alias(f"x{i}")]

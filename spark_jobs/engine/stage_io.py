@@ -26,9 +26,10 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.types import StructType
 
 from phiflow import stages
 from phiflow.commit import commit_attempt
@@ -39,6 +40,7 @@ from phiflow.shards import SHARD_COUNTER
 from phiflow.stages import StageIO
 from phiflow.storage import Lake
 from spark_jobs.engine import rejected
+from spark_jobs.engine.digest import row_digest, row_hash
 
 log = logging.getLogger("phiflow.stage")
 
@@ -117,16 +119,8 @@ def spark_schema(schema: pa.Schema):  # -> pyspark StructType
 
 def content_digest(df: DataFrame) -> tuple[int, str]:
     """(row count, order-independent hash of all rows): equal for equal row sets on any layout."""
-    row = df.agg(F.count(F.lit(1)).alias("n"), F.sum(_row_hash(df.columns)).alias("h")).first()
-    return int(row["n"]), _digest(row["h"])
-
-
-def _row_hash(columns: list[str]):  # -> Column
-    return F.xxhash64(*columns).cast("decimal(38,0)")
-
-
-def _digest(total: Any) -> str:
-    return f"xxh64sum:{total or 0}"
+    row = df.agg(F.count(F.lit(1)).alias("n"), F.sum(row_hash(df.columns)).alias("h")).first()
+    return int(row["n"]), row_digest(row["h"])
 
 
 @dataclass(frozen=True)
@@ -147,7 +141,7 @@ def tally(rows: DataFrame, schema: pa.Schema, by: str | None = None) -> Tally:
     """Count reasons, hash the kept rows (their `schema` columns, as written) and count them by `by`,
     in one aggregation: the stage's rows are read once before the write instead of once per figure."""
     keys = ["drop_reason", *([by] if by else [])]
-    kept_hash = F.when(F.col("drop_reason").isNull(), _row_hash(schema.names))
+    kept_hash = F.when(F.col("drop_reason").isNull(), row_hash(schema.names))
     groups = rows.groupBy(*keys).agg(F.count(F.lit(1)).alias("n"), F.sum(kept_hash).alias("h")).collect()
     reasons: dict[str | None, int] = {}
     kept_by: dict[str, int] = {}
@@ -158,7 +152,7 @@ def tally(rows: DataFrame, schema: pa.Schema, by: str | None = None) -> Tally:
             total += g["h"] or 0
             if by:
                 kept_by[str(g[by])] = int(g["n"])
-    return Tally(reasons, _digest(total), dict(sorted(kept_by.items(), key=lambda kv: -kv[1])))
+    return Tally(reasons, row_digest(total), dict(sorted(kept_by.items(), key=lambda kv: -kv[1])))
 
 
 TALLY_PREFIX = "_tally-"  # per-task drop counts in an attempt folder (`_` keeps them out of the data)
@@ -245,7 +239,7 @@ def step(spark: SparkSession, stage: str, what: str) -> Iterator[None]:
 class Written:
     """An attempt folder holding a stage's kept rows, not yet committed, and what was counted.
     `spark`: set when the attempt also holds the sampled dropped rows (`recipe.rejected`), by reason;
-    `uri` is then the kept rows' folder inside it."""
+    `uri` is then the kept rows' folder inside it, and `side_schema` the reason folders' columns."""
 
     dataset: str
     attempt: str
@@ -253,6 +247,7 @@ class Written:
     schema: pa.Schema
     counted: Tally
     spark: SparkSession | None = None
+    side_schema: StructType | None = None  # the reason folders' columns, when `spark` is set
 
 
 def write_attempt(
@@ -287,12 +282,12 @@ def write_attempt(
     observation = None
     try:
         if counted is None and known_reasons is not None:
-            observation = Observation(f"tally-{attempt}")
-            rows = rows.observe(observation, *_tally_metrics(schema, known_reasons))
+            rows, observation = observe_tally(rows, schema, known_reasons, name=f"tally-{attempt}")
         elif counted is None:
             counted = tally(rows, schema)
         if side:
             rows_out = rejected.with_rejected(rows, schema, fraction, ctx.recipe.rejected.excerpt_chars)
+            side_schema = StructType([f for f in rows_out.schema.fields if f.name != rejected.REASON])
             rejected.write_partitioned(rows_out, uri)
             kept_dir = f"{lake.attempt_path(dataset, ctx.partition, attempt)}/{rejected.KEPT_DIR}"
             if not lake.fs.exists(kept_dir):  # nothing kept: one empty file, as an unpartitioned write leaves
@@ -301,32 +296,41 @@ def write_attempt(
         else:  # append: the fresh folder holds the attempt's lease, which an overwrite would delete
             rows.filter(F.col("drop_reason").isNull()).select(*schema.names).write.mode("append").parquet(uri)
         if observation is not None:
-            counted = _observed_tally(observation.get, known_reasons, strict=not reported_drops)
+            counted = observed_tally(observation.get, known_reasons, strict=not reported_drops)
     except BaseException:
         lake.discard_attempt(dataset, ctx.partition, attempt)
         raise
     if side:
-        return Written(dataset, attempt, f"{uri}/{rejected.KEPT_DIR}", schema, counted, rows.sparkSession)
+        return Written(dataset, attempt, f"{uri}/{rejected.KEPT_DIR}", schema, counted, rows.sparkSession, side_schema)
     return Written(dataset, attempt, uri, schema, counted)
 
 
-def _tally_metrics(schema: pa.Schema, reasons: Sequence[str]) -> list:  # -> list[Column]
+def observe_tally(
+    rows: DataFrame, schema: pa.Schema, reasons: Sequence[str], *extra: Column, name: str | None = None
+) -> tuple[DataFrame, Observation]:
+    """`rows` with the figures of a `tally` (and the `extra` aggregates) observed by whatever action
+    runs on them next, a write or a checkpoint: the tally costs no pass of its own. Read the
+    Observation's `get` with `observed_tally` once the action ran."""
     reason = F.col("drop_reason")
-    return [
+    observation = Observation(name)
+    return rows.observe(
+        observation,
         F.count(F.lit(1)).alias("rows"),
-        F.sum(F.when(reason.isNull(), _row_hash(schema.names))).alias("h"),
+        F.sum(F.when(reason.isNull(), row_hash(schema.names))).alias("h"),
         F.count_if(reason.isNull()).alias("kept"),
         *(F.count_if(reason == r).alias(f"r{i}") for i, r in enumerate(reasons)),
-    ]
+        *extra,
+    ), observation
 
 
-def _observed_tally(metrics: dict[str, Any], reasons: Sequence[str], *, strict: bool = True) -> Tally:
+def observed_tally(metrics: dict[str, Any], reasons: Sequence[str], *, strict: bool = True) -> Tally:
+    """The Tally of `observe_tally`'s figures; `strict`: a row whose reason is not in `reasons` is an error."""
     counts: dict[str | None, int] = {None: int(metrics["kept"])}
     counts.update({r: int(metrics[f"r{i}"]) for i, r in enumerate(reasons) if metrics[f"r{i}"]})
     unnamed = metrics["rows"] - sum(counts.values())
     if unnamed and strict:
         raise RuntimeError(f"{unnamed} rows carry a drop reason outside the stage's list {list(reasons)}")
-    return Tally(counts, _digest(metrics["h"]))
+    return Tally(counts, row_digest(metrics["h"]))
 
 
 def count_by(spark: SparkSession, written: Written, column: str) -> dict[str, int]:
@@ -384,16 +388,15 @@ def commit_rejected(
     """Commit the dropped rows a written attempt holds as `<dataset>.rejected` (same partition, same
     inputs), then take them out of the attempt. It goes before the main commit, so a committed
     partition always has its rejected rows beside it."""
-    assert written.spark is not None
+    assert written.spark is not None and written.side_schema is not None
     lake, spec = ctx.lake, ctx.recipe.rejected
     dirs = rejected.reason_dirs(lake.fs, lake.attempt_path(written.dataset, ctx.partition, written.attempt))
     out = stages.rejected_of(written.dataset)
     attempt = lake.new_attempt(out, ctx.partition)
     uri = lake.uri(lake.attempt_path(out, ctx.partition, attempt))
     try:
-        rejected.rewrite(written.spark, {r: lake.uri(p) for r, p in dirs.items()}, uri, stage, spec.excerpt_chars)
-        rows = written.spark.read.parquet(uri)
-        n, digest = content_digest(rows)
+        got = rejected.rewrite(written.spark, {r: lake.uri(p) for r, p in dirs.items()}, written.side_schema, uri,
+                               stage, spec.excerpt_chars)
         manifest = commit_attempt(
             lake,
             dataset=out,
@@ -401,13 +404,13 @@ def commit_rejected(
             attempt=attempt,
             stage=stage,
             schema=REJECTED,
-            row_count=n,
-            content_digest=digest,
+            row_count=got.rows,
+            content_digest=got.digest,
             inputs=inputs,
             recipe_digest=ctx.recipe.stage_digest(stage),
             params={"fraction": spec.fraction_for(stage), "excerpt_chars": spec.excerpt_chars},
-            counters={"read": sum(dropped.values()), "sampled": counts(rows, "reason") if n else {},
-                      "examples": rejected.examples(rows) if n else {}, **_shard_counter(ctx)},
+            counters={"read": sum(dropped.values()), "sampled": got.sampled, "examples": got.examples,
+                      **_shard_counter(ctx)},
             dropped={},
             airflow=ctx.airflow,
             started=ctx.started,
@@ -417,7 +420,7 @@ def commit_rejected(
         raise
     for path in dirs.values():
         lake.fs.rm(path, recursive=True)
-    print(f"[phiflow]   kept {n} of {sum(dropped.values())} dropped rows in {out}/{manifest.key}", flush=True)
+    print(f"[phiflow]   kept {got.rows} of {sum(dropped.values())} dropped rows in {out}/{manifest.key}", flush=True)
     return manifest
 
 
