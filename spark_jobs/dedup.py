@@ -1,8 +1,11 @@
 """dedup: `<source>.<input>` partition -> `<source>.dedup` (survivors), `<source>.dup_clusters`
 (who merged into whom) and `<source>.minhash` (the survivors' signatures, for later snapshots).
 
-Everything after the per-document hashing is Spark joins and aggregations; nothing about the
-graph is collected to the driver:
+After the per-document hashing, the decisions (steps 3-6) are Spark joins, windows and star rounds
+for a partition of any size (`spark_decisions`). A partition of at most `local_graph_max_docs`
+documents, with its earlier matches, has them made in the driver instead (`driver_decisions`,
+phiflow.records.survivors): one collect of hashes, rule values and signatures and one join back, where
+the Spark plan's dozen jobs would cost more than the work; same rules, same results (tested).
 
 1. `mapInArrow` computes a normalised-content hash, a MinHash signature and LSH band keys.
 2. Documents of earlier snapshots enter as nodes too, read from their committed `<source>.minhash`
@@ -18,7 +21,8 @@ graph is collected to the driver:
    the edges are stars: every node ends up linked to the smallest doc_id of its component.
 6. The survivor of each cluster is the first member by (earlier snapshot first, the recipe's rule,
    doc_id); the cluster id is its smallest doc_id. Both depend only on the rows, so any
-   partitioning of the input gives the same result.
+   partitioning of the input gives the same result. The drop reasons, the kept signatures' digest
+   and the cluster count are observed while the decisions are materialized.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from pyspark.sql.types import ArrayType, IntegerType, LongType, StringType, Stru
 from phiflow.intervals import partitions_before, snapshot_order
 from phiflow.manifest import Manifest, partition_key
 from phiflow.recipe import DedupParams
-from phiflow.records import boilerplate, lsh_graph
+from phiflow.records import boilerplate, lsh_graph, survivors
 from phiflow.records.minhash import SIGNATURE_FAMILY, MinHasher
 from phiflow.schema import DUP_CLUSTERS, MINHASH
 from spark_jobs.engine.dedup_index import HistoryIndex, minhash_rows
@@ -226,16 +230,17 @@ def earlier_nodes(
 
 
 # -- rule ---------------------------------------------------------------------------------------
-def survivor_order(params: DedupParams, columns: list[str]) -> tuple[list[str], list[Column]]:
-    """(rule columns present in the input, sort expressions): earlier origin first, then the rule."""
-    present, order = [], [F.col("origin").asc()]
-    for term in params.survivor:
-        name, direction = term.split()
-        if name == "doc_id" or name not in columns:
-            continue
-        present.append(name)
-        order.append(F.col(name).desc_nulls_last() if direction == "desc" else F.col(name).asc_nulls_last())
-    return present, [*order, F.col("doc_id").asc()]
+def survivor_rule(params: DedupParams, columns: list[str]) -> list[tuple[str, str]]:
+    """The recipe's survivor terms (column, "asc" | "desc") whose columns the input has, doc_id left out
+    (it always comes last)."""
+    terms = (term.split() for term in params.survivor)
+    return [(name, direction) for name, direction in terms if name != "doc_id" and name in columns]
+
+
+def spark_order(rule: list[tuple[str, str]]) -> list[Column]:
+    """Sort expressions of the survivor order: earlier origin first, then the rule (nulls last), doc_id."""
+    terms = [F.col(n).desc_nulls_last() if d == "desc" else F.col(n).asc_nulls_last() for n, d in rule]
+    return [F.col("origin").asc(), *terms, F.col("doc_id").asc()]
 
 
 # -- connected components -----------------------------------------------------------------------
@@ -377,13 +382,84 @@ def merged_by_kind(reasons: dict[str | None, int]) -> dict[str, int]:
     return out
 
 
+def driver_decisions(nodes: DataFrame, rule: list[tuple[str, str]], params: DedupParams, counters: dict) -> DataFrame:
+    """This partition's documents with their decisions, made in the driver (phiflow.records.survivors) from
+    the nodes' hashes, rule values and signatures: one collect and one join instead of the Spark plan's
+    windows and graph jobs. `nodes` must be materialized (it is read twice)."""
+    columns = ["doc_id", "content_hash", "origin", "origin_partition", *(n for n, _ in rule), "bands", "signature"]
+    made = survivors.decide(nodes.select(*columns).toArrow(), rule, exact=params.exact, fuzzy=params.fuzzy,
+                            threshold=params.threshold, recheck_max_bucket=params.recheck_max_bucket)
+    if made.graph is not None:
+        counters |= {"candidate_graph": "driver", "candidate_pairs": made.graph.candidate_pairs,
+                     "verified_pairs": made.graph.verified_pairs}
+        if made.graph.verified_pairs:
+            counters["cc_rounds"] = 0
+    decisions = broadcast_when_small(nodes.sparkSession.createDataFrame(made.rows), made.rows.num_rows)
+    here = nodes.where(F.col("origin") == 0).select("doc_id", "content_hash", "signature", "bands")
+    return here.join(decisions, "doc_id")
+
+
+def spark_decisions(
+    nodes: DataFrame, rule: list[tuple[str, str]], params: DedupParams, counters: dict, graph_docs: int
+) -> DataFrame:
+    """This partition's documents with their decisions, by Spark joins and windows (any size): exact
+    representatives by a window over the content hash, the candidate graph and its components among
+    them, then each cluster's first document by a window over the cluster."""
+    spark, order = nodes.sparkSession, spark_order(rule)
+    by_hash = Window.partitionBy("content_hash").orderBy(*order)
+    rep = F.first("doc_id").over(by_hash) if params.exact else F.col("doc_id")
+    with step(spark, STAGE, "exact"):
+        nodes = _materialize(nodes.withColumn("rep", rep))  # read by the candidates and the survivors
+    group = F.col("rep")
+    if params.fuzzy:
+        reps = nodes.where(F.col("doc_id") == F.col("rep"))
+        with step(spark, STAGE, "candidates"):
+            sigs = broadcast_when_small(reps.select("doc_id", "signature"), graph_docs,
+                                        _ID_ROW_BYTES + 4 * params.num_perm)
+            links = _materialize(candidate_links(reps, sigs, params.threshold, params.recheck_max_bucket))
+            row = links.agg(F.count(F.lit(1)).alias("n"), F.count_if("ok").alias("ok")).first()
+        counters |= {"candidate_graph": "spark", "candidate_pairs": int(row["n"]), "verified_pairs": int(row["ok"])}
+        if counters["verified_pairs"]:
+            with step(spark, STAGE, "components"):
+                cc = spark_components(links.where("ok").select("a", "b"), counters, params.max_iterations)
+            roots = broadcast_when_small(cc.withColumnRenamed("node", "rep"), 2 * counters["verified_pairs"])
+            nodes = nodes.join(roots, "rep", "left")
+            group = F.coalesce(F.col("root"), F.col("rep"))
+    nodes = nodes.withColumn("group", group)
+    in_group = Window.partitionBy("group")
+    first = F.first(F.struct("doc_id", "content_hash", "origin_partition", "origin")).over(
+        Window.partitionBy("group").orderBy(*order)
+    )
+    merged_here = (F.col("origin") == 0) & (F.col("s.doc_id") != F.col("doc_id"))
+    return (
+        nodes.withColumn("cluster_id", F.min("doc_id").over(in_group))
+        .withColumn("s", first)
+        # one row per cluster that merges documents of this partition: what counts the clusters
+        .withColumn("first_merged", F.min(F.when(merged_here, F.col("doc_id"))).over(in_group))
+        .where(F.col("origin") == 0)
+        .select(
+            "doc_id",
+            "content_hash",
+            "signature",
+            "bands",
+            "cluster_id",
+            F.col("s.doc_id").alias("survivor_id"),
+            F.col("s.origin_partition").alias("survivor_partition"),
+            F.when(F.col("s.content_hash") == F.col("content_hash"), "exact").otherwise("fuzzy").alias("kind"),
+            (F.col("s.origin") < 0).alias("earlier"),
+            F.coalesce(F.col("first_merged") == F.col("doc_id"), F.lit(False)).alias("cluster_head"),
+        )
+    )
+
+
 def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     params = ctx.recipe.stages.dedup
     io = ctx.io(STAGE)
     source = ctx.lake.require(io.input, ctx.partition)
     docs = spark.read.parquet(*ctx.lake.data_files(source))
     out_schema = to_arrow_schema(docs.schema, timezone="UTC")
-    rule_cols, order = survivor_order(params, docs.columns)
+    rule = survivor_rule(params, docs.columns)
+    rule_cols = [name for name, _ in rule]
     print(
         f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents; survivor rule "
         f"{[*rule_cols, 'doc_id']}; bands {params.bands} x rows {params.rows}, threshold {params.threshold}",
@@ -403,6 +479,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                         StructField("line_keys", ArrayType(LongType()))])
     current = docs.select(*keep, "text", *(["url"] if sites is not None else [])).mapInArrow(
         signature_batches(mh, keep, sites), lined if sites is not None else feat_schema)
+    hashed = False  # whether `current` is read from a checkpoint, not computed again by each reader
     if sites is not None:
         with step(spark, STAGE, "hash, boilerplate"):
             current = _materialize(current)  # read by the line counts and by everything after
@@ -412,10 +489,11 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                 current, counters["boilerplate_pages"] = strip_boilerplate(
                     docs, current, keys, mh, keep, feat_schema, params.boilerplate_min_words)
             else:
-                current = current.drop("site", "line_keys")
+                current, hashed = current.drop("site", "line_keys"), True
     current = current.withColumn("origin", F.lit(0)).withColumn("origin_partition", F.lit(partition_key(ctx.partition)))
     nodes = current
-    counters |= {"read": source.row_count, "earlier_partitions": [m.key for m in prior_manifests]}
+    counters |= {"read": source.row_count, "earlier_partitions": [m.key for m in prior_manifests],
+                 "earlier_candidates": 0}
     if prior_manifests:
         with step(spark, STAGE, "hash"):
             current = _materialize(current)  # read by the history lookup and by the graph
@@ -431,66 +509,17 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
                 }
             else:
                 matched = full_history_matches(spark, ctx, current, prior_manifests)
-            nodes = current.unionByName(
-                earlier_nodes(ctx, _materialize(matched), prior_manifests, current, rule_cols, docs.schema)
-            )
-    by_hash = Window.partitionBy("content_hash").orderBy(*order)
-    rep = F.first("doc_id").over(by_hash) if params.exact else F.col("doc_id")
-    with step(spark, STAGE, "exact" if prior_manifests else "hash, exact"):
-        nodes = _materialize(nodes.withColumn("rep", rep))  # read by the candidates and the survivors
-    counters["earlier_candidates"] = nodes.where("origin < 0").count() if prior_manifests else 0
-    group = F.col("rep")
-    if params.fuzzy:
-        reps = nodes.where(F.col("doc_id") == F.col("rep"))
-        graph_docs = source.row_count + counters["earlier_candidates"]
-        if graph_docs <= params.local_graph_max_docs:
-            with step(spark, STAGE, "candidates, components (driver)"):
-                graph = lsh_graph.from_arrow(reps.select("doc_id", "bands", "signature").toArrow(),
-                                             params.threshold, params.recheck_max_bucket)
-            counters |= {"candidate_graph": "driver", "candidate_pairs": graph.candidate_pairs,
-                         "verified_pairs": graph.verified_pairs}
-            if graph.verified_pairs:
-                counters["cc_rounds"] = 0
-                cc = spark.createDataFrame(graph.roots, "node string, root string")
-        else:
-            with step(spark, STAGE, "candidates"):
-                sigs = broadcast_when_small(reps.select("doc_id", "signature"), graph_docs,
-                                            _ID_ROW_BYTES + 4 * params.num_perm)
-                links = _materialize(candidate_links(reps, sigs, params.threshold, params.recheck_max_bucket))
-                row = links.agg(F.count(F.lit(1)).alias("n"), F.count_if("ok").alias("ok")).first()
-            counters |= {"candidate_graph": "spark", "candidate_pairs": int(row["n"]), "verified_pairs": int(row["ok"])}
-            if counters["verified_pairs"]:
-                with step(spark, STAGE, "components"):
-                    cc = spark_components(links.where("ok").select("a", "b"), counters, params.max_iterations)
-        if counters["verified_pairs"]:
-            roots = broadcast_when_small(cc.withColumnRenamed("node", "rep"), 2 * counters["verified_pairs"])
-            nodes = nodes.join(roots, "rep", "left")
-            group = F.coalesce(F.col("root"), F.col("rep"))
-    nodes = nodes.withColumn("group", group)
-    in_group = Window.partitionBy("group")
-    first = F.first(F.struct("doc_id", "content_hash", "origin_partition", "origin")).over(
-        Window.partitionBy("group").orderBy(*order)
-    )
-    merged_here = (F.col("origin") == 0) & (F.col("s.doc_id") != F.col("doc_id"))
-    decided = (
-        nodes.withColumn("cluster_id", F.min("doc_id").over(in_group))
-        .withColumn("s", first)
-        # one row per cluster that merges documents of this partition: what counts the clusters
-        .withColumn("first_merged", F.min(F.when(merged_here, F.col("doc_id"))).over(in_group))
-        .where(F.col("origin") == 0)
-        .select(
-            "doc_id",
-            "content_hash",
-            "signature",
-            "bands",
-            "cluster_id",
-            F.col("s.doc_id").alias("survivor_id"),
-            F.col("s.origin_partition").alias("survivor_partition"),
-            F.when(F.col("s.content_hash") == F.col("content_hash"), "exact").otherwise("fuzzy").alias("kind"),
-            (F.col("s.origin") < 0).alias("earlier"),
-            (F.col("first_merged") == F.col("doc_id")).alias("cluster_head"),
-        )
-    )
+            earlier = _materialize(earlier_nodes(ctx, matched, prior_manifests, current, rule_cols, docs.schema))
+            counters["earlier_candidates"] = earlier.count()
+            nodes = current.unionByName(earlier)
+    graph_docs = source.row_count + counters["earlier_candidates"]
+    if graph_docs <= params.local_graph_max_docs:
+        with step(spark, STAGE, "decisions (driver)"):
+            if not (hashed or prior_manifests):  # read by the decisions and by the join
+                nodes = current = _materialize(current)
+            decided = driver_decisions(nodes, rule, params, counters)
+    else:
+        decided = spark_decisions(nodes, rule, params, counters, graph_docs)
     decided = decided.withColumn(
         "drop_reason",
         F.when(F.col("survivor_id") == F.col("doc_id"), None).otherwise(

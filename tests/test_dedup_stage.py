@@ -162,6 +162,45 @@ def test_the_driver_graph_gives_the_spark_plans_outputs(spark, planted_run, tmp_
     assert driver.counters["verified_pairs"] > 0
 
 
+@pytest.mark.parametrize("exact", [True, False])
+def test_the_driver_decisions_are_the_spark_plans_on_random_nodes(spark, test_recipe, exact) -> None:
+    """Random nodes of this and two earlier snapshots: content hashes from a small alphabet (exact groups),
+    band keys and signatures that link some of them, a survivor rule over a float column with nulls and
+    NaN and a timestamp column with nulls, non-ASCII doc_ids: phiflow.records.survivors decides what the
+    Spark windows and joins decide, row for row."""
+    rng = np.random.default_rng(7 if exact else 8)
+    n, bands, perm = 300, 4, 12
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    templates = rng.integers(0, 4, (10, perm))
+    rows = []
+    for i in range(n):
+        origin = int(rng.choice([0, 0, 0, -1, -999_999]))
+        sig = np.where(rng.random(perm) < 0.2, rng.integers(0, 4, perm), templates[rng.integers(0, 10)])
+        score = float(rng.choice([0.1, 0.5, 0.9, np.nan])) if rng.random() > 0.2 else None
+        fetched = t0 + timedelta(days=int(rng.integers(0, 5))) if rng.random() > 0.2 else None
+        words = rng.random() > 0.05
+        rows.append((f"{rng.choice(['d', 'é', 'Z'])}{rng.integers(0, 10**6):06d}-{i}", f"h{rng.integers(0, 40)}",
+                     origin, f"snapshot=S{origin}", score, fetched,
+                     rng.integers(0, 25, bands).tolist() if words else None, sig.tolist() if words else None))
+    nodes = spark.createDataFrame(rows, "doc_id string, content_hash string, origin int, origin_partition string, "
+                                        "quality_score double, fetch_time timestamp, bands array<bigint>, "
+                                        "signature array<int>").localCheckpoint()
+    params = test_recipe.stages.dedup.model_copy(update={"exact": exact, "threshold": 0.6, "recheck_max_bucket": 5,
+                                                         "survivor": ["quality_score desc", "fetch_time asc"]})
+    rule = dedup.survivor_rule(params, nodes.columns)
+    assert rule == [("quality_score", "desc"), ("fetch_time", "asc")]
+    names = ["doc_id", "cluster_id", "survivor_id", "survivor_partition", "kind", "earlier", "cluster_head"]
+    driven, planned = {}, {}
+    got = dedup.driver_decisions(nodes, rule, params, driven).select(*names).collect()
+    want = dedup.spark_decisions(nodes, rule, params, planned, n).select(*names).collect()
+    assert sorted(map(tuple, got)) == sorted(map(tuple, want))
+    assert len(got) == sum(r[2] == 0 for r in rows)
+    assert {r["kind"] for r in got} == {"exact", "fuzzy"} and any(r["earlier"] for r in got)
+    assert sum(r["doc_id"] != r["survivor_id"] for r in got) > sum(r["cluster_head"] for r in got) > 0
+    for counter in ("candidate_pairs", "verified_pairs"):
+        assert driven[counter] == planned[counter] > 0, counter
+
+
 @pytest.mark.parametrize(("threshold", "recheck"), [(0.7, 100), (0.5, 3), (0.0, 100)])
 def test_the_driver_graph_is_the_spark_graph_on_random_buckets(spark, threshold, recheck) -> None:
     """Random band keys from a small alphabet (buckets of every size, one giant) and signatures drawn
