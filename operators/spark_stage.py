@@ -15,10 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import Asset
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from airflow.sdk import Asset, BaseHook
+from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException, AirflowSkipException
 
+from operators import jvm_archive
 from operators.lineage import manifest_lineage
 from operators.llm_hook import LLMConnectionHook
 from phiflow import settings, stages
@@ -47,9 +49,19 @@ def stage_env() -> dict[str, str]:
         "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
         "PHIFLOW_HOME": str(settings.home()),
         "PHIFLOW_LAKE": settings.lake_root(),
-        # Spark at WARN in task logs (spark_jobs/conf/log4j2.properties), unless a cluster's own config is named
-        "SPARK_CONF_DIR": os.environ.get("SPARK_CONF_DIR") or str(REPO_ROOT / "spark_jobs" / "conf"),
+        # a cluster's own config dir, when one is named (else logging comes from `driver_java_options`)
+        **({"SPARK_CONF_DIR": os.environ["SPARK_CONF_DIR"]} if os.environ.get("SPARK_CONF_DIR") else {}),
     }
+
+
+def driver_java_options(conf: dict[str, str]) -> dict[str, str]:
+    """Spark at WARN in task logs (spark_jobs/conf/log4j2.properties), unless a SPARK_CONF_DIR names a
+    cluster's own config: a system property rather than a conf dir, which would sit on the driver's class
+    path and keep it from the class archive (operators/jvm_archive.py)."""
+    if os.environ.get("SPARK_CONF_DIR"):
+        return conf
+    option = f"-Dlog4j2.configurationFile={REPO_ROOT / 'spark_jobs' / 'conf' / 'log4j2.properties'}"
+    return {**conf, jvm_archive.JAVA_OPTIONS: f"{conf.get(jvm_archive.JAVA_OPTIONS, '')} {option}".strip()}
 
 
 class SparkStageOperator(SparkSubmitOperator):
@@ -76,12 +88,12 @@ class SparkStageOperator(SparkSubmitOperator):
         lake = Lake()
         entry = stages.stage(stage)
         io = entry.io(recipe, source)
-        conf = {
+        conf = driver_java_options({
             "spark.ui.showConsoleProgress": "false",
             "spark.sql.session.timeZone": "UTC",
             "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
             **recipe.spark.conf,
-        }
+        })
         super().__init__(
             application=str(REPO_ROOT / entry.job_file),
             conn_id=recipe.spark.conn_id,
@@ -147,6 +159,9 @@ class SparkStageOperator(SparkSubmitOperator):
             "logical_date": str(context.get("logical_date")),
         }
         lake = Lake()
+        local = self.local_master()
+        if local:
+            jvm_archive.ensure(self.conf, self.warm_jvm)
         if self.llm_conn_id:  # the job reads the connection from its environment, not from Airflow
             self.env_vars = {**(self.env_vars or {}), **LLMConnectionHook(self.llm_conn_id).job_environment()}
         for partition in parts:
@@ -167,7 +182,12 @@ class SparkStageOperator(SparkSubmitOperator):
                 str((context.get("params") or {}).get("shards") or "missing"),
             ]
             self._hook = None  # the hook captures application_args when it is built
-            super().execute(context)
+            base = self.conf
+            try:
+                self.conf = jvm_archive.mapped(base) if local else base
+                super().execute(context)
+            finally:
+                self.conf = base
             for dataset in self.outputs:
                 m = lake.require(dataset, self.output_partition(partition))
                 if m.airflow.get("run_id") != ti.run_id or m.airflow.get("try_number") != ti.try_number:
@@ -190,6 +210,20 @@ class SparkStageOperator(SparkSubmitOperator):
                 "partitions": [s for s in summaries if s["dataset"] == dataset]
             }
         return summaries
+
+    def warm_jvm(self, conf: dict[str, str]) -> None:
+        """spark-submit the warm-up job (spark_jobs/engine/warm_jvm.py) as this stage would be submitted."""
+        SparkSubmitHook(conf=conf, conn_id=self._conn_id, driver_memory=self._driver_memory, env_vars=self.env_vars,
+                        name="phiflow-warm-jvm").submit(str(REPO_ROOT / "spark_jobs" / "engine" / "warm_jvm.py"))
+
+    def local_master(self) -> bool:
+        """Whether the Spark connection runs the driver on this machine (`local[...]`): then the driver
+        JVM maps the class archive of earlier stage runs (operators/jvm_archive.py)."""
+        try:
+            host = BaseHook.get_connection(self._conn_id).host or ""
+        except AirflowNotFoundException:
+            return False
+        return host.startswith("local")
 
     def unchanged_output(self, context: Any, partition: dict[str, str]) -> bool:
         """An asset-triggered run that sees the same committed inputs again does nothing: True when the

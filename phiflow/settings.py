@@ -37,6 +37,13 @@ def model_cache() -> Path:
     return Path(os.environ.get("PHIFLOW_MODEL_CACHE", default))
 
 
+def jvm_cache() -> Path:
+    """Class archives of the local Spark JVM (operators/jvm_archive.py): per user and keyed by the Spark
+    install and Java they were made with, so test homes and demo runs of one checkout share one."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "phiflow" / "jvm"
+    return Path(os.environ.get("PHIFLOW_JVM_CACHE", default))
+
+
 def default_recipe() -> Path:
     return Path(os.environ.get("PHIFLOW_RECIPE", PROJECT_ROOT / "recipes" / "demo.yaml"))
 
