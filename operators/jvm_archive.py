@@ -48,7 +48,7 @@ def _with_option(conf: dict[str, str], option: str) -> dict[str, str]:
 def mapped(conf: dict[str, str]) -> dict[str, str]:
     """`conf` with the driver JVM option that maps the archive, when there is one."""
     archive = archive_path()
-    return _with_option(conf, f"-XX:SharedArchiveFile={archive}") if archive.exists() else conf
+    return _with_option(conf, f'-XX:SharedArchiveFile="{archive}"') if archive.exists() else conf
 
 
 def ensure(conf: dict[str, str], submit: Callable[[dict[str, str]], None]) -> bool:
@@ -69,7 +69,7 @@ def ensure(conf: dict[str, str], submit: Callable[[dict[str, str]], None]) -> bo
             return True
         written = archive.with_name(f"{archive.stem}.{uuid.uuid4().hex}.tmp")
         try:
-            submit(_with_option(conf, f"-XX:ArchiveClassesAtExit={written}"))
+            submit(_with_option(conf, f'-XX:ArchiveClassesAtExit="{written}"'))
             if written.exists():
                 os.replace(written, archive)  # atomic: a reader maps a whole archive or none
         except Exception as e:  # an archive is an optimisation, never a reason to fail a stage

@@ -60,7 +60,7 @@ def driver_java_options(conf: dict[str, str]) -> dict[str, str]:
     path and keep it from the class archive (operators/jvm_archive.py)."""
     if os.environ.get("SPARK_CONF_DIR"):
         return conf
-    option = f"-Dlog4j2.configurationFile={REPO_ROOT / 'spark_jobs' / 'conf' / 'log4j2.properties'}"
+    option = f'-Dlog4j2.configurationFile="{REPO_ROOT / "spark_jobs" / "conf" / "log4j2.properties"}"'
     return {**conf, jvm_archive.JAVA_OPTIONS: f"{conf.get(jvm_archive.JAVA_OPTIONS, '')} {option}".strip()}
 
 

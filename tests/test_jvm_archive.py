@@ -34,14 +34,14 @@ def files(folder: Path) -> list[str]:
 
 
 def test_the_warm_up_writes_the_archive_and_stage_jvms_map_it(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("PHIFLOW_JVM_CACHE", str(tmp_path / "jvm"))
+    monkeypatch.setenv("PHIFLOW_JVM_CACHE", str(tmp_path / "jvm cache"))  # a path with a space in it
     archive = jvm_archive.archive_path()
     conf = {JAVA_OPTIONS: "-XX:+UseSerialGC"}
     assert jvm_archive.mapped(conf) == conf  # none yet
     assert jvm_archive.ensure(conf, lambda c: submit(WARM, c))
     assert archive.stat().st_size > 10 * 2**20 and files(archive.parent) == [archive.name]  # thousands of classes
     stage = jvm_archive.mapped(conf)
-    assert stage[JAVA_OPTIONS] == f"-XX:+UseSerialGC -XX:SharedArchiveFile={archive}"
+    assert stage[JAVA_OPTIONS] == f'-XX:+UseSerialGC -XX:SharedArchiveFile="{archive}"'  # quoted: spaces
     submit(WARM, {JAVA_OPTIONS: f"{stage[JAVA_OPTIONS]} -Xshare:on"})  # -Xshare:on: fails unless it maps
     assert jvm_archive.ensure(conf, lambda c: pytest.fail("written again"))
 
@@ -67,5 +67,5 @@ def test_a_concurrent_writer_is_not_waited_for(tmp_path, monkeypatch) -> None:
     with open(folder / "lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         assert not jvm_archive.ensure({}, lambda c: pytest.fail("a second writer ran"))
-    assert jvm_archive.ensure({}, lambda c: Path(c[JAVA_OPTIONS].split("=", 1)[1]).write_bytes(b"classes"))
+    assert jvm_archive.ensure({}, lambda c: Path(c[JAVA_OPTIONS].split("=", 1)[1].strip('"')).write_bytes(b"classes"))
     assert jvm_archive.archive_path().read_bytes() == b"classes" and files(folder) == [jvm_archive.archive_path().name]
