@@ -136,7 +136,7 @@ def rewrite(
     rows = functools.reduce(lambda a, b: a.unionByName(b), frames)
     projected = projection(rows.columns, stage, excerpt_chars)
     rows = rows.select(*(c.cast(f.dataType).alias(f.name) for c, f in zip(projected, schema.fields, strict=True)))
-    seen = Observation("rejected")
+    seen = Observation()  # a name of its own: concurrent commits in one session never share one
     reasons = sorted(dirs)
     rows = rows.observe(seen, F.count(F.lit(1)).alias("n"), F.sum(row_hash(schema.names)).alias("h"),
                         *(m for i, r in enumerate(reasons) for m in _reason_metrics(i, r)))
