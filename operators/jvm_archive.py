@@ -41,14 +41,15 @@ def archive_path() -> Path:
     return settings.jvm_cache() / f"spark-{version('pyspark')}-{key}.jsa"
 
 
-def _with_option(conf: dict[str, str], option: str) -> dict[str, str]:
+def with_java_option(conf: dict[str, str], option: str) -> dict[str, str]:
+    """`conf` with `option` added to the driver JVM's options."""
     return {**conf, JAVA_OPTIONS: f"{conf.get(JAVA_OPTIONS, '')} {option}".strip()}
 
 
 def mapped(conf: dict[str, str]) -> dict[str, str]:
     """`conf` with the driver JVM option that maps the archive, when there is one."""
     archive = archive_path()
-    return _with_option(conf, f'-XX:SharedArchiveFile="{archive}"') if archive.exists() else conf
+    return with_java_option(conf, f'-XX:SharedArchiveFile="{archive}"') if archive.exists() else conf
 
 
 def ensure(conf: dict[str, str], submit: Callable[[dict[str, str]], None]) -> bool:
@@ -69,7 +70,7 @@ def ensure(conf: dict[str, str], submit: Callable[[dict[str, str]], None]) -> bo
             return True
         written = archive.with_name(f"{archive.stem}.{uuid.uuid4().hex}.tmp")
         try:
-            submit(_with_option(conf, f'-XX:ArchiveClassesAtExit="{written}"'))
+            submit(with_java_option(conf, f'-XX:ArchiveClassesAtExit="{written}"'))
             if written.exists():
                 os.replace(written, archive)  # atomic: a reader maps a whole archive or none
         except Exception as e:  # an archive is an optimisation, never a reason to fail a stage

@@ -61,7 +61,7 @@ def driver_java_options(conf: dict[str, str]) -> dict[str, str]:
     if os.environ.get("SPARK_CONF_DIR"):
         return conf
     option = f'-Dlog4j2.configurationFile="{REPO_ROOT / "spark_jobs" / "conf" / "log4j2.properties"}"'
-    return {**conf, jvm_archive.JAVA_OPTIONS: f"{conf.get(jvm_archive.JAVA_OPTIONS, '')} {option}".strip()}
+    return jvm_archive.with_java_option(conf, option)
 
 
 class SparkStageOperator(SparkSubmitOperator):
