@@ -3,13 +3,16 @@
 It is the apache-spark provider's SparkSubmitOperator (so the cluster is whatever the Spark
 connection says: local[*], standalone, YARN, Kubernetes) plus what a stage needs around it:
 which partitions this run owns, the manifest it committed (counters into the log, XCom and the
-asset event), and OpenLineage inputs and outputs taken from the manifests.
+asset event), and OpenLineage inputs and outputs taken from the manifests. With a local master and
+`spark.session: connect`, the job runs instead as a client of one shared local Spark Connect server
+(spark_jobs/engine/connect_server.py): no driver JVM of its own per task.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +32,7 @@ from phiflow.manifest import Manifest
 from phiflow.recipe import load_recipe
 from phiflow.shards import shard_ids
 from phiflow.storage import Lake
+from spark_jobs.engine import connect_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,6 +117,10 @@ class SparkStageOperator(SparkSubmitOperator):
         self.input_dataset = io.inputs[0] if io.inputs else None
         self.partition_by_source = entry.partitioned_by_source
         self.llm_conn_id = recipe.llm.api_key_conn_id if entry.calls_llm else None
+        # A stage that calls the LLM keeps processes of its own: its connection's secret goes to its own
+        # job's environment, never into a server other tasks share.
+        self.connect = recipe.spark.session == "connect" and not entry.calls_llm
+        self._client: subprocess.Popen | None = None
         self.partitions_callable = partitions_callable  # (recipe_path, context) -> partitions: overrides the rest
         self.fixed_partition = fixed_partition  # stages with one partition across intervals (a classifier)
         self._committed: list[Manifest] = []
@@ -182,12 +190,15 @@ class SparkStageOperator(SparkSubmitOperator):
                 str((context.get("params") or {}).get("shards") or "missing"),
             ]
             self._hook = None  # the hook captures application_args when it is built
-            base = self.conf
-            try:
-                self.conf = jvm_archive.mapped(base) if local else base
-                super().execute(context)
-            finally:
-                self.conf = base
+            if local and self.connect:
+                self.run_client()
+            else:
+                base = self.conf
+                try:
+                    self.conf = jvm_archive.mapped(base) if local else base
+                    super().execute(context)
+                finally:
+                    self.conf = base
             for dataset in self.outputs:
                 m = lake.require(dataset, self.output_partition(partition))
                 if m.airflow.get("run_id") != ti.run_id or m.airflow.get("try_number") != ti.try_number:
@@ -210,6 +221,38 @@ class SparkStageOperator(SparkSubmitOperator):
                 "partitions": [s for s in summaries if s["dataset"] == dataset]
             }
         return summaries
+
+    def run_client(self) -> None:
+        """The job file as a Spark Connect client of the shared local server, its output in this log."""
+        env = {**os.environ, **(self.env_vars or {})}
+        with connect_server.session(self.connect_command(), env) as url:
+            self.log.info("Spark Connect client of %s: %s", url, os.path.basename(self.application))
+            self._client = subprocess.Popen(
+                [sys.executable, self.application, *self.application_args], env={**env, "SPARK_REMOTE": url},
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+            try:
+                for line in self._client.stdout or ():
+                    self.log.info("%s", line.rstrip())
+                code = self._client.wait()
+            finally:
+                self._client = None
+        if code:
+            raise AirflowException(f"{os.path.basename(self.application)} exited with status {code}")
+
+    def connect_command(self) -> list[str]:
+        """spark-submit of the Spark Connect server, with this stage's master, memory and settings: equal
+        for every stage of a recipe, so they share one server. (Not the class archive: the server starts
+        once, and whether the archive exists yet must not make two servers.)"""
+        master = BaseHook.get_connection(self._conn_id).host
+        return ["spark-submit", "--master", master, *(a for k, v in self.conf.items() for a in ("--conf", f"{k}={v}")),
+                "--driver-memory", self._driver_memory, "--name", "phiflow-connect-server",
+                "--class", connect_server.SERVER_CLASS, "spark-internal"]
+
+    def on_kill(self) -> None:
+        if self._client is not None:
+            self._client.kill()
+        else:
+            super().on_kill()
 
     def warm_jvm(self, conf: dict[str, str]) -> None:
         """spark-submit the warm-up job (spark_jobs/engine/warm_jvm.py) as this stage would be submitted."""

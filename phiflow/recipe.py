@@ -223,6 +223,9 @@ class SparkSettings(Strict):
     driver_memory: str = "2g"
     executor_memory: str = "2g"
     conf: dict[str, str] = Field(default_factory=dict)
+    # With a local master, `connect` runs every stage that calls no LLM as a client of one long-lived
+    # local Spark Connect server instead of a spark-submit of its own (spark_jobs/engine/connect_server.py)
+    session: Literal["submit", "connect"] = "submit"
 
 
 class CommonCrawlExtractParams(Strict):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start or stop the Airflow services of the embedded default (api-server, scheduler, dag-processor,
 # triggerer) as separate processes, with pid files under $AIRFLOW_HOME/run, so that `stop` ends
-# exactly these processes (and their children) and nothing else.
+# exactly these processes (and their children) and nothing else; `stop` also ends the local Spark
+# Connect server that the stage tasks started and shared (spark_jobs/engine/connect_server.py).
 # Network: the api-server listens on 127.0.0.1 only; the scheduler and the triggerer run without
 # their log servers (`serve-logs` binds every interface and has no setting to change that): on one
 # machine the api-server reads task and trigger logs from $AIRFLOW_HOME/logs directly.
@@ -56,6 +57,8 @@ stop() {
     fi
     rm -f "$RUN/$s.pid"
   done
+  # the local Spark Connect server the stage tasks shared (spark_jobs/engine/connect_server.py), if any
+  python -m spark_jobs.engine.connect_server stop
 }
 
 case "${1:-}" in

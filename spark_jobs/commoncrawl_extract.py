@@ -30,6 +30,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+from pyspark.sql import functions as F
 
 from phiflow import shards
 from phiflow.manifest import InputRef, Manifest
@@ -170,7 +171,9 @@ def extract_shard(spark, ctx: StageContext, plan: ShardPlan) -> Manifest:
     lake = ctx.lake
     attempt = lake.new_attempt(dataset, ctx.partition)
     report_dir = lake.uri(lake.attempt_path(dataset, ctx.partition, attempt))
-    listing = spark.sparkContext.parallelize([(u,) for u in urls], len(urls)).toDF("warc_url string")
+    # one file per Spark partition, in listing order (a range of n ids in n slices holds one id each)
+    listing = spark.range(0, len(urls), 1, len(urls)).select(
+        F.element_at(F.array(*(F.lit(u) for u in urls)), F.col("id").cast("int") + 1).alias("warc_url"))
     extract = extract_files(ctx.source, params, report_dir, rejected_excerpt(ctx, STAGE))
     rows = listing.mapInArrow(extract, spark_schema(ROWS))
     with step(spark, STAGE, f"shard {ctx.partition[shards.SHARD]}, {len(urls)} files"):

@@ -32,7 +32,7 @@ from phiflow.manifest import InputRef, Manifest
 from phiflow.recipe import BenchmarkFile, DecontaminateParams
 from phiflow.records.ngrams import BenchmarkIndex, Item, present
 from phiflow.schema import CONTAMINATION, NGRAM_ALLOWLIST, with_drop_reason
-from spark_jobs.engine.stage_io import StageContext, commit_partition, spark_schema, stage_main
+from spark_jobs.engine.stage_io import StageContext, commit_partition, shared, spark_schema, stage_main
 
 STAGE = "decontaminate"
 # A reference document holding at least this share of an item's 7-grams carries the item: its n-grams of
@@ -101,7 +101,7 @@ def allowlist(
     """(n, ngram_hash, doc_freq) of benchmark n-grams frequent in every reference dataset."""
     src = ctx.recipe.source(ctx.source)
     sizes = sorted({params.long_n, params.short_n})
-    plain = spark.sparkContext.broadcast(index)
+    plain = shared(spark, index)
     used, result = [], None
     for dataset in params.allowlist_references:
         parts = partitions_before(ctx.lake, dataset, src, ctx.partition, inclusive=True)
@@ -189,7 +189,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     )
     report = (
         docs.select("doc_id", "source", "source_uri", "parent_ids", "text")
-        .mapInArrow(flag_documents(spark.sparkContext.broadcast(index)), spark_schema(with_drop_reason(CONTAMINATION)))
+        .mapInArrow(flag_documents(shared(spark, index)), spark_schema(with_drop_reason(CONTAMINATION)))
         .persist(StorageLevel.DISK_ONLY)  # read by the report and the document drops; on disk
     )
     try:

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -47,8 +48,10 @@ from spark_jobs.engine.dedup_index import HistoryIndex, minhash_rows
 from spark_jobs.engine.stage_io import (
     StageContext,
     commit_partition,
+    connected,
     observe_tally,
     observed_tally,
+    shared,
     stage_main,
     step,
 )
@@ -159,7 +162,7 @@ def strip_boilerplate(docs: DataFrame, hashed: DataFrame, keys: np.ndarray, mh: 
                            .join(key_df, "key", "left_semi").select("doc_id").distinct())
     pages = touched.count()
     redo = docs.join(touched, "doc_id", "left_semi").select(*keep, "text", "url").mapInArrow(
-        stripped_batches(mh, keep, spark.sparkContext.broadcast(keys), min_words), schema)
+        stripped_batches(mh, keep, shared(spark, keys), min_words), schema)
     rest = hashed.join(touched, "doc_id", "left_anti").select(*schema.fieldNames())
     return rest.unionByName(redo), pages
 
@@ -244,10 +247,19 @@ def spark_order(rule: list[tuple[str, str]]) -> list[Column]:
 
 
 # -- connected components -----------------------------------------------------------------------
-def _materialize(df: DataFrame) -> DataFrame:
-    """Cut the lineage between rounds: a reliable checkpoint when a checkpoint dir is set."""
-    sc = df.sparkSession.sparkContext
-    return df.checkpoint() if sc.getCheckpointDir() else df.localCheckpoint()
+def _materialize(df: DataFrame, observed: bool = False) -> DataFrame:
+    """Cut the lineage between rounds: a reliable checkpoint when a checkpoint dir is set (a cluster's
+    SparkContext; a Spark Connect client cannot ask, and runs only on the local server: local).
+    `observed`: the caller reads an Observation of `df`, which a Spark Connect client receives with a
+    query's result but not with a checkpoint's; there the rows are kept on disk and counted instead
+    (the caller unpersists them)."""
+    spark = df.sparkSession
+    if connected(spark):
+        if observed:
+            df.persist(StorageLevel.DISK_ONLY).count()
+            return df
+        return df.localCheckpoint()
+    return df.checkpoint() if spark.sparkContext.getCheckpointDir() else df.localCheckpoint()
 
 
 def _large_star(edges: DataFrame) -> DataFrame:
@@ -474,7 +486,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
         with step(spark, STAGE, "boilerplate sites"):
             big = template_sites(docs, params)
         counters |= {"boilerplate_sites": len(big), "boilerplate_lines": 0, "boilerplate_pages": 0}
-        sites = spark.sparkContext.broadcast(big) if big else None
+        sites = shared(spark, big) if big else None
     lined = StructType([*feat_schema.fields, StructField("site", StringType()),
                         StructField("line_keys", ArrayType(LongType()))])
     current = docs.select(*keep, "text", *(["url"] if sites is not None else [])).mapInArrow(
@@ -529,7 +541,7 @@ def run(spark: SparkSession, ctx: StageContext) -> Manifest:
     # the drop reasons, the minhash partition's digest and the clusters, counted while materialized
     decided, seen = observe_tally(decided, MINHASH, DROP_REASONS, F.count_if("cluster_head").alias("clusters"))
     with step(spark, STAGE, "survivors"):
-        decided = _materialize(decided)
+        decided = _materialize(decided, observed=True)
     try:
         counted = observed_tally(seen.get, DROP_REASONS)
         counters["clusters"] = int(seen.get["clusters"])

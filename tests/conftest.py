@@ -38,12 +38,16 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    os.environ["PHIFLOW_CONNECT_IDLE_S"] = "120"  # a test module's Spark Connect server goes soon after it
     (home / "lineage").mkdir(parents=True, exist_ok=True)
     (home / "airflow").mkdir(parents=True, exist_ok=True)
     write_test_recipe(home / "recipe.yaml")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    from spark_jobs.engine import connect_server
+
+    connect_server.stop()  # the session home's Spark Connect server, when a stage task started one
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 

@@ -48,25 +48,43 @@ def load_model(cfg: RunConfig, ckpt_dir: str) -> Any:
 
 
 @torch.no_grad()
-def continuation_logprob(model: Any, context: list[int], choice: list[int], seq_length: int) -> float:
-    """log P(choice | context), the context cut from the left to fit the model's sequence length."""
-    ids = (context + choice)[-seq_length:]
-    n, length = len(choice), len(ids)
-    if n >= length:
-        raise ValueError(f"a choice of {n} tokens leaves no context within seq_length {seq_length}")
-    tokens = torch.tensor([ids], dtype=torch.long)
-    positions = torch.arange(length, dtype=torch.long)[None]
-    mask = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)[None, None]  # True: hidden
-    logp = torch.log_softmax(model(tokens, positions, mask).float(), dim=-1)[0]
-    return float(logp[length - n - 1 : length - 1].gather(1, tokens[0, length - n :, None]).sum())
+def continuation_logprobs(model: Any, pairs: list[tuple[list[int], list[int]]], seq_length: int,
+                          batch_size: int = 32) -> list[float]:
+    """log P(choice | context) of each (context, choice), each context cut from the left to fit the
+    model's sequence length. Sequences of similar length share a forward pass, right-padded to the
+    longest: under the causal mask a position sees only the tokens before it, so padding after a
+    sequence changes none of its log-probabilities."""
+    seqs = []
+    for context, choice in pairs:
+        ids = (context + choice)[-seq_length:]
+        if len(choice) >= len(ids):
+            raise ValueError(f"a choice of {len(choice)} tokens leaves no context within seq_length {seq_length}")
+        seqs.append((ids, len(choice)))
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    out = [0.0] * len(seqs)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        length = max(len(seqs[i][0]) for i in chunk)
+        tokens = torch.zeros((len(chunk), length), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            tokens[row, : len(seqs[i][0])] = torch.tensor(seqs[i][0])
+        positions = torch.arange(length, dtype=torch.long)[None].expand(len(chunk), length)
+        mask = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)[None, None]  # True: hidden
+        logp = torch.log_softmax(model(tokens, positions, mask).float(), dim=-1)
+        for row, i in enumerate(chunk):
+            end, n = len(seqs[i][0]), seqs[i][1]
+            out[i] = float(logp[row, end - n - 1 : end - 1].gather(1, tokens[row, end - n : end, None]).sum())
+    return out
 
 
 def score(model: Any, items: list[dict[str, Any]], seq_length: int, eod: int) -> dict[str, dict[str, float]]:
     """Accuracy, length-normalized accuracy, chance and mean log-prob of the right choice per benchmark.
     Every context starts with the end-of-document token, as each training document follows one."""
+    pairs = [([eod, *it["context"]], c) for it in items for c in it["choices"]]
+    flat = iter(continuation_logprobs(model, pairs, seq_length))
     acc: dict[str, list[tuple[bool, bool, float, float]]] = defaultdict(list)
     for it in items:
-        lps = [continuation_logprob(model, [eod, *it["context"]], c, seq_length) for c in it["choices"]]
+        lps = [next(flat) for _ in it["choices"]]
         norm = [lp / len(c) for lp, c in zip(lps, it["choices"], strict=True)]
         right = it["answer"]
         acc[it["benchmark"]].append((max(range(len(lps)), key=lps.__getitem__) == right,

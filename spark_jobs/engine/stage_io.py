@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -43,6 +43,7 @@ from spark_jobs.engine import rejected
 from spark_jobs.engine.digest import row_digest, row_hash
 
 log = logging.getLogger("phiflow.stage")
+T = TypeVar("T")
 
 
 @dataclass
@@ -94,23 +95,56 @@ def parse_args(argv: list[str] | None = None) -> StageContext:
     )
 
 
-def spark_session(recipe: Recipe, app: str) -> SparkSession:
-    """The session for a stage. Under spark-submit the connection decides master and memory;
-    run directly (tests, debugging) it is local[2] with the recipe's driver memory."""
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(app)
-    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
-        builder = builder.master("local[2]").config("spark.driver.memory", recipe.spark.driver_memory)
-    builder = builder.config("spark.ui.showConsoleProgress", "false").config("spark.sql.session.timeZone", "UTC")
+# Runtime SQL settings every stage session gets, on a classic session and on a Spark Connect one.
+SESSION_SQL = {
+    "spark.sql.session.timeZone": "UTC",
     # Standard INT64 microsecond timestamps instead of Spark's legacy INT96: pyarrow, DuckDB and
     # Trino read the lake's files without conversion.
-    builder = builder.config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     # A write partitioned by drop reason (spark_jobs.engine.rejected) opens a writer per reason instead of
     # sorting each task's rows first.
-    builder = builder.config("spark.sql.maxConcurrentOutputFileWriters", "64")
-    for k, v in recipe.spark.conf.items():
+    "spark.sql.maxConcurrentOutputFileWriters": "64",
+}
+
+
+def spark_session(recipe: Recipe, app: str) -> SparkSession:
+    """The session for a stage. Under spark-submit the connection decides master and memory; with
+    SPARK_REMOTE set (the operator's shared local Spark Connect server, spark_jobs/engine/connect_server.py)
+    the stage is a client of that server and sets only runtime SQL settings, the server having the rest;
+    run directly (tests, debugging) it is local[2] with the recipe's driver memory."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    remote = os.environ.get("SPARK_REMOTE")
+    if remote:
+        builder = SparkSession.builder.remote(remote).appName(app)
+        conf = {k: v for k, v in recipe.spark.conf.items() if k.startswith("spark.sql.")}
+    else:
+        builder = SparkSession.builder.appName(app)
+        if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not launched by spark-submit
+            builder = builder.master("local[2]").config("spark.driver.memory", recipe.spark.driver_memory)
+        builder = builder.config("spark.ui.showConsoleProgress", "false")
+        conf = recipe.spark.conf
+    for k, v in {**SESSION_SQL, **conf}.items():
         builder = builder.config(k, v)
     return builder.getOrCreate()
+
+
+def connected(spark: SparkSession) -> bool:
+    """Whether the session is a Spark Connect client (no SparkContext on this side)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+@dataclass(frozen=True)
+class Shared(Generic[T]):
+    """A read-only value for executor-side functions, read as `.value` like a broadcast variable."""
+
+    value: T
+
+
+def shared(spark: SparkSession, value: T) -> Shared[T]:
+    """A broadcast variable on a classic session (shipped once per executor); a Spark Connect client has
+    none, so there the value travels inside the function's closure, which suits the small values of the
+    embedded default that is the only place stages run as clients."""
+    return Shared(value) if connected(spark) else spark.sparkContext.broadcast(value)  # type: ignore[return-value]
 
 
 def spark_schema(schema: pa.Schema):  # -> pyspark StructType
@@ -225,13 +259,15 @@ def persisted(*frames: DataFrame) -> Iterator[None]:
 def step(spark: SparkSession, stage: str, what: str) -> Iterator[None]:
     """Name the Spark jobs of one step of a stage (the Spark UI lists them as `dedup: components`) and
     log the step's wall time, so a slow stage shows at a glance which step to look at."""
-    sc = spark.sparkContext
-    sc.setJobDescription(f"{stage}: {what}")
+    sc = None if connected(spark) else spark.sparkContext  # job descriptions are a SparkContext's
+    if sc is not None:
+        sc.setJobDescription(f"{stage}: {what}")
     t0 = time.perf_counter()
     try:
         yield
     finally:
-        sc.setJobDescription(None)  # type: ignore[arg-type]
+        if sc is not None:
+            sc.setJobDescription(None)  # type: ignore[arg-type]
         print(f"[phiflow]   {stage} {what}: {time.perf_counter() - t0:.1f} s", flush=True)
 
 
