@@ -134,9 +134,6 @@ class AirflowAPI:
         body = self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
         return body["dag_run_id"]
 
-    def backfill(self, backfill_id: int) -> dict:
-        return self._call("GET", f"/api/v2/backfills/{backfill_id}")
-
     def import_errors(self) -> list[dict]:
         return self._call("GET", "/api/v2/importErrors")["import_errors"]
 

@@ -86,7 +86,9 @@ class Progress:
             pending, running = 0, []
             for dag in sorted({*runs, *(backfills or {})}):
                 listed = self.api.dag_runs(dag)
-                if backfills and dag in backfills:  # its runs: created (or cleared) when it was created
+                # A backfill's runs are created (or cleared) with it, so it is over when they are: its
+                # completed_at would come up to 30 s later (the scheduler marks backfills on a 30 s timer).
+                if backfills and dag in backfills:
                     lo, hi = backfills[dag]["from_date"], backfills[dag]["to_date"]
                     runs[dag] = [r["dag_run_id"] for r in listed if r.get("logical_date")
                                  and _instant(lo) <= _instant(r["logical_date"]) <= _instant(hi)]
@@ -101,8 +103,6 @@ class Progress:
                             running += [f"{dag.removeprefix('phiflow_')}.{t['task_id']}"
                                         for t in self.api.task_instances(dag, r["dag_run_id"])
                                         if t["state"] == "running"]
-            if backfills:  # and it is over when Airflow says so
-                pending += sum(1 for b in backfills.values() if not self.api.backfill(b["id"])["completed_at"])
             if LIVE:
                 print(f"\r\033[K   running: {', '.join(running) or '...'}", end="", flush=True)
             if not pending:

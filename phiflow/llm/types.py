@@ -41,6 +41,10 @@ class LLMConfig(BaseModel):
     max_backoff_s: Annotated[float, Field(ge=0)] = 60.0
     max_retry_after_s: Annotated[float, Field(ge=0)] = 60.0  # a server's Retry-After is obeyed up to this
     threads: Annotated[int | None, Field(gt=0)] = None  # offline: torch CPU threads (None: torch's default)
+    # offline: the weights' type. auto: bfloat16 where the CPU multiplies it natively (AMX or AVX512-BF16:
+    # 2.2x the tokens/s of float32 on this project's dev machine, bench/bench_llm_batch.py), else float32
+    # (elsewhere bfloat16 is emulated and slower). The answers' cache key names the type.
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     engine_args: dict[str, Any] = Field(default_factory=dict)  # vllm: extra vllm.LLM(...) arguments
 
 

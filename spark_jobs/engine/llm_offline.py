@@ -4,7 +4,8 @@ transformers. No network: the weights and the tokenizer come from the one file.
 The model loads once per worker process (module-level cache). Reading the GGUF (tokenizer and weights,
 dequantized to fp32) takes ~20 s on an idle 2-core machine, so the first load saves the result as
 safetensors under `settings.model_cache()` and every later process (another task, another checkout)
-loads that in a fraction of a second.
+loads that in a fraction of a second. It is cast to the recipe's `llm.dtype` after loading (`auto`:
+bfloat16 on CPUs that multiply it in hardware, `resolve_dtype`).
 
 Requests are generated in batches of `batch_size` rows with left padding, greedy and sampled alike: a
 request with `n` samples is n rows. A sampled row draws every token from its own generator, seeded by
@@ -31,12 +32,12 @@ from typing import Any
 
 from phiflow import settings
 from phiflow.llm.client import LLMClient
-from phiflow.llm.types import ChatRequest, ChatResult, LLMError
+from phiflow.llm.types import ChatRequest, ChatResult, LLMConfig, LLMError
 
 log = logging.getLogger("phiflow.llm")
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_MODELS: dict[tuple[str, int | None], tuple[Any, Any]] = {}
+_MODELS: dict[tuple[str, int | None, str], tuple[Any, Any]] = {}
 _LOAD_LOCK = threading.Lock()
 
 
@@ -55,11 +56,27 @@ def converted_path(path: str) -> Path:
     return settings.model_cache() / f"{os.path.basename(path)}-{st.st_size}-{int(st.st_mtime)}"
 
 
-def load_model(path: str, threads: int | None = None) -> tuple[Any, Any]:
-    """(tokenizer, model), loaded once per process and path."""
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16); oneDNN emulates it
+    elsewhere, slower than float32. The probes are torch's own (private: absent means no)."""
+    import torch
+
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def resolve_dtype(dtype: str) -> str:
+    """The recipe's `llm.dtype` made concrete for this machine."""
+    if dtype == "auto":
+        return "bfloat16" if native_bf16() else "float32"
+    return dtype
+
+
+def load_model(path: str, threads: int | None = None, dtype: str = "float32") -> tuple[Any, Any]:
+    """(tokenizer, model), loaded once per process, path and weight type (`resolve_dtype`'s)."""
     with _LOAD_LOCK:
-        if (path, threads) in _MODELS:
-            return _MODELS[(path, threads)]
+        if (path, threads, dtype) in _MODELS:
+            return _MODELS[(path, threads, dtype)]
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers.utils import logging as hf_logging
@@ -84,8 +101,9 @@ def load_model(path: str, threads: int | None = None) -> tuple[Any, Any]:
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        log.info("llm: loaded %s in %.1f s", os.path.basename(path), time.time() - started)
-        _MODELS[(path, threads)] = (tok, model)
+        model = model.to(getattr(torch, dtype))  # the cached conversion stays float32: exact either way
+        log.info("llm: loaded %s (%s) in %.1f s", os.path.basename(path), dtype, time.time() - started)
+        _MODELS[(path, threads, dtype)] = (tok, model)
         return tok, model
 
 
@@ -179,8 +197,19 @@ def _generator(seed: int, sample: int) -> Any:
 
 
 class OfflineHFClient(LLMClient):
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__(config)
+        self.dtype = resolve_dtype(config.dtype)
+
+    @property
+    def model(self) -> str:
+        """The model's label, and its weight type where that is not float32: answers differ by type,
+        so the cache keeps them apart (and float32's keys stay what they were)."""
+        return self.config.model if self.dtype == "float32" else f"{self.config.model}@{self.dtype}"
+
     def _generate(self, requests: list[ChatRequest]) -> Iterator[tuple[int, ChatResult]]:
-        tok, model = load_model(self.config.model_path or default_model_path(), self.config.threads)
+        path = self.config.model_path or default_model_path()
+        tok, model = load_model(path, self.config.threads, self.dtype)
         # A row per sample: (request, sample index); batches of equal max_tokens, similar prompt lengths
         # together (less padding).
         rows = [(i, k) for i, r in enumerate(requests) for k in range(1 if r.temperature == 0 else r.n)]
