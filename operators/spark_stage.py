@@ -117,9 +117,12 @@ class SparkStageOperator(SparkSubmitOperator):
         self.input_dataset = io.inputs[0] if io.inputs else None
         self.partition_by_source = entry.partitioned_by_source
         self.llm_conn_id = recipe.llm.api_key_conn_id if entry.calls_llm else None
-        # A stage that calls the LLM keeps processes of its own: its connection's secret goes to its own
-        # job's environment, never into a server other tasks share.
-        self.connect = recipe.spark.session == "connect" and not entry.calls_llm
+        # A stage whose LLM needs a connection (a secret) or an engine of its own (vllm on a GPU) keeps
+        # processes of its own: the secret goes to its own job's environment, never into a server other
+        # tasks share. The offline model needs neither: its stages are clients like the rest, and the
+        # model stays loaded in the server's reused Python workers from one task to the next.
+        self.connect = (recipe.spark.session == "connect" and not self.llm_conn_id
+                        and stages.llm_backend(recipe, stage) in (None, "offline"))
         self._client: subprocess.Popen | None = None
         self.partitions_callable = partitions_callable  # (recipe_path, context) -> partitions: overrides the rest
         self.fixed_partition = fixed_partition  # stages with one partition across intervals (a classifier)

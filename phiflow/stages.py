@@ -208,6 +208,13 @@ def stage(name: str) -> Stage:
         raise KeyError(f"unknown stage {name!r}; known: {sorted(_BY_NAME)}") from None
 
 
+def llm_backend(recipe: Recipe, name: str) -> str | None:
+    """The LLM backend a stage's job calls (None: it calls none). Quality annotation names its own."""
+    if not stage(name).calls_llm:
+        return None
+    return recipe.stages.quality_annotate.backend if name == "quality_annotate" else recipe.llm.backend
+
+
 def io(recipe: Recipe, name: str, source: str) -> StageIO:
     """The datasets stage `name` reads and commits for `source` (a dataset name for `tokenize`)."""
     return stage(name).io(recipe, source)

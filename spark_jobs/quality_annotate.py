@@ -121,8 +121,9 @@ def run(spark, ctx: StageContext) -> Manifest:
         .limit(params.sample_size)
         .drop("_rank")
     )
-    # spread the sample over the executors: each one calls the LLM for its share
-    sample = sample.repartition(max(1, spark.sparkContext.defaultParallelism), "doc_id")
+    # spread the sample over the executors (spark.sql.shuffle.partitions parts; no SparkContext on a
+    # Spark Connect client): each one calls the LLM for its share
+    sample = sample.repartition("doc_id")
     cfg = annotate_config(ctx)
     print(
         f"[phiflow] {STAGE} {source.dataset}/{source.key}: {source.row_count} documents, sampling "

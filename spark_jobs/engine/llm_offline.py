@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import logging
 import os
@@ -51,9 +52,11 @@ def default_model_path() -> str:
 
 
 def converted_path(path: str) -> Path:
-    """Where the GGUF at `path`, dequantized, is kept (named by file name, size and mtime)."""
-    st = os.stat(path)
-    return settings.model_cache() / f"{os.path.basename(path)}-{st.st_size}-{int(st.st_mtime)}"
+    """Where the GGUF at `path`, dequantized, is kept: named by the file's content (~0.1 s to hash 100 MB),
+    not its mtime, so the same wheel installed into another venv or clone finds the same conversion."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    return settings.model_cache() / f"{os.path.basename(path)}-{digest}"
 
 
 def native_bf16() -> bool:
