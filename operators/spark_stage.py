@@ -5,7 +5,8 @@ connection says: local[*], standalone, YARN, Kubernetes) plus what a stage needs
 which partitions this run owns, the manifest it committed (counters into the log, XCom and the
 asset event), and OpenLineage inputs and outputs taken from the manifests. With a local master and
 `spark.session: connect`, the job runs instead as a client of one shared local Spark Connect server
-(spark_jobs/engine/connect_server.py): no driver JVM of its own per task.
+(spark_jobs/engine/connect_server.py): no driver JVM of its own per task (except for a stage whose
+LLM needs a connection or an engine of its own).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ class Progress:
                 if LIVE:
                     print("\r\033[K", end="", flush=True)
                 return not self.failed
-            time.sleep(3)
+            time.sleep(1)  # a cheap GET or two; the next DAG starts up to a poll later
 
     def report(self, run: dict[str, Any]) -> None:
         key = (run["dag_id"], run["dag_run_id"])

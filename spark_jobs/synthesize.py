@@ -109,6 +109,15 @@ def run(spark, ctx: StageContext) -> dict[str, Manifest]:
         groups = rows.groupBy("workflow", "drop_reason").agg(
             F.count(F.lit(1)).alias("n"), F.sum("completion_tokens").alias("tokens")
         ).collect()
+        # the workers' per-batch lines reach this log only where they share the driver's process (not
+        # on a cluster's executors, nor on a Spark Connect server): each workflow's totals always do
+        for name in sorted({g["workflow"] for g in groups}):
+            mine = [g for g in groups if g["workflow"] == name]
+            print(
+                f"[phiflow] {STAGE} {name}: {sum(g['n'] for g in mine if g['drop_reason'] is None)}/"
+                f"{sum(g['n'] for g in mine)} kept, {sum(g['tokens'] or 0 for g in mine)} completion tokens",
+                flush=True,
+            )
         for dataset, names in params.outputs.items():
             mine = [g for g in groups if g["workflow"] in names]
             part = rows.filter(F.col("workflow").isin(names))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,11 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT
 
 from phiflow.recipe import load_recipe
 from phiflow.storage import Lake
-from spark_jobs import commoncrawl_extract, decontaminate, dedup, langid, quality
+from spark_jobs import commoncrawl_extract, decontaminate, dedup, langid, quality, seed_select, synthesize
 from spark_jobs.engine import connect_server
 from spark_jobs.engine.stage_io import StageContext
 
@@ -35,9 +37,9 @@ def server_env() -> dict[str, str]:
     return {**os.environ, "PYSPARK_PYTHON": sys.executable, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
 
 
-def run_client(url: str, job: str, lake: Lake) -> subprocess.CompletedProcess:
+def run_client(url: str, job: str, lake: Lake, recipe: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "spark_jobs" / f"{job}.py"), "--recipe", os.environ["PHIFLOW_RECIPE"],
+        [sys.executable, str(ROOT / "spark_jobs" / f"{job}.py"), "--recipe", recipe or os.environ["PHIFLOW_RECIPE"],
          "--source", "web", "--partition", json.dumps(FEB), "--airflow-run", "{}", "--lake", lake.url,
          "--shards", "missing"],
         env={**server_env(), "SPARK_REMOTE": url}, capture_output=True, text=True, timeout=600)
@@ -54,9 +56,13 @@ def committed(lake: Lake) -> dict[tuple[str, str], tuple[int, str]]:
     return out
 
 
-def state() -> dict:
+def state_file() -> Path:
     [f] = connect_server.folder().glob("*.json")
-    return json.loads(f.read_text())
+    return f
+
+
+def state() -> dict:
+    return json.loads(state_file().read_text())
 
 
 def test_stage_clients_commit_what_classic_spark_commits(spark, tmp_path: Path) -> None:
@@ -75,6 +81,64 @@ def test_stage_clients_commit_what_classic_spark_commits(spark, tmp_path: Path) 
     got, want = committed(remote), committed(classic)
     assert len(want) >= 15 and {d for d, _ in want} >= {"web.extracted", "web.dedup", "web.clean"}
     assert got == want  # every partition and shard: the same rows (digests cover the content)
+
+
+def offline_llm_recipe(tmp_path: Path) -> Path:
+    """The test recipe with the offline model (the demo's `llm:`) and one short greedy workflow."""
+    data = yaml.safe_load(Path(os.environ["PHIFLOW_RECIPE"]).read_text())
+    assert data["llm"]["backend"] == "offline"
+    data["stages"]["seed_select"]["input_suffix"] = "langid"  # seeds straight from langid: no curation here
+    data["stages"]["synthesize"] = {"workflows": [
+        {"name": "rewrites", "kind": "rewrite", "output": "web_rewrites", "max_seeds": 3, "max_tokens": 12,
+         "drop_truncated": False, "prompts": {"rewrite": "Rewrite in one sentence: {seed}"}}]}
+    path = tmp_path / "offline.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(("llm", "client"), [
+    ({"backend": "offline"}, True),
+    ({"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key_conn_id": "phiflow_llm"}, False),
+    ({"backend": "vllm"}, False),
+])
+def test_llm_stages_are_clients_only_without_a_secret_or_an_engine(tmp_path: Path, llm: dict, client: bool) -> None:
+    from operators.spark_stage import SparkStageOperator
+
+    data = yaml.safe_load(Path(os.environ["PHIFLOW_RECIPE"]).read_text())
+    data["llm"] = llm
+    (path := tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def op(stage: str) -> SparkStageOperator:
+        return SparkStageOperator(task_id=stage, stage=stage, source="web", recipe_path=str(path))
+
+    assert op("synthesize").connect is client
+    assert op("langid").connect  # a stage that calls no LLM is a client whatever the LLM
+
+
+def test_offline_llm_stage_as_a_client_writes_what_classic_spark_writes(spark, tmp_path: Path) -> None:
+    """The offline model needs no secret, so its stages run on the shared server (operators/spark_stage.py):
+    the model generates in the server's Python workers the rows it generates under classic Spark."""
+    path = offline_llm_recipe(tmp_path)
+    recipe = load_recipe(str(path))
+    classic, remote = Lake(str(tmp_path / "classic")), Lake(str(tmp_path / "remote"))
+    for module in (commoncrawl_extract, langid, seed_select):
+        module.run(spark, StageContext(recipe, "web", dict(FEB), classic))
+    shutil.copytree(tmp_path / "classic", tmp_path / "remote")  # the same seeds; no LLM answer cached yet
+    synthesize.run(spark, StageContext(recipe, "web", dict(FEB), classic))
+    with connect_server.session(COMMAND, server_env()) as url:
+        done = run_client(url, "synthesize", remote, str(path))
+        server_log = connect_server.folder() / f"{Path(state_file()).stem}.log"
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[phiflow] synthesize rewrites: 3/3 kept" in done.stdout  # each workflow's totals in the task log
+    assert "[phiflow] synthesize rewrites: 3 seeds -> 3/3 kept" in server_log.read_text()  # the worker's line
+
+    def rows(lake: Lake) -> list[tuple[str, str]]:
+        table = lake.read_table(lake.require("synthetic.web_rewrites", {"source": "web", **FEB}))
+        return sorted(zip(table.column("doc_id").to_pylist(), table.column("text").to_pylist(), strict=True))
+
+    got, want = rows(remote), rows(classic)
+    assert len(want) == 3 and all(text for _, text in want)
+    assert got == want  # greedy decoding, the same batches: the same texts
 
 
 def test_server_stops_when_idle_and_is_replaced_when_it_dies(monkeypatch: pytest.MonkeyPatch) -> None:
